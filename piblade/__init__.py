@@ -1,0 +1,3 @@
+"""piblade: a Raspberry Pi cluster as a home NAS plus a job-processing blade."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,88 @@
+"""The one error tree of piblade.
+
+Every error a user can cause or fix carries a *hint* that says what to do next.
+The CLI turns a :class:`PibladeError` into one red line plus the hint and exit
+code 1; anything else is a bug and keeps its traceback.
+
+    PibladeError
+    ├── InventoryError          the inventory file is wrong (file, line, key)
+    ├── JobError
+    │   ├── UnknownJob          no registered job has that name
+    │   ├── BadParameter        a parameter is missing, mistyped or out of range
+    │   └── UnregisteredCallable  a queued job names code that is not a registered job
+    ├── ClusterError
+    │   ├── RedisUnavailable    the queue server does not answer or refuses our password
+    │   └── LocalClusterError   `piblade local` could not start or stop something
+    ├── NotFound                a job or run id that does not exist
+    └── SecretError             a secrets file is missing or readable by others
+"""
+
+from __future__ import annotations
+
+
+class PibladeError(Exception):
+    """Base of every error piblade reports to a user."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InventoryError(PibladeError):
+    """An inventory file is invalid; names where, so the user can fix it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = file if line is None else f"{file}:{line}"
+        text = f"{where}: {message}" if key is None else f"{where}: {key}: {message}"
+        super().__init__(text, hint)
+        self.file = file
+        self.line = line
+        self.key = key
+
+
+class JobError(PibladeError):
+    """A job request that cannot be accepted."""
+
+
+class UnknownJob(JobError):
+    pass
+
+
+class BadParameter(JobError):
+    pass
+
+
+class UnregisteredCallable(JobError):
+    """Raised on a worker for a queued job whose function is not registered."""
+
+
+class ClusterError(PibladeError):
+    pass
+
+
+class RedisUnavailable(ClusterError):
+    pass
+
+
+class LocalClusterError(ClusterError):
+    pass
+
+
+class NotFound(PibladeError):
+    pass
+
+
+class SecretError(PibladeError):
+    pass
