@@ -1,0 +1,96 @@
+"""`piblade jobs`: list registered jobs, follow, cancel and retry runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from piblade.cli.common import InventoryOption, JsonOption, open_redis
+from piblade.cli.output import console, print_json
+
+app = typer.Typer(help="Registered jobs and their runs.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_jobs(as_json: bool = JsonOption) -> None:
+    """Show every registered job with its parameters."""
+    from piblade.registry import REQUIRED, load_registry
+
+    registry = load_registry()
+    if as_json:
+        print_json([
+            {"name": s.name, "summary": s.summary, "fan_out": s.split is not None, "reduce": s.reduce is not None,
+             "params": [{"name": p.name, "type": p.type_name, "default": None if p.default is REQUIRED else p.default,
+                         "required": p.required, "bounds": p.describe_bounds(), "help": p.help} for p in s.params]}
+            for s in registry
+        ])
+        return
+    for spec in registry:
+        console.print(f"[bold]{spec.name}[/] — {spec.summary}")
+        for p in spec.params:
+            default = "required" if p.required else f"default {p.default!r}"
+            bounds = f", {p.describe_bounds()}" if p.describe_bounds() else ""
+            console.print(f"    {p.name}: {p.type_name} ({default}{bounds}) {p.help}", markup=False)
+
+
+@app.command("status")
+def status(
+    run_id: str = typer.Argument(None, help="A run id (or a task id); omit to list recent runs."),
+    as_json: bool = JsonOption,
+    inventory: Path = InventoryOption,
+) -> None:
+    """Show recent runs, or one run (or task) in detail."""
+    from piblade import dispatch, runs
+    from piblade.cli.submit_cmd import render_status
+    from piblade.errors import NotFound
+
+    conn = open_redis(inventory)
+    if run_id is None:
+        statuses = [dispatch.run_status(conn, r.id, details=False) for r in runs.recent_runs(conn)]
+        if as_json:
+            print_json([s.to_dict() for s in statuses])
+            return
+        table = Table("run", "job", "state", "done", "failed", "total", "age", "output")
+        for s in statuses:
+            table.add_row(s.run.id, s.run.job, s.state, str(s.done), str(s.failed), str(s.run.total),
+                          f"{time.time() - s.run.created:.0f}s", s.run.output or "")
+        console.print(table)
+        return
+    try:
+        st = dispatch.run_status(conn, run_id)
+    except NotFound:
+        info = dispatch.task_status(conn, run_id)
+        if as_json:
+            print_json(info)
+        else:
+            for key, value in info.items():
+                if key == "traceback":
+                    console.print(f"{key}:\n{value}", markup=False)
+                else:
+                    console.print(f"{key}: {value}", markup=False)
+        return
+    if as_json:
+        print_json(st.to_dict())
+    else:
+        render_status(st, inventory)
+
+
+@app.command("cancel")
+def cancel(run_id: str = typer.Argument(...), inventory: Path = InventoryOption) -> None:
+    """Cancel the tasks of a run that have not started yet."""
+    from piblade import dispatch
+
+    result = dispatch.cancel(open_redis(inventory), run_id)
+    console.print(f"run {run_id}: {result['canceled']} task(s) canceled, {result['running']} running will finish")
+
+
+@app.command("retry")
+def retry(run_id: str = typer.Argument(...), inventory: Path = InventoryOption) -> None:
+    """Re-queue the failed tasks of a run."""
+    from piblade import dispatch
+
+    count = dispatch.retry(open_redis(inventory), run_id)
+    console.print(f"run {run_id}: {count} task(s) re-queued" if count else f"run {run_id}: nothing failed")

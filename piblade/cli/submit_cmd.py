@@ -1,0 +1,124 @@
+"""`piblade submit`: validate, fan out, and optionally wait with a progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from piblade.cli.common import InventoryOption, JsonOption, open_redis
+from piblade.cli.output import console, err_console, print_json
+from piblade.errors import BadParameter
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadParameter(f"--param {pair!r} is not KEY=VALUE", hint="for example --param width=800")
+        if key.strip() in params:
+            raise BadParameter(f"--param {key.strip()!r} is given twice")
+        params[key.strip()] = value
+    return params
+
+
+def output_location(inventory: Path | None, output: str) -> str:
+    """Where a run's output is, as the user can reach it."""
+    if not output:
+        return ""
+    if inventory is None:
+        from piblade.local import LocalPaths
+
+        return str(LocalPaths.default().data_dir / output)
+    return f"NAS share: {output}/"
+
+
+def render_status(status: Any, inventory: Path | None) -> None:
+    from piblade.dispatch import RunStatus
+
+    assert isinstance(status, RunStatus)
+    colour = {"finished": "green", "failed": "red"}.get(status.state, "yellow")
+    took = f" in {status.seconds:.2f}s" if status.seconds is not None else ""
+    console.print(
+        f"run [bold]{status.run.id}[/] ({status.run.job}): [{colour}]{status.state}[/]{took} — "
+        f"{status.done}/{status.run.total} tasks done, {status.failed} failed"
+    )
+    if status.nodes:
+        console.print("ran on: " + ", ".join(f"{n} ({c})" for n, c in sorted(status.nodes.items())))
+    for failure in status.failures:
+        console.print(f"[red]task {failure.job_id} failed:[/] {failure.summary}")
+        tail = failure.traceback.strip().splitlines()[-6:]
+        console.print("\n".join("    " + line for line in tail), markup=False, highlight=False)
+    if status.result is not None:
+        console.print("result: " + json.dumps(status.result, sort_keys=True), markup=False)
+    where = output_location(inventory, status.run.output)
+    if where:
+        console.print(f"output: {where}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def submit(
+        job: str = typer.Argument(..., help="Registered job name (see `piblade jobs list`)."),
+        param: list[str] = typer.Option([], "--param", "-p", help="KEY=VALUE, repeatable."),
+        queue: str = typer.Option("default", "--queue", "-q", help="Queue to put the tasks on."),
+        timeout: int = typer.Option(None, "--timeout", help="Seconds each task may run (default: the job's)."),
+        retries: int = typer.Option(0, "--retries", help="Re-run a failed or lost task up to N times."),
+        wait_: bool = typer.Option(False, "--wait", "-w", help="Wait, show progress, print the result."),
+        as_json: bool = JsonOption,
+        inventory: Path = InventoryOption,
+    ) -> None:
+        """Submit a job; a fan-out job becomes one task per tile/part, enqueued in one batch."""
+        from piblade import dispatch
+        from piblade.registry import load_registry
+
+        registry = load_registry()
+        params = parse_params(param)
+        # Validate before touching Redis: a bad parameter never needs a running cluster.
+        spec = registry.get(job)
+        spec.plan(spec.validate(params))
+        conn = open_redis(inventory)
+        record = dispatch.submit(conn, registry, job, params, queue=queue, timeout=timeout, retries=retries)
+        if dispatch.workers_on(conn, queue) == 0:
+            err_console.print(f"[yellow]warning:[/] no worker listens on queue {queue!r}; the tasks wait until one does")
+        if not wait_:
+            if as_json:
+                print_json({"run": record.id, "job": record.job, "tasks": record.total, "queue": record.queue,
+                            "params": record.params, "output": record.output or None})
+            else:
+                console.print(f"submitted run [bold]{record.id}[/]: {record.job}, {record.total} task(s) on queue {queue!r}")
+                console.print(f"follow it with `piblade jobs status {record.id}`")
+            return
+        started = time.monotonic()
+        if as_json:
+            status = dispatch.wait(conn, record.id)
+        else:
+            with Progress(
+                TextColumn(f"[bold]{record.job}[/] {record.id}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[failed]} failed"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=False,
+            ) as progress:
+                bar = progress.add_task("run", total=record.total, failed=0, rate="")
+
+                def show(snapshot: dispatch.RunStatus) -> None:
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    progress.update(bar, completed=snapshot.done, failed=snapshot.failed,
+                                    rate=f"{snapshot.done / elapsed:.1f} tasks/s")
+
+                status = dispatch.wait(conn, record.id, on_progress=show)
+        if as_json:
+            print_json(status.to_dict())
+        else:
+            render_status(status, inventory)
+        if not status.ok:
+            raise typer.Exit(1)

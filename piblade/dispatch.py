@@ -1,0 +1,340 @@
+"""Submit runs, watch them, cancel and retry them. The controller side of RQ.
+
+Parameters are validated and the whole fan-out is planned before anything
+touches Redis; then the run record and every task go out in one pipeline, so a
+run is either fully enqueued or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
+
+from piblade import runs
+from piblade.errors import NotFound, PibladeError
+from piblade.registry import Registry
+from piblade.runs import RunRecord
+from piblade.worker import RESULT_TTL, BladeJob
+
+TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED}
+
+
+def _queue(conn: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=conn, job_class=BladeJob, serializer=JSONSerializer)
+
+
+def submit(
+    conn: redis.Redis,
+    registry: Registry,
+    job_name: str,
+    raw_params: Mapping[str, Any],
+    *,
+    queue: str = "default",
+    timeout: int | None = None,
+    retries: int = 0,
+) -> RunRecord:
+    """Validate, plan and enqueue a run. Raises before enqueuing anything on bad input."""
+    spec = registry.get(job_name)
+    params = spec.validate(raw_params)
+    plan = spec.plan(params)
+    if timeout is not None and timeout <= 0:
+        raise PibladeError(f"--timeout must be positive, not {timeout}")
+    if retries < 0:
+        raise PibladeError(f"--retries must be 0 or more, not {retries}")
+    run_id = runs.new_run_id()
+    record = RunRecord(
+        id=run_id,
+        job=spec.name,
+        params=params,
+        total=len(plan),
+        queue=queue,
+        created=time.time(),
+        output=f"runs/{run_id}" if spec.writes_output else "",
+        has_reduce=spec.reduce is not None,
+        timeout=timeout or spec.timeout,
+        retries=retries,
+    )
+    retry = Retry(max=retries) if retries else None
+    datas = [
+        Queue.prepare_data(
+            spec.task_path,
+            kwargs=task,
+            job_id=runs.task_id(run_id, index),
+            timeout=record.timeout,
+            result_ttl=RESULT_TTL,
+            failure_ttl=RESULT_TTL,
+            retry=retry,
+            description=f"{spec.name} {index + 1}/{record.total}",
+            meta=_meta(record, index, "task"),
+        )
+        for index, task in enumerate(plan)
+    ]
+    with conn.pipeline(transaction=True) as pipe:
+        runs.save_run(pipe, record)
+        _queue(conn, queue).enqueue_many(datas, pipeline=pipe)
+        pipe.execute()
+    return record
+
+
+def _meta(record: RunRecord, index: int, phase: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"run": record.id, "index": index, "total": record.total, "phase": phase}
+    if record.output:
+        meta["output"] = record.output
+    if record.has_reduce:
+        meta["reduce"] = True
+    return meta
+
+
+def enqueue_reduce(conn: redis.Redis, run_id: str) -> None:
+    """Enqueue a run's reduce step; called by the worker that finished the last task."""
+    from piblade.registry import REGISTRY
+
+    record = runs.load_run(conn, run_id)
+    spec = REGISTRY.get(record.job)
+    assert spec.reduce_path is not None
+    retry = Retry(max=record.retries) if record.retries else None
+    _queue(conn, record.queue).enqueue(
+        spec.reduce_path,
+        job_id=runs.reduce_id(run_id),
+        job_timeout=record.timeout,
+        result_ttl=RESULT_TTL,
+        failure_ttl=RESULT_TTL,
+        retry=retry,
+        description=f"{spec.name} reduce",
+        meta=_meta(record, record.total, "reduce"),
+    )
+
+
+def workers_on(conn: redis.Redis, queue: str) -> int:
+    return BaseWorker.count(connection=conn, queue=_queue(conn, queue))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailure:
+    job_id: str
+    summary: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """A snapshot of a run: task counts by state, failures, and the result when there is one."""
+
+    run: RunRecord
+    counts: dict[str, int]
+    reduce_state: str | None
+    failures: tuple[TaskFailure, ...] = ()
+    result: Any = None
+    nodes: dict[str, int] = field(default_factory=dict)
+    seconds: float | None = None
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("finished", 0)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.counts.get(s, 0) for s in ("failed", "stopped", "canceled", "missing"))
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing more will happen without a retry."""
+        tasks_over = self.done + self.failed == self.run.total
+        if not tasks_over:
+            return False
+        if self.run.has_reduce and self.failed == 0:
+            return self.reduce_state in {"finished", "failed", "stopped", "canceled", "missing"}
+        return True
+
+    @property
+    def state(self) -> str:
+        if self.finished:
+            if self.failed or self.reduce_state in {"failed", "stopped", "canceled", "missing"}:
+                return "failed"
+            return "finished"
+        if self.counts.get("started") or self.done or self.failed:
+            return "running"
+        return "queued"
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "finished"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run.id,
+            "job": self.run.job,
+            "params": self.run.params,
+            "queue": self.run.queue,
+            "state": self.state,
+            "total": self.run.total,
+            "counts": self.counts,
+            "reduce": self.reduce_state,
+            "output": self.run.output or None,
+            "created": self.run.created,
+            "seconds": self.seconds,
+            "nodes": self.nodes,
+            "result": self.result,
+            "failures": [{"job": f.job_id, "error": f.summary, "traceback": f.traceback} for f in self.failures],
+        }
+
+
+def _statuses(conn: redis.Redis, ids: list[str]) -> list[str]:
+    pipe = conn.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(Job.key_for(job_id), "status")
+    return [s.decode() if s else "missing" for s in pipe.execute()]
+
+
+def _failure(conn: redis.Redis, job_id: str) -> TaskFailure:
+    job = BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer)
+    result = job.latest_result()
+    text = (result.exc_string if result and result.exc_string else "") or "no traceback recorded"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return TaskFailure(job_id=job_id, summary=lines[-1] if lines else text, traceback=text)
+
+
+def run_status(conn: redis.Redis, run_id: str, *, details: bool = True) -> RunStatus:
+    record = runs.load_run(conn, run_id)
+    states = _statuses(conn, record.all_job_ids)
+    return _build_status(conn, record, dict(zip(record.all_job_ids, states, strict=True)), details)
+
+
+def _build_status(conn: redis.Redis, record: RunRecord, states: dict[str, str], details: bool) -> RunStatus:
+    task_states = [states[i] for i in record.task_ids]
+    reduce_state = states.get(runs.reduce_id(record.id)) if record.has_reduce else None
+    if reduce_state == "missing":
+        # Not enqueued yet (tasks still running) is not a failure.
+        reduce_state = None
+    counts = dict(Counter(task_states))
+    failures: list[TaskFailure] = []
+    result = None
+    nodes: dict[str, int] = {}
+    seconds = None
+    if details:
+        failed_ids = [jid for jid, s in states.items() if s in ("failed", "stopped")]
+        failures = [_failure(conn, jid) for jid in failed_ids[:20]]
+        finished = [jid for jid in record.task_ids if states[jid] == "finished"]
+        jobs = BladeJob.fetch_many(finished, connection=conn, serializer=JSONSerializer) if finished else []
+        last_end = None
+        for job in jobs:
+            if job is None:
+                continue
+            value = job.return_value()
+            if isinstance(value, dict) and "node" in value:
+                nodes[value["node"]] = nodes.get(value["node"], 0) + 1
+            if job.ended_at and (last_end is None or job.ended_at > last_end):
+                last_end = job.ended_at
+        final_id = runs.reduce_id(record.id) if record.has_reduce else (record.task_ids[0] if record.total == 1 else None)
+        if final_id and states.get(final_id) == "finished":
+            final = BladeJob.fetch(final_id, connection=conn, serializer=JSONSerializer)
+            value = final.return_value()
+            result = value.get("value") if isinstance(value, dict) else value
+            last_end = final.ended_at or last_end
+        if last_end is not None:
+            seconds = max(0.0, last_end.timestamp() - record.created)
+    return RunStatus(record, counts, reduce_state, tuple(failures), result, nodes, seconds)
+
+
+ProgressFn = Callable[[RunStatus], None]
+
+
+def wait(
+    conn: redis.Redis,
+    run_id: str,
+    *,
+    on_progress: ProgressFn | None = None,
+    poll: float = 0.2,
+    timeout: float | None = None,
+) -> RunStatus:
+    """Poll until the run is over; only unfinished jobs are asked about each time."""
+    record = runs.load_run(conn, run_id)
+    states = dict.fromkeys(record.all_job_ids, "queued")
+    pending = list(record.all_job_ids)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        for job_id, state in zip(pending, _statuses(conn, pending), strict=True):
+            states[job_id] = state
+        if record.has_reduce and states[runs.reduce_id(record.id)] == "missing":
+            pass  # the reduce step appears once the last task finished
+        pending = [j for j, s in states.items() if s not in {"finished", "failed", "stopped", "canceled"}]
+        snapshot = _build_status(conn, record, states, details=False)
+        if on_progress:
+            on_progress(snapshot)
+        if snapshot.finished:
+            return _build_status(conn, record, states, details=True)
+        if deadline is not None and time.monotonic() > deadline:
+            return _build_status(conn, record, states, details=True)
+        time.sleep(poll)
+
+
+def task_status(conn: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Details of one task (an RQ job id)."""
+    job = BladeJob.fetch_many([job_id], connection=conn, serializer=JSONSerializer)[0]
+    if job is None:
+        raise NotFound(f"no run or task {job_id!r}", hint="`piblade jobs status` lists recent runs")
+    status = job.get_status()
+    info: dict[str, Any] = {
+        "task": job.id,
+        "run": (job.meta or {}).get("run"),
+        "function": job.func_name,
+        "state": str(status.value if hasattr(status, "value") else status),
+        "kwargs": job.kwargs,
+        "enqueued_at": job.enqueued_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "retries_left": job.retries_left,
+        "worker": job.worker_name,
+    }
+    if info["state"] == "finished":
+        info["result"] = job.return_value()
+    elif info["state"] in ("failed", "stopped"):
+        info["traceback"] = _failure(conn, job.id).traceback
+    return info
+
+
+def cancel(conn: redis.Redis, run_id: str) -> dict[str, int]:
+    """Cancel every task that has not started; running ones finish (they are short by design)."""
+    record = runs.load_run(conn, run_id)
+    ids = record.all_job_ids
+    canceled = running = 0
+    for job_id, state in zip(ids, _statuses(conn, ids), strict=True):
+        if state in ("queued", "deferred", "scheduled"):
+            BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer).cancel()
+            canceled += 1
+        elif state == "started":
+            running += 1
+    # A canceled task never finishes, so the reduce must not start from retries either.
+    conn.set(runs.REDUCE_LOCK_KEY.format(run_id), 1, ex=runs.RUN_TTL)
+    return {"canceled": canceled, "running": running}
+
+
+def retry(conn: redis.Redis, run_id: str) -> int:
+    """Re-queue the failed, stopped or canceled tasks of a run (and its reduce step)."""
+    record = runs.load_run(conn, run_id)
+    ids = record.all_job_ids
+    again = [j for j, s in zip(ids, _statuses(conn, ids), strict=True) if s in ("failed", "stopped", "canceled")]
+    if not again:
+        return 0
+    runs.reset_reduce_lock(conn, run_id)
+    reduce_job = runs.reduce_id(run_id)
+    for job_id in again:
+        job = BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        if job.get_status() == JobStatus.FAILED:
+            job.requeue()
+        else:
+            job.retries_left = record.retries
+            _queue(conn, record.queue).enqueue_job(job)
+    if reduce_job in again:
+        # The tasks are all done already; the reduce is what failed.
+        conn.set(runs.REDUCE_LOCK_KEY.format(run_id), 1, ex=runs.RUN_TTL)
+    return len(again)

@@ -1,0 +1,374 @@
+"""The local cluster: a real redis-server and piblade workers on this machine.
+
+``piblade local up`` starts one detached daemon (``piblade local run``) that
+owns everything else as child processes — redis-server with ACL users and AOF
+persistence, and the worker supervisor — and restarts any of them that dies.
+``down`` sends that daemon SIGTERM: workers finish the job in hand, Redis
+flushes its AOF, and the daemon's whole process group is checked to be gone.
+No root is needed; all state lives under ``<state dir>/local``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from piblade.errors import LocalClusterError
+from piblade.redisconn import DEFAULT_USER, PASSWORD_FILE_ENV, URL_ENV, RedisTarget, acl_line
+from piblade.state import ensure_secret, private_dir, state_dir, write_private
+
+#: Redis ACL rules of the piblade user: everything RQ needs, no admin commands.
+#: RQ's worker uses CLIENT SETNAME/LIST and INFO; nothing uses CONFIG, DEBUG, SHUTDOWN or MODULE.
+PIBLADE_ACL_RULES = "~* &* +@all -@admin +client +info +slowlog -flushall -flushdb -keys"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPaths:
+    root: Path
+
+    @classmethod
+    def default(cls) -> LocalPaths:
+        return cls(state_dir() / "local")
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def redis_conf(self) -> Path:
+        return self.redis_dir / "redis.conf"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.redis_dir / "users.acl"
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "secrets" / "redis.password"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "cluster.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalConfig:
+    port: int
+    workers: int
+    queues: tuple[str, ...]
+    pid: int = 0
+    started: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"port": self.port, "workers": self.workers, "queues": list(self.queues), "pid": self.pid, "started": self.started}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> LocalConfig:
+        data = json.loads(text)
+        return cls(data["port"], data["workers"], tuple(data["queues"]), data.get("pid", 0), data.get("started", 0.0))
+
+
+def read_config(paths: LocalPaths) -> LocalConfig | None:
+    try:
+        return LocalConfig.from_json(paths.state_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def target(paths: LocalPaths | None = None) -> RedisTarget | None:
+    """The Redis of the local cluster, if one was ever started here."""
+    paths = paths or LocalPaths.default()
+    config = read_config(paths)
+    if config is None:
+        return None
+    return RedisTarget("127.0.0.1", config.port, DEFAULT_USER, paths.password_file)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive: look at /proc where we can.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def find_redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise LocalClusterError(
+            "redis-server is not installed",
+            hint="install it with `sudo apt-get install redis-server` (Debian/Raspberry Pi OS), or run `make demo`",
+        )
+    return path
+
+
+def write_redis_config(paths: LocalPaths, port: int, password: str) -> None:
+    """redis.conf and users.acl for a loopback-only, password-protected, AOF-persistent Redis."""
+    private_dir(paths.redis_dir)
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    write_private(paths.acl_file, "user default off\n" + acl_line(DEFAULT_USER, digest, PIBLADE_ACL_RULES) + "\n")
+    conf = f"""# written by piblade local up; regenerated on every start
+port {port}
+bind 127.0.0.1
+protected-mode yes
+daemonize no
+dir {paths.redis_dir}
+aclfile {paths.acl_file}
+appendonly yes
+appendfsync everysec
+save ""
+logfile {paths.log_dir / "redis.log"}
+"""
+    write_private(paths.redis_conf, conf)
+
+
+def up(
+    workers: int,
+    queues: tuple[str, ...] = ("default",),
+    *,
+    paths: LocalPaths | None = None,
+    wait_seconds: float = 120.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> tuple[LocalConfig, bool]:
+    """Start the local cluster, or return the running one. Returns (config, started_now)."""
+    paths = paths or LocalPaths.default()
+    current = read_config(paths)
+    if current is not None and pid_alive(current.pid):
+        return current, False
+    find_redis_server()
+    private_dir(paths.root)
+    private_dir(paths.log_dir)
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    password = ensure_secret(paths.password_file)
+    port = current.port if current is not None and port_free(current.port) else free_port()
+    write_redis_config(paths, port, password)
+    config = LocalConfig(port=port, workers=workers, queues=queues)
+    write_private(paths.state_file, config.to_json())
+    log = (paths.log_dir / "daemon.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piblade", "local", "run"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PIBLADE_STATE_DIR": str(paths.root.parent)},
+        close_fds=True,
+    )
+    log.close()
+    config = LocalConfig(port, workers, queues, proc.pid, time.time())
+    write_private(paths.state_file, config.to_json())
+    _wait_ready(paths, config, proc, wait_seconds, on_wait)
+    return config, True
+
+
+def _wait_ready(
+    paths: LocalPaths,
+    config: LocalConfig,
+    proc: subprocess.Popen[bytes],
+    wait_seconds: float,
+    on_wait: Callable[[str], None] | None,
+) -> None:
+    from piblade.dispatch import workers_on
+    from piblade.errors import RedisUnavailable
+    from piblade.redisconn import connect
+
+    deadline = time.monotonic() + wait_seconds
+    tgt = RedisTarget("127.0.0.1", config.port, DEFAULT_USER, paths.password_file)
+    phase = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalClusterError(
+                f"the local cluster exited during start-up (code {proc.returncode})",
+                hint=f"see {paths.log_dir / 'daemon.log'} and {paths.log_dir / 'redis.log'}",
+            )
+        try:
+            conn = connect(tgt, timeout=1.0)
+        except RedisUnavailable:
+            phase = "starting redis-server"
+        else:
+            count = workers_on(conn, config.queues[0])
+            conn.close()
+            if count >= config.workers:
+                return
+            phase = f"warming workers ({count}/{config.workers} ready)"
+        if on_wait:
+            on_wait(phase)
+        time.sleep(0.2)
+    down(paths=paths)
+    raise LocalClusterError(
+        f"the local cluster did not become ready in {wait_seconds:.0f}s ({phase})",
+        hint=f"see {paths.log_dir}",
+    )
+
+
+def down(*, paths: LocalPaths | None = None, grace: float = 60.0) -> bool:
+    """Stop the local cluster; True if one was running. Leaves no process behind."""
+    paths = paths or LocalPaths.default()
+    config = read_config(paths)
+    if config is None or not pid_alive(config.pid):
+        _kill_group(config.pid if config else 0)
+        return False
+    os.kill(config.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and pid_alive(config.pid):
+        time.sleep(0.1)
+    _kill_group(config.pid)
+    return True
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL whatever is left in the daemon's session (it leads its own process group)."""
+    if pgid <= 0:
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def status(paths: LocalPaths | None = None) -> dict[str, Any]:
+    """What is running: daemon, Redis, workers and queue depths."""
+    from rq import Queue
+    from rq.worker import BaseWorker
+
+    from piblade.errors import RedisUnavailable
+    from piblade.redisconn import connect
+
+    paths = paths or LocalPaths.default()
+    config = read_config(paths)
+    info: dict[str, Any] = {"running": False, "state_dir": str(paths.root), "data_dir": str(paths.data_dir)}
+    if config is None or not pid_alive(config.pid):
+        return info
+    info.update(running=True, pid=config.pid, redis=f"127.0.0.1:{config.port}", queues={}, workers=[])
+    try:
+        conn = connect(RedisTarget("127.0.0.1", config.port, DEFAULT_USER, paths.password_file), timeout=2.0)
+    except RedisUnavailable as exc:
+        info["error"] = exc.message
+        return info
+    for name in config.queues:
+        queue = Queue(name, connection=conn)
+        info["queues"][name] = {"queued": queue.count, "failed": queue.failed_job_registry.count}
+    for worker in BaseWorker.all(connection=conn):
+        info["workers"].append({"name": worker.name, "state": str(worker.get_state()), "job": worker.get_current_job_id()})
+    conn.close()
+    return info
+
+
+class Daemon:
+    """The process behind `piblade local run`: owns redis-server and the workers."""
+
+    def __init__(self, paths: LocalPaths) -> None:
+        self.paths = paths
+        config = read_config(paths)
+        if config is None:
+            raise LocalClusterError("no local cluster configuration", hint="use `piblade local up`")
+        self.config = config
+        self.stopping = False
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[URL_ENV] = f"redis://{DEFAULT_USER}@127.0.0.1:{self.config.port}/0"
+        env[PASSWORD_FILE_ENV] = str(self.paths.password_file)
+        return env
+
+    def _start(self, name: str) -> None:
+        log = (self.paths.log_dir / f"{name}.log").open("ab")
+        if name == "redis":
+            argv = [find_redis_server(), str(self.paths.redis_conf)]
+        else:
+            argv = [
+                sys.executable, "-m", "piblade", "worker",
+                "--processes", str(self.config.workers),
+                "--queues", ",".join(self.config.queues),
+                "--data-dir", str(self.paths.data_dir),
+            ]  # fmt: skip
+        self.children[name] = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env()
+        )
+        log.close()
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self._start("redis")
+        self._start("workers")
+        restarts: dict[str, list[float]] = {}
+        while not self.stopping:
+            time.sleep(0.2)
+            for name, proc in list(self.children.items()):
+                if proc.poll() is not None and not self.stopping:
+                    now = time.monotonic()
+                    recent = [t for t in restarts.get(name, []) if now - t < 60] + [now]
+                    restarts[name] = recent
+                    if len(recent) > 5:
+                        time.sleep(2)
+                    self._start(name)
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        workers = self.children.get("workers")
+        if workers and workers.poll() is None:
+            workers.send_signal(signal.SIGTERM)  # warm: finish the job in hand
+            try:
+                workers.wait(timeout=50)
+            except subprocess.TimeoutExpired:
+                workers.kill()
+                workers.wait()
+        redis_proc = self.children.get("redis")
+        if redis_proc and redis_proc.poll() is None:
+            redis_proc.send_signal(signal.SIGTERM)  # redis flushes its AOF on SIGTERM
+            try:
+                redis_proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                redis_proc.kill()
+                redis_proc.wait()

@@ -1,0 +1,326 @@
+"""The job registry: which jobs exist, what parameters they take, how they fan out.
+
+Only functions registered here ever run on a worker. A queued job names its
+function by dotted path; the worker looks that path up in the registry and
+refuses anything else, so writing to Redis is not enough to run arbitrary code.
+
+This module is pure: it imports neither Redis nor Numba. Job modules import it
+to declare themselves; the controller uses it to validate parameters before a
+single byte is enqueued.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+import os
+import pkgutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from piblade.errors import BadParameter, UnknownJob, UnregisteredCallable
+
+#: Marks a parameter without a default: the user must give it.
+REQUIRED: Any = object()
+
+#: Modules imported by :func:`load_registry` besides the bundled ``jobs`` package.
+JOB_MODULES_ENV = "PIBLADE_JOB_MODULES"
+
+_TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One typed job parameter with an optional default, bounds and choices."""
+
+    name: str
+    type: type
+    default: Any = REQUIRED
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES.get(self.type, self.type.__name__)
+
+    def describe_bounds(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}..{self.max:g}"
+        if self.min is not None:
+            return f">= {self.min:g}"
+        if self.max is not None:
+            return f"<= {self.max:g}"
+        return ""
+
+    def parse(self, job: str, raw: Any) -> Any:
+        """Convert a CLI string (or a JSON value) to this parameter's type and check it."""
+        value = self._convert(job, raw)
+        if self.choices is not None and value not in self.choices:
+            raise BadParameter(
+                f"{job}: {self.name}={raw!r} is not allowed{did_you_mean(str(raw), map(str, self.choices))}",
+                hint=f"{self.name} must be {self.describe_bounds()}",
+            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise BadParameter(f"{job}: {self.name}={raw!r} is not a finite number")
+            too_low = self.min is not None and value < self.min
+            too_high = self.max is not None and value > self.max
+            if too_low or too_high:
+                raise BadParameter(
+                    f"{job}: {self.name}={raw!r} is out of range",
+                    hint=f"{self.name} must be {self.describe_bounds()}",
+                )
+        return value
+
+    def _convert(self, job: str, raw: Any) -> Any:
+        bad = BadParameter(
+            f"{job}: {self.name}={raw!r} is not a valid {self.type_name}",
+            hint=f"give {self.name} as a {self.type_name}"
+            + (f" ({self.describe_bounds()})" if self.describe_bounds() else ""),
+        )
+        if self.type is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise bad
+        if self.type is int:
+            if isinstance(raw, bool):
+                raise bad
+            if isinstance(raw, int):
+                return raw
+            if isinstance(raw, float) and raw.is_integer():
+                return int(raw)
+            try:
+                return int(str(raw).replace("_", ""), 0) if isinstance(raw, str) else int(raw)
+            except (TypeError, ValueError):
+                # Allow "1e6" for sample counts: only when it is a whole number.
+                try:
+                    as_float = float(str(raw))
+                except ValueError:
+                    raise bad from None
+                if as_float.is_integer():
+                    return int(as_float)
+                raise bad from None
+        if self.type is float:
+            if isinstance(raw, bool):
+                raise bad
+            try:
+                return float(raw)
+            except (TypeError, ValueError):
+                raise bad from None
+        if self.type is str:
+            if not isinstance(raw, str):
+                raise bad
+            return raw
+        raise bad
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a task knows about where it runs. Built by the worker for each task.
+
+    ``output_dir`` is the run's directory under the worker's data root (the
+    NAS mount on a real cluster), already created. Tasks write there with a
+    temporary name and rename, because RQ may run a task twice.
+    """
+
+    run_id: str
+    index: int
+    total: int
+    node: str
+    data_root: Path
+    output_dir: Path
+    threads: int = 1
+
+    def resolve(self, relative: str) -> Path:
+        """Resolve a path given relative to the data root, refusing escapes."""
+        root = self.data_root.resolve()
+        path = (root / relative).resolve()
+        if path != root and root not in path.parents:
+            raise BadParameter(f"path {relative!r} is outside the data directory {root}")
+        return path
+
+
+TaskFn = Callable[..., Any]
+SplitFn = Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
+ReduceFn = Callable[[TaskContext, Mapping[str, Any], list[Any]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A registered job: its parameters and the functions that do the work.
+
+    ``task(ctx, **kwargs)`` runs on a worker. ``split(params)`` turns validated
+    parameters into the kwargs of each task (one RQ job each); without it the
+    job runs as one task with the parameters as kwargs. ``reduce(ctx, params,
+    results)`` runs once on a worker after every task has succeeded.
+    """
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    task: TaskFn
+    split: SplitFn | None = None
+    reduce: ReduceFn | None = None
+    warmup: Callable[[], None] | None = None
+    timeout: int = 600
+    writes_output: bool = False
+
+    @property
+    def task_path(self) -> str:
+        return dotted_path(self.task)
+
+    @property
+    def reduce_path(self) -> str | None:
+        return dotted_path(self.reduce) if self.reduce else None
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise BadParameter(
+            f"{self.name}: unknown parameter {name!r}{did_you_mean(name, (p.name for p in self.params))}",
+            hint=f"{self.name} takes: " + (", ".join(p.name for p in self.params) or "no parameters"),
+        )
+
+    def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Return complete, typed parameters or raise :class:`BadParameter`."""
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            values[name] = self.param(name).parse(self.name, value)
+        for p in self.params:
+            if p.name not in values:
+                if p.required:
+                    raise BadParameter(
+                        f"{self.name}: missing required parameter {p.name!r}",
+                        hint=f"add --param {p.name}=<{p.type_name}>",
+                    )
+                values[p.name] = p.default
+        return values
+
+    def plan(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The kwargs of every task, in order. Pure: no I/O."""
+        if self.split is None:
+            return [dict(params)]
+        tasks = [dict(t) for t in self.split(params)]
+        if not tasks:
+            raise BadParameter(f"{self.name}: these parameters make no tasks")
+        return tasks
+
+
+def dotted_path(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+@dataclass(slots=True)
+class Registry:
+    """Registered jobs by name, and the set of function paths a worker may run."""
+
+    jobs: dict[str, JobSpec] = field(default_factory=dict)
+    _callables: dict[str, tuple[JobSpec, str]] = field(default_factory=dict)
+
+    def add(self, spec: JobSpec) -> None:
+        if spec.name in self.jobs and self.jobs[spec.name].task_path != spec.task_path:
+            raise ValueError(f"job name {spec.name!r} is registered twice")
+        self.jobs[spec.name] = spec
+        self._callables[spec.task_path] = (spec, "task")
+        if spec.reduce_path:
+            self._callables[spec.reduce_path] = (spec, "reduce")
+
+    def get(self, name: str) -> JobSpec:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            raise UnknownJob(
+                f"unknown job {name!r}{did_you_mean(name, self.jobs)}",
+                hint="`piblade jobs list` shows the registered jobs",
+            ) from None
+
+    def by_callable(self, path: str) -> tuple[JobSpec, str]:
+        """Look up a queued function path; refuse anything not registered."""
+        try:
+            return self._callables[path]
+        except KeyError:
+            raise UnregisteredCallable(
+                f"refused to run {path!r}: it is not a registered piblade job",
+                hint="only functions declared with @piblade.registry.job run on workers",
+            ) from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(sorted(self.jobs.values(), key=lambda s: s.name))
+
+
+#: The process-wide registry that job modules register into at import time.
+REGISTRY = Registry()
+
+
+def job(
+    name: str,
+    *,
+    summary: str,
+    params: Sequence[Param] = (),
+    split: SplitFn | None = None,
+    reduce: ReduceFn | None = None,
+    warmup: Callable[[], None] | None = None,
+    timeout: int = 600,
+    writes_output: bool = False,
+) -> Callable[[TaskFn], TaskFn]:
+    """Declare a job: ``@job("name", summary=..., params=[Param(...)])`` on its task function."""
+
+    def register(fn: TaskFn) -> TaskFn:
+        REGISTRY.add(
+            JobSpec(
+                name=name,
+                summary=summary,
+                params=tuple(params),
+                task=fn,
+                split=split,
+                reduce=reduce,
+                warmup=warmup,
+                timeout=timeout,
+                writes_output=writes_output,
+            )
+        )
+        return fn
+
+    return register
+
+
+def load_registry(extra_modules: Iterable[str] | None = None) -> Registry:
+    """Import the bundled ``jobs`` package and any extra modules; return the registry.
+
+    Extra modules come from ``PIBLADE_JOB_MODULES`` (comma separated) unless given.
+    """
+    import jobs as bundled
+
+    for info in pkgutil.iter_modules(bundled.__path__, prefix="jobs."):
+        if not info.name.rsplit(".", 1)[-1].startswith("_"):
+            importlib.import_module(info.name)
+    if extra_modules is None:
+        extra_modules = [m for m in os.environ.get(JOB_MODULES_ENV, "").split(",") if m.strip()]
+    for module in extra_modules:
+        importlib.import_module(module.strip())
+    return REGISTRY

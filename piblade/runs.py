@@ -1,0 +1,150 @@
+"""Run records: one submission of a job, its fan-out of tasks and its reduce step.
+
+A *run* is what the user submitted (``piblade submit mandelbrot``); its *tasks*
+are the RQ jobs it fanned out to. Task ids derive from the run id
+(``<run>-00042``, ``<run>-reduce``), so a run record stays a few hundred bytes
+however many tasks it has — Redis on a Pi has little memory to spare.
+
+Keys (all under ``piblade:``), module constants in the style of RQ:
+``piblade:run:<id>`` hash, ``piblade:run:<id>:done`` set of finished task
+indexes (drives the reduce), ``piblade:runs`` sorted set of run ids by time.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from piblade.errors import NotFound
+
+RUN_KEY = "piblade:run:{}"
+DONE_KEY = "piblade:run:{}:done"
+REDUCE_LOCK_KEY = "piblade:run:{}:reduce-enqueued"
+RUNS_INDEX = "piblade:runs"
+#: How long run records (and task results) are kept.
+RUN_TTL = 7 * 24 * 3600
+#: How many runs the index remembers.
+RUNS_KEPT = 1000
+
+
+def new_run_id() -> str:
+    """Short, unique, safe as part of an RQ job id."""
+    return time.strftime("%m%d") + "-" + secrets.token_hex(4)
+
+
+def task_id(run_id: str, index: int) -> str:
+    return f"{run_id}-{index:05d}"
+
+
+def reduce_id(run_id: str) -> str:
+    return f"{run_id}-reduce"
+
+
+def run_of_task(job_id: str) -> str:
+    """The run id a task id belongs to."""
+    return job_id.rsplit("-", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    job: str
+    params: dict[str, Any]
+    total: int
+    queue: str
+    created: float
+    output: str
+    has_reduce: bool
+    timeout: int
+    retries: int
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [task_id(self.id, i) for i in range(self.total)]
+
+    @property
+    def all_job_ids(self) -> list[str]:
+        ids = self.task_ids
+        if self.has_reduce:
+            ids.append(reduce_id(self.id))
+        return ids
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "job": self.job,
+            "params": json.dumps(self.params, sort_keys=True),
+            "total": str(self.total),
+            "queue": self.queue,
+            "created": repr(self.created),
+            "output": self.output,
+            "reduce": "1" if self.has_reduce else "0",
+            "timeout": str(self.timeout),
+            "retries": str(self.retries),
+        }
+
+    @classmethod
+    def from_hash(cls, run_id: str, raw: dict[bytes, bytes]) -> RunRecord:
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            id=run_id,
+            job=data["job"],
+            params=json.loads(data["params"]),
+            total=int(data["total"]),
+            queue=data["queue"],
+            created=float(data["created"]),
+            output=data.get("output", ""),
+            has_reduce=data.get("reduce") == "1",
+            timeout=int(data.get("timeout", "0")),
+            retries=int(data.get("retries", "0")),
+        )
+
+
+def save_run(pipe: redis.client.Pipeline, run: RunRecord) -> None:
+    """Queue the writes of a run record on ``pipe`` (the caller executes it with the tasks)."""
+    key = RUN_KEY.format(run.id)
+    pipe.hset(key, mapping=run.to_hash())
+    pipe.expire(key, RUN_TTL)
+    pipe.zadd(RUNS_INDEX, {run.id: run.created})
+    pipe.zremrangebyrank(RUNS_INDEX, 0, -RUNS_KEPT - 1)
+
+
+def load_run(conn: redis.Redis, run_id: str) -> RunRecord:
+    raw = conn.hgetall(RUN_KEY.format(run_id))
+    if not raw:
+        raise NotFound(f"no run {run_id!r}", hint="`piblade jobs status` lists recent runs")
+    return RunRecord.from_hash(run_id, raw)
+
+
+def recent_runs(conn: redis.Redis, limit: int = 20) -> list[RunRecord]:
+    ids = [i.decode() for i in conn.zrevrange(RUNS_INDEX, 0, limit - 1)]
+    pipe = conn.pipeline(transaction=False)
+    for run_id in ids:
+        pipe.hgetall(RUN_KEY.format(run_id))
+    return [RunRecord.from_hash(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw]
+
+
+def mark_task_done(conn: redis.Redis, run_id: str, index: int, total: int) -> bool:
+    """Record a finished task; True exactly once, for whoever completes the set.
+
+    At-least-once delivery means a task can finish twice; a set of indexes
+    (not a counter) and a NX lock make the reduce step start exactly once.
+    """
+    done_key = DONE_KEY.format(run_id)
+    pipe = conn.pipeline(transaction=True)
+    pipe.sadd(done_key, index)
+    pipe.expire(done_key, RUN_TTL)
+    pipe.scard(done_key)
+    _, _, finished = pipe.execute()
+    if finished < total:
+        return False
+    return bool(conn.set(REDUCE_LOCK_KEY.format(run_id), 1, nx=True, ex=RUN_TTL))
+
+
+def reset_reduce_lock(conn: redis.Redis, run_id: str) -> None:
+    """Allow the reduce step to be enqueued again (after a retry of failed tasks)."""
+    conn.delete(REDUCE_LOCK_KEY.format(run_id))

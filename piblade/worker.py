@@ -1,0 +1,326 @@
+"""piblade workers: RQ workers that keep Numba warm and run registered jobs only.
+
+Why not ``rq worker``? Its default worker forks a fresh child for every job,
+and each child compiles the Numba kernels again (≈ 0.5 s for a mandelbrot tile
+whose kernel runs in ≈ 30 ms). A piblade worker process compiles (or loads from
+``cache=True``) every registered kernel once, *before* forking its worker
+processes, and then runs many jobs per process without forking again.
+
+Running jobs in the worker process itself (RQ's ``SimpleWorker`` model) changes
+what protects us, so this module adds it back:
+
+* **Only registered jobs run.** :class:`BladeJob` never imports the function
+  named in Redis; it looks the name up in the registry and refuses the rest.
+  Callbacks and webhooks stored with a job are ignored (they name code/URLs too).
+* **A dead node does not lose its job.** While a job runs, a keep-alive thread
+  extends its entry in RQ's started registry every few seconds with a short TTL,
+  and every worker runs RQ's registry maintenance every 15 s instead of every
+  10 minutes: a job whose worker vanished is re-queued (retries left) or marked
+  failed within about 40 s, instead of RQ's ≈ 11 minutes.
+* **Timeouts hold even in nopython code.** RQ's SIGALRM timeout cannot interrupt
+  a running kernel, so job kernels work in chunks; as a backstop the keep-alive
+  thread kills the process if a job overruns its timeout by a grace period, and
+  the supervisor starts a fresh, already-warm process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from piblade import runs
+from piblade.errors import UnregisteredCallable
+from piblade.registry import REGISTRY, Registry, TaskContext, load_registry
+
+log = logging.getLogger("piblade.worker")
+
+#: Seconds between keep-alive beats of a running job.
+JOB_HEARTBEAT_INTERVAL = 5
+#: A job whose worker stopped beating for this long counts as abandoned.
+JOB_HEARTBEAT_TTL = 20
+#: How often a worker runs RQ's registry maintenance (RQ's default is 600 s).
+MAINTENANCE_INTERVAL = 15
+#: Worker liveness key TTL; idle workers block on the queue for TTL - 15 s.
+WORKER_TTL = 35
+#: A job overrunning its timeout by this much gets its process killed.
+HARD_TIMEOUT_GRACE = 30
+#: Results and failures are kept this long.
+RESULT_TTL = runs.RUN_TTL
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What every task in this process shares: where it runs and where data lives."""
+
+    node: str
+    data_root: Path
+    threads: int
+
+
+_runtime = Runtime(node=socket.gethostname(), data_root=Path.cwd(), threads=1)
+
+
+def configure_runtime(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+class BladeJob(Job):
+    """An RQ job that can only run functions from the piblade registry."""
+
+    registry: Registry = REGISTRY
+
+    # RQ would import these names and call them; piblade never sets them, so a
+    # job that carries them was written by someone else and they are ignored.
+    @property
+    def success_callback(self) -> None:  # type: ignore[override]
+        return None
+
+    @property
+    def failure_callback(self) -> None:  # type: ignore[override]
+        return None
+
+    @property
+    def stopped_callback(self) -> None:  # type: ignore[override]
+        return None
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        """Never call out to URLs found in a job: that would let Redis writers make us fetch anything."""
+        return None
+
+    def _execute(self) -> Any:
+        spec, phase = self.registry.by_callable(self.func_name)
+        if self.args:
+            raise UnregisteredCallable(f"refused {self.func_name}: piblade jobs take keyword arguments only")
+        meta = self.meta or {}
+        run_id = str(meta.get("run", self.id))
+        output = str(meta.get("output", ""))
+        data_root = _runtime.data_root
+        ctx = TaskContext(
+            run_id=run_id,
+            index=int(meta.get("index", 0)),
+            total=int(meta.get("total", 1)),
+            node=_runtime.node,
+            data_root=data_root,
+            output_dir=data_root / output if output else data_root,
+            threads=_runtime.threads,
+        )
+        if output:
+            ctx.resolve(output).mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        if phase == "task":
+            value = spec.task(ctx, **self.kwargs)
+        else:
+            value = self._run_reduce(spec, ctx, run_id)
+        return {"node": ctx.node, "seconds": round(time.perf_counter() - started, 6), "value": value}
+
+    def _run_reduce(self, spec: Any, ctx: TaskContext, run_id: str) -> Any:
+        record = runs.load_run(self.connection, run_id)
+        tasks = Job.fetch_many(record.task_ids, connection=self.connection, serializer=self.serializer)
+        results = []
+        for task_job in tasks:
+            if task_job is None:
+                raise RuntimeError(f"run {run_id}: a task's record expired before the reduce step")
+            value = task_job.return_value()
+            results.append(value["value"] if isinstance(value, dict) else value)
+        return spec.reduce(ctx, record.params, results)
+
+
+class BladeWorker(SimpleWorker):
+    """A SimpleWorker with short heartbeats, frequent maintenance and a reduce trigger."""
+
+    def __init__(self, queues: Sequence[Queue], **kwargs: Any) -> None:
+        kwargs.setdefault("job_class", BladeJob)
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
+        kwargs.setdefault("job_monitoring_interval", JOB_HEARTBEAT_INTERVAL)
+        kwargs.setdefault("worker_ttl", WORKER_TTL)
+        super().__init__(queues, **kwargs)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return JOB_HEARTBEAT_TTL
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+        keeper = threading.Thread(
+            target=self._keep_alive, args=(job, execution, done), name="piblade-keepalive", daemon=True
+        )
+        keeper.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            keeper.join()
+        self.set_state("idle")
+
+    def _keep_alive(self, job: Job, execution: Any, done: threading.Event) -> None:
+        started = time.monotonic()
+        limit = (job.timeout or 0) + HARD_TIMEOUT_GRACE if (job.timeout or 0) > 0 else None
+        while not done.wait(JOB_HEARTBEAT_INTERVAL):
+            if limit is not None and time.monotonic() - started > limit:
+                log.critical(
+                    "job %s overran its %ss timeout by %ss and cannot be interrupted: restarting this worker",
+                    job.id,
+                    job.timeout,
+                    HARD_TIMEOUT_GRACE,
+                )
+                os.kill(os.getpid(), signal.SIGKILL)
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the job
+                log.warning("heartbeat for job %s failed", job.id, exc_info=True)
+
+    def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        super().handle_job_success(job, queue, *args, **kwargs)
+        meta = job.meta or {}
+        if meta.get("reduce") and meta.get("phase") == "task":
+            run_id = str(meta["run"])
+            if runs.mark_task_done(self.connection, run_id, int(meta["index"]), int(meta["total"])):
+                from piblade.dispatch import enqueue_reduce
+
+                enqueue_reduce(self.connection, run_id)
+
+
+def warm_up(registry: Registry) -> dict[str, float]:
+    """Compile (or load from cache) every registered kernel; return seconds per job."""
+    timings: dict[str, float] = {}
+    for spec in registry:
+        if spec.warmup is None:
+            continue
+        started = time.perf_counter()
+        spec.warmup()
+        timings[spec.name] = time.perf_counter() - started
+        log.info("warmed %s in %.3fs", spec.name, timings[spec.name])
+    return timings
+
+
+def numba_environment(processes: int, threads: int | None, cache_dir: Path) -> dict[str, str]:
+    """The Numba settings a worker process needs, decided before Numba is imported.
+
+    ``workqueue`` is the threading layer that survives fork after a parallel
+    kernel ran in the parent (the default ``omp`` kills forked children), and
+    processes × threads is kept within the machine's cores.
+    """
+    cores = os.cpu_count() or 1
+    per_process = threads if threads else max(1, cores // max(1, processes))
+    return {
+        "NUMBA_THREADING_LAYER": "workqueue",
+        "NUMBA_NUM_THREADS": str(per_process),
+        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(cache_dir)),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    queues: tuple[str, ...]
+    processes: int
+    data_root: Path
+    node: str
+    threads: int
+    burst: bool = False
+
+
+def _serve(config: WorkerConfig, target: Any) -> int:
+    """Run one worker loop in this process until it is told to stop."""
+    from piblade.redisconn import connect
+
+    conn = connect(target)
+    queues = [Queue(name, connection=conn, job_class=BladeJob, serializer=JSONSerializer) for name in config.queues]
+    name = f"{config.node}.{os.getpid()}"
+    worker = BladeWorker(queues, connection=conn, name=name, log_job_description=False)
+    worker.work(burst=config.burst, logging_level="WARNING", with_scheduler=False)
+    return 0
+
+
+class Supervisor:
+    """Forks N warm worker processes and restarts any that dies.
+
+    SIGTERM/SIGINT is passed on to the children, which finish the job in hand
+    (RQ's warm shutdown); a second signal makes them stop at once.
+    """
+
+    def __init__(self, config: WorkerConfig, target: Any) -> None:
+        self.config = config
+        self.target = target
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = _serve(self.config, self.target)
+            except Exception:  # noqa: BLE001
+                log.exception("worker process crashed")
+            finally:
+                os._exit(code)
+        self.children[pid] = slot
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        for slot in range(self.config.processes):
+            self._spawn(slot)
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            slot = self.children.pop(pid, None)
+            if slot is None or self.stopping:
+                continue
+            if self.config.burst and os.waitstatus_to_exitcode(status) == 0:
+                continue
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+            log.warning("worker process %s exited (%s); starting a new one", pid, os.waitstatus_to_exitcode(status))
+            if len(self.restarts) > 5:
+                time.sleep(5)  # crash loop: do not spin
+            if not self.stopping:
+                self._spawn(slot)
+        return 0
+
+
+def run_workers(config: WorkerConfig, target: Any) -> int:
+    """Entry point of `piblade worker`: set up Numba, warm every job, then serve."""
+    from piblade.state import state_dir
+
+    os.environ.update(numba_environment(config.processes, config.threads, state_dir() / "numba-cache"))
+    threads = int(os.environ["NUMBA_NUM_THREADS"])
+    configure_runtime(Runtime(node=config.node, data_root=config.data_root, threads=threads))
+    config.data_root.mkdir(parents=True, exist_ok=True)
+    registry = load_registry()
+    warm_up(registry)
+    sys.stdout.flush()
+    if config.processes == 1:
+        return _serve(config, target)
+    return Supervisor(config, target).run()
