@@ -1,0 +1,145 @@
+"""Real services for integration tests: a redis-server with piblade's ACL config, real workers.
+
+Everything binds to loopback on free ports and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from piblade import local
+from piblade.redisconn import RedisTarget, connect
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_JOBS = "tests.integration.testjobs"
+
+
+@dataclass
+class RedisServer:
+    target: RedisTarget
+    admin: redis.Redis
+    proc: subprocess.Popen[bytes]
+    paths: local.LocalPaths
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    root = tmp_path_factory.mktemp("redis")
+    paths = local.LocalPaths(root / "local")
+    paths.log_dir.mkdir(parents=True)
+    password = "test-" + os.urandom(8).hex()
+    paths.password_file.parent.mkdir(parents=True)
+    paths.password_file.write_text(password)
+    paths.password_file.chmod(0o600)
+    port = local.free_port()
+    local.write_redis_config(paths, port, password)
+    # The tests also need an admin user to wipe the database between tests.
+    admin_password = os.urandom(8).hex()
+    with paths.acl_file.open("a") as acl:
+        acl.write(f"user admin on #{hashlib.sha256(admin_password.encode()).hexdigest()} ~* &* +@all\n")
+    proc = subprocess.Popen([local.find_redis_server(), str(paths.redis_conf)])
+    target = RedisTarget("127.0.0.1", port, "piblade", paths.password_file)
+    admin = redis.Redis(host="127.0.0.1", port=port, username="admin", password=admin_password)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            admin.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield RedisServer(target, admin, proc, paths)
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def conn(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A clean database for each test, connected as piblade's own (non-admin) user."""
+    redis_server.admin.flushdb()
+    client = connect(redis_server.target)
+    yield client
+    client.close()
+
+
+def worker_env(server: RedisServer, state: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PIBLADE_REDIS_URL=server.target.url(),
+        PIBLADE_REDIS_PASSWORD_FILE=str(server.target.password_file),
+        PIBLADE_JOB_MODULES=TEST_JOBS,
+        PIBLADE_STATE_DIR=str(state),
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+@dataclass
+class WorkerPool:
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_workers(
+    server: RedisServer, tmp: Path, processes: int = 2, node: str = "testnode", queues: str = "default"
+) -> WorkerPool:
+    from piblade.dispatch import workers_on
+
+    data = tmp / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    log = tmp / f"workers-{node}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "piblade", "worker", "--processes", str(processes), "--queues", queues,
+             "--data-dir", str(data), "--node", node],
+            env=worker_env(server, tmp / "state"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pool = WorkerPool(proc, data, log)
+    client = connect(server.target)
+    deadline = time.monotonic() + 120
+    try:
+        while workers_on(client, queues.split(",")[0]) < processes:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pool.stop()
+                pytest.fail(f"workers did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+    finally:
+        client.close()
+    return pool
+
+
+@pytest.fixture
+def workers(redis_server: RedisServer, conn: redis.Redis, tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = start_workers(redis_server, tmp_path)
+    yield pool
+    pool.stop()
+    os.killpg(pool.proc.pid, signal.SIGKILL) if pool.proc.poll() is None else None

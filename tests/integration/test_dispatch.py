@@ -1,0 +1,143 @@
+"""Submit → workers → results, through a real redis-server and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Callback, Queue
+from rq.serializers import JSONSerializer
+
+from piblade import dispatch, runs
+from piblade.errors import BadParameter, UnknownJob
+from piblade.registry import load_registry
+from piblade.worker import BladeJob
+from tests.integration.conftest import TEST_JOBS, RedisServer, WorkerPool, start_workers
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry([TEST_JOBS])
+
+
+def test_fan_out_runs_every_task_and_the_reduce(conn: redis.Redis, workers: WorkerPool, registry) -> None:
+    record = dispatch.submit(conn, registry, "test-sleep", {"count": "60"})
+    status = dispatch.wait(conn, record.id, timeout=60)
+    assert status.state == "finished", status.to_dict()
+    assert status.done == 60
+    assert status.result == {"tasks": 60, "sum": sum(range(60))}
+    assert status.nodes == {"testnode": 60}
+
+
+def test_failed_task_keeps_its_traceback(conn: redis.Redis, workers: WorkerPool, registry) -> None:
+    record = dispatch.submit(conn, registry, "test-fail", {"message": "disk on fire"})
+    status = dispatch.wait(conn, record.id, timeout=60)
+    assert status.state == "failed"
+    (failure,) = status.failures
+    assert failure.summary == "ValueError: test failure: disk on fire"
+    assert "testjobs.py" in failure.traceback and "Traceback" in failure.traceback
+
+
+def test_timeout_is_enforced(conn: redis.Redis, workers: WorkerPool, registry) -> None:
+    record = dispatch.submit(conn, registry, "test-sleep", {"seconds": "30"}, timeout=1)
+    started = time.monotonic()
+    status = dispatch.wait(conn, record.id, timeout=60)
+    assert status.state == "failed"
+    assert "JobTimeoutException" in status.failures[0].traceback
+    assert time.monotonic() - started < 30  # it was interrupted, not run to the end
+
+
+def test_retries_rerun_a_failed_task(conn: redis.Redis, workers: WorkerPool, registry, tmp_path: Path) -> None:
+    marker = tmp_path / "flaky-marker"
+    record = dispatch.submit(conn, registry, "test-flaky", {"marker": str(marker)}, retries=1)
+    status = dispatch.wait(conn, record.id, timeout=60)
+    assert status.state == "finished"
+    assert status.result == "second attempt ok"
+
+    marker2 = tmp_path / "flaky-marker-2"
+    record = dispatch.submit(conn, registry, "test-flaky", {"marker": str(marker2)})
+    assert dispatch.wait(conn, record.id, timeout=60).state == "failed"
+    # `piblade jobs retry` re-queues the failed task; the second attempt succeeds.
+    assert dispatch.retry(conn, record.id) == 1
+    assert dispatch.wait(conn, record.id, timeout=60).state == "finished"
+
+
+def test_bad_input_is_refused_before_anything_is_enqueued(
+    redis_server: RedisServer, conn: redis.Redis, registry
+) -> None:
+    before = conn.dbsize()
+    with pytest.raises(UnknownJob, match='did you mean "test-sleep"'):
+        dispatch.submit(conn, registry, "test-slep", {})
+    with pytest.raises(BadParameter, match="out of range"):
+        dispatch.submit(conn, registry, "test-sleep", {"count": "0"})
+    with pytest.raises(BadParameter, match="not a valid float"):
+        dispatch.submit(conn, registry, "test-sleep", {"seconds": "soon"})
+    with pytest.raises(BadParameter, match="unknown parameter"):
+        dispatch.submit(conn, registry, "test-sleep", {"cuont": "3"})
+    assert conn.dbsize() == before
+    assert redis_server.admin.keys("rq:*") == []
+
+
+def test_a_non_registered_callable_is_refused_and_recorded(
+    conn: redis.Redis, workers: WorkerPool, tmp_path: Path
+) -> None:
+    evidence = tmp_path / "pwned"
+    queue = Queue("default", connection=conn, serializer=JSONSerializer)
+    job = queue.enqueue("os.system", f"touch {evidence}", job_id="evil-1")
+    deadline = time.monotonic() + 30
+    while job.get_status() not in ("failed", "finished") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job.get_status() == "failed"
+    assert "refused to run 'os.system': it is not a registered piblade job" in job.latest_result().exc_string
+    assert not evidence.exists()
+
+
+def test_callbacks_stored_with_a_job_are_never_called(
+    conn: redis.Redis, workers: WorkerPool, registry, tmp_path: Path
+) -> None:
+    spec = registry.get("test-sleep")
+    queue = Queue("default", connection=conn, serializer=JSONSerializer, job_class=BladeJob)
+    job = queue.enqueue(
+        spec.task_path, i=1, seconds=0.0, job_id="cb-1",
+        on_success=Callback("os.abort"), on_failure=Callback("os.abort"),
+    )
+    deadline = time.monotonic() + 30
+    while job.get_status() not in ("failed", "finished") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job.get_status() == "finished"
+    assert workers.proc.poll() is None  # os.abort would have killed a worker process
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_node_lost_mid_job_does_not_lose_the_job(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path, retries: int
+) -> None:
+    doomed = start_workers(redis_server, tmp_path / "doomed", processes=1, node="doomed")
+    record = dispatch.submit(conn, registry, "test-sleep", {"seconds": "8"}, retries=retries)
+    task = runs.task_id(record.id, 0)
+    deadline = time.monotonic() + 30
+    while conn.hget(f"rq:job:{task}", "status") != b"started":
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    # Power loss: the whole worker process group dies at once, nothing gets to clean up.
+    os.killpg(doomed.proc.pid, signal.SIGKILL)
+    doomed.proc.wait()
+    killed_at = time.monotonic()
+    survivor = start_workers(redis_server, tmp_path / "survivor", processes=1, node="survivor")
+    try:
+        status = dispatch.wait(conn, record.id, timeout=75)
+    finally:
+        survivor.stop()
+    assert status.finished, f"still {status.counts} {time.monotonic() - killed_at:.0f}s after the node died"
+    if retries:
+        assert status.state == "finished"
+        assert status.nodes == {"survivor": 1}
+    else:
+        assert status.state == "failed"
+        assert "abandoned" in status.failures[0].traceback.lower()
