@@ -256,25 +256,46 @@ def wait(
     poll: float = 0.2,
     timeout: float | None = None,
 ) -> RunStatus:
-    """Poll until the run is over; only unfinished jobs are asked about each time."""
+    """Poll until the run is over, asking Redis only about the front of the pending list.
+
+    Tasks are taken in FIFO order, so asking about all 2,000 pending tasks of a
+    fan-out on every poll would mostly ask about tasks nobody started; that load
+    lands on the same Redis the workers need. Each poll checks pending tasks in
+    windows and stops at the first window that still has unfinished ones.
+    The final answer is exact: the run is over only when nothing is pending.
+    """
     record = runs.load_run(conn, run_id)
     states = dict.fromkeys(record.all_job_ids, "queued")
     pending = list(record.all_job_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
+    window = 256
+    reduce_job = runs.reduce_id(record.id)
     while True:
-        for job_id, state in zip(pending, _statuses(conn, pending), strict=True):
-            states[job_id] = state
-        if record.has_reduce and states[runs.reduce_id(record.id)] == "missing":
-            pass  # the reduce step appears once the last task finished
-        pending = [j for j, s in states.items() if s not in {"finished", "failed", "stopped", "canceled"}]
+        still: list[str] = []
+        position = 0
+        while position < len(pending):
+            chunk = pending[position : position + window]
+            position += window
+            open_in_chunk = 0
+            for job_id, state in zip(chunk, _statuses(conn, chunk), strict=True):
+                states[job_id] = state
+                # A task whose record is gone is over; the reduce is "missing" until it is enqueued.
+                if state not in _OVER and (state != "missing" or job_id == reduce_job):
+                    still.append(job_id)
+                    open_in_chunk += 1
+            if open_in_chunk:
+                still.extend(pending[position:])
+                break
+        pending = still
         snapshot = _build_status(conn, record, states, details=False)
         if on_progress:
             on_progress(snapshot)
-        if snapshot.finished:
-            return _build_status(conn, record, states, details=True)
-        if deadline is not None and time.monotonic() > deadline:
+        if snapshot.finished or (deadline is not None and time.monotonic() > deadline):
             return _build_status(conn, record, states, details=True)
         time.sleep(poll)
+
+
+_OVER = {"finished", "failed", "stopped", "canceled"}
 
 
 def task_status(conn: redis.Redis, job_id: str) -> dict[str, Any]:

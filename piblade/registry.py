@@ -40,6 +40,15 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+def _number(value: float | None) -> str:
+    """Bounds as people write them: 2147483647, not 2.14748e+09."""
+    if value is None:
+        return ""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
     """One typed job parameter with an optional default, bounds and choices."""
@@ -63,12 +72,13 @@ class Param:
     def describe_bounds(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(str(c) for c in self.choices)
-        if self.min is not None and self.max is not None:
-            return f"{self.min:g}..{self.max:g}"
-        if self.min is not None:
-            return f">= {self.min:g}"
-        if self.max is not None:
-            return f"<= {self.max:g}"
+        low, high = _number(self.min), _number(self.max)
+        if low and high:
+            return f"{low}..{high}"
+        if low:
+            return f">= {low}"
+        if high:
+            return f"<= {high}"
         return ""
 
     def parse(self, job: str, raw: Any) -> Any:
@@ -188,6 +198,7 @@ class JobSpec:
     warmup: Callable[[], None] | None = None
     timeout: int = 600
     writes_output: bool = False
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
     @property
     def task_path(self) -> str:
@@ -219,6 +230,8 @@ class JobSpec:
                         hint=f"add --param {p.name}=<{p.type_name}>",
                     )
                 values[p.name] = p.default
+        if self.check is not None:
+            self.check(values)  # rules that involve several parameters raise BadParameter
         return values
 
     def plan(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -287,6 +300,7 @@ def job(
     warmup: Callable[[], None] | None = None,
     timeout: int = 600,
     writes_output: bool = False,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Callable[[TaskFn], TaskFn]:
     """Declare a job: ``@job("name", summary=..., params=[Param(...)])`` on its task function."""
 
@@ -302,6 +316,7 @@ def job(
                 warmup=warmup,
                 timeout=timeout,
                 writes_output=writes_output,
+                check=check,
             )
         )
         return fn
@@ -317,7 +332,7 @@ def load_registry(extra_modules: Iterable[str] | None = None) -> Registry:
     import jobs as bundled
 
     for info in pkgutil.iter_modules(bundled.__path__, prefix="jobs."):
-        if not info.name.rsplit(".", 1)[-1].startswith("_"):
+        if not info.ispkg and not info.name.rsplit(".", 1)[-1].startswith("_"):
             importlib.import_module(info.name)
     if extra_modules is None:
         extra_modules = [m for m in os.environ.get(JOB_MODULES_ENV, "").split(",") if m.strip()]

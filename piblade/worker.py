@@ -140,8 +140,61 @@ class BladeJob(Job):
         return spec.reduce(ctx, record.params, results)
 
 
+class _KeepAlive(threading.Thread):
+    """One long-lived thread per worker process that beats for the job in hand.
+
+    A thread per job would cost a start and a join (≈ 1 ms) on every job; this
+    one just waits on a condition until a job is being watched.
+    """
+
+    def __init__(self, worker: BladeWorker) -> None:
+        super().__init__(name="piblade-keepalive", daemon=True)
+        self.worker = worker
+        self.cond = threading.Condition()
+        self.current: tuple[Job, Any, float] | None = None
+
+    def watch(self, job: Job, execution: Any) -> None:
+        with self.cond:
+            self.current = (job, execution, time.monotonic())
+            self.cond.notify()
+
+    def clear(self) -> None:
+        with self.cond:
+            self.current = None
+            self.cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while self.current is None:
+                    self.cond.wait()
+                watched = self.current
+                self.cond.wait(JOB_HEARTBEAT_INTERVAL)
+                if self.current is not watched:
+                    continue
+            job, execution, started = watched
+            timeout = job.timeout or 0
+            if timeout > 0 and time.monotonic() - started > timeout + HARD_TIMEOUT_GRACE:
+                log.critical(
+                    "job %s overran its %ss timeout by %ss and cannot be interrupted: restarting this worker",
+                    job.id, timeout, HARD_TIMEOUT_GRACE,
+                )  # fmt: skip
+                os.kill(os.getpid(), signal.SIGKILL)
+            try:
+                self.worker.maintain_heartbeats(job, execution)
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the job
+                log.warning("heartbeat for job %s failed", job.id, exc_info=True)
+
+
 class BladeWorker(SimpleWorker):
-    """A SimpleWorker with short heartbeats, frequent maintenance and a reduce trigger."""
+    """A SimpleWorker with short heartbeats, frequent maintenance and fewer round trips.
+
+    RQ's loop talks to Redis about twenty times per job (several unpipelined
+    heartbeats, a suspension check, idle/busy writes). On a Pi every round trip
+    is CPU the jobs do not get, so this worker beats at most every few seconds,
+    checks for suspension once a second, and tries a non-blocking dequeue before
+    RQ's idle path (which marks the worker idle and blocks).
+    """
 
     def __init__(self, queues: Sequence[Queue], **kwargs: Any) -> None:
         kwargs.setdefault("job_class", BladeJob)
@@ -150,40 +203,98 @@ class BladeWorker(SimpleWorker):
         kwargs.setdefault("job_monitoring_interval", JOB_HEARTBEAT_INTERVAL)
         kwargs.setdefault("worker_ttl", WORKER_TTL)
         super().__init__(queues, **kwargs)
+        self._last_beat = 0.0
+        self._last_suspension_check = 0.0
+        self._keeper: _KeepAlive | None = None
+        self._pending_pipe: Any = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return JOB_HEARTBEAT_TTL
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        if time.monotonic() - self._last_beat < JOB_HEARTBEAT_INTERVAL:
+            return
+        with self.connection.pipeline() as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
+        self._last_beat = time.monotonic()
+
+    def check_for_suspension(self, burst: bool) -> None:
+        if time.monotonic() - self._last_suspension_check < 1.0:
+            return
+        super().check_for_suspension(burst)
+        self._last_suspension_check = time.monotonic()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        if not self._stop_requested:
+            try:
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    None,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except Exception:  # noqa: BLE001 - RQ's own path below handles and logs errors
+                result = None
+            if result is not None:
+                job, queue = result
+                self.reorder_queues(reference_queue=queue)
+                job.redis_server_version = self.get_redis_server_version()
+                return result
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def prepare_execution(self, job: Job) -> Any:
+        """Create the execution record, but send it with the job's own preparation.
+
+        RQ sends these two groups of writes as two pipelines back to back; one
+        is enough. :meth:`prepare_job_execution` executes the pipeline.
+        """
+        from rq.executions import Execution
+
+        pipe = self.connection.pipeline()
+        execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+        self.executions[execution.id] = execution
+        self.set_state("busy", pipeline=pipe)
+        self._pending_pipe = pipe
+        return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        from rq.utils import now
+
+        pipe = self._pending_pipe or self.connection.pipeline()
+        self._pending_pipe = None
+        with pipe:
+            ttl = self.get_heartbeat_ttl(job)
+            self.heartbeat(ttl, pipeline=pipe)
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.persist(job.key)
+            if remove_from_intermediate_queue:
+                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipe.execute()
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        # RQ also writes a job heartbeat here, one round trip just before the
+        # success/failure pipeline records the end anyway.
+        from rq.utils import now
+
+        job.ended_at = now()
+
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if self._keeper is None:
+            self._keeper = _KeepAlive(self)
+            self._keeper.start()
         execution = self.prepare_execution(job)
-        done = threading.Event()
-        keeper = threading.Thread(
-            target=self._keep_alive, args=(job, execution, done), name="piblade-keepalive", daemon=True
-        )
-        keeper.start()
+        self._keeper.watch(job, execution)
         try:
             self.perform_job(job, queue, execution)
         finally:
-            done.set()
-            keeper.join()
-        self.set_state("idle")
-
-    def _keep_alive(self, job: Job, execution: Any, done: threading.Event) -> None:
-        started = time.monotonic()
-        limit = (job.timeout or 0) + HARD_TIMEOUT_GRACE if (job.timeout or 0) > 0 else None
-        while not done.wait(JOB_HEARTBEAT_INTERVAL):
-            if limit is not None and time.monotonic() - started > limit:
-                log.critical(
-                    "job %s overran its %ss timeout by %ss and cannot be interrupted: restarting this worker",
-                    job.id,
-                    job.timeout,
-                    HARD_TIMEOUT_GRACE,
-                )
-                os.kill(os.getpid(), signal.SIGKILL)
-            try:
-                self.maintain_heartbeats(job, execution)
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the job
-                log.warning("heartbeat for job %s failed", job.id, exc_info=True)
+            self._keeper.clear()
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         super().handle_job_success(job, queue, *args, **kwargs)

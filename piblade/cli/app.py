@@ -42,14 +42,9 @@ def root(
 
 def _register() -> None:
     """Attach the command groups. Imports stay light: heavy modules load inside commands."""
-    from piblade.cli import jobs_cmd, local_cmd, submit_cmd, worker_cmd
+    from piblade.cli import inventory_cmd, jobs_cmd, local_cmd, submit_cmd, worker_cmd
 
-    try:
-        from piblade.cli import inventory_cmd
-    except ImportError:  # pragma: no cover - during bootstrap only
-        inventory_cmd = None
-    if inventory_cmd is not None:
-        app.add_typer(inventory_cmd.app, name="inventory")
+    app.add_typer(inventory_cmd.app, name="inventory")
     app.add_typer(jobs_cmd.app, name="jobs")
     app.add_typer(local_cmd.app, name="local")
     submit_cmd.register(app)

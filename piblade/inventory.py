@@ -1,0 +1,559 @@
+"""Ansible-YAML inventory -> a validated, frozen description of the cluster.
+
+Why Ansible's format: users already have one, and ``ansible-playbook -i`` reads
+the same file. piblade's own settings are host/group vars prefixed ``piblade_``
+(the table :data:`SETTINGS`); every other var is carried untouched in
+``Node.extra_vars``. Variable precedence is Ansible's: ``all`` vars < parent
+group < child group (same depth: ``ansible_group_priority``, then name) < host
+vars; a host listed in several groups merges its host vars in file order.
+
+We compose PyYAML's node tree ourselves instead of loading plain dicts, so every
+key keeps its line and every error names ``file:line: key``. Rules beyond
+Ansible's, each because silently accepting the file would run the wrong cluster:
+
+- The top level is exactly ``all:`` (other groups go under ``all: children:``).
+- Role groups are ``controller`` (exactly one host: it runs Redis), ``nas`` (at
+  most one host) and ``workers``; membership through child groups counts, as in
+  Ansible. Other groups are carried in ``Node.groups`` unless the name is a near
+  miss of a role (difflib ratio >= 0.8 ignoring case, e.g. ``worker``,
+  ``Workers``, ``contoller``) and does not contain the role as a ``_``/``-``/``.``
+  separated word (``gpu_workers`` is fine): a typo would leave hosts roleless.
+- A host in ``workers`` or ``nas`` needs an address other nodes can reach:
+  ``ansible_host``, ``ansible_connection: local``, or an inventory name that is
+  ``localhost``, an IP address or a DNS name with a dot (``pi1.lan``). A bare
+  ``pi1`` is refused: it may resolve only through the user's own SSH config.
+- A key twice in one mapping (e.g. a host twice under one group's ``hosts:``) is
+  an error; PyYAML would silently keep the last one.
+- ``piblade_cluster_name`` is cluster-wide, so only ``all: vars:`` may set it.
+- Host ranges (``pi[1:3]``) are not expanded; they are refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from piblade.errors import InventoryError, NotFound
+from piblade.registry import did_you_mean
+
+ROLES = ("controller", "nas", "workers")
+INVENTORY_ENV = "PIBLADE_INVENTORY"
+LOCAL_INVENTORY = Path("inventory") / "local.yml"
+_GROUP_KEYS = ("hosts", "vars", "children")
+_CONSUMED = frozenset({"ansible_host", "ansible_port", "ansible_user", "ansible_become"})
+_DNS_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))+\.?$")
+_TRUE, _FALSE = {"yes", "true", "on", "1"}, {"no", "false", "off", "0"}
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One ``piblade_`` variable. Docs are generated from this table, and a test checks them."""
+
+    name: str
+    type: str  # "str" | "int" | "float" | "port" | "list[str]"
+    default: Any
+    help: str
+    min: float | None = None
+    min_exclusive: bool = False
+    scope: str = "node"  # "cluster": only all.vars may set it
+
+    @property
+    def field(self) -> str:
+        return self.name.removeprefix("piblade_")
+
+    @property
+    def expected(self) -> str:
+        if self.type == "port":
+            return "a port number 1..65535"
+        if self.type == "list[str]":
+            return "a non-empty list of strings"
+        text = {"str": "a non-empty string", "int": "an integer", "float": "a number"}[self.type]
+        if self.min is not None:
+            text += f" {'>' if self.min_exclusive else '>='} {self.min:g}"
+        return text
+
+    def parse(self, value: Any) -> Any:
+        """Return the typed value or raise ValueError; the caller knows file and line."""
+        if value is None and self.default is None:
+            return None
+        if self.type == "port":
+            return _port(value)
+        if self.type == "list[str]":
+            if isinstance(value, list | tuple) and value and all(isinstance(v, str) and v.strip() for v in value):
+                return tuple(value)
+            raise ValueError(value)
+        if self.type == "str":
+            if isinstance(value, str) and value.strip():
+                return value
+            raise ValueError(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(value)
+        if self.type == "int" and not isinstance(value, int):
+            raise ValueError(value)
+        if self.min is not None and (value <= self.min if self.min_exclusive else value < self.min):
+            raise ValueError(value)
+        return float(value) if self.type == "float" else value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("piblade_cluster_name", "str", None, "Name shown by status and the dashboard; "
+            "defaults to the inventory file's name without extension.", scope="cluster"),
+    Setting("piblade_worker_processes", "int", 0, "Worker processes on this node; 0 means one per CPU core.", min=0),
+    Setting("piblade_queues", "list[str]", ("default",), "Queues this node's workers listen to, highest first."),
+    Setting("piblade_redis_port", "port", 6379, "Port of the Redis server; read from the controller node."),
+    Setting("piblade_redis_bind", "str", None, "Address Redis listens on; unset means the controller's address."),
+    Setting("piblade_share", "str", "piblade", "Samba share name; read from the NAS node."),
+    Setting("piblade_nas_path", "str", "/srv/piblade", "Directory on the NAS node's disk that the share exports."),
+    Setting("piblade_mount", "str", "/mnt/piblade", "Where this node mounts the share."),
+    Setting("piblade_health_interval", "float", 5.0, "Seconds between health heartbeats from this node.",
+            min=0, min_exclusive=True),
+    Setting("piblade_max_temp", "float", 80.0, "CPU temperature in degrees C above which this node shows as hot."),
+    Setting("piblade_numba_threads", "int", 0, "Numba threads per worker process; 0 means automatic.", min=0),
+    Setting("piblade_python", "str", "python3", "Python interpreter used to create the node's virtualenv."),
+)
+_SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+_NODE_SETTINGS = tuple(s for s in SETTINGS if s.scope == "node")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """The typed ``piblade_`` values of one node (cluster-scope settings live on :class:`Cluster`)."""
+
+    worker_processes: int = 0
+    queues: tuple[str, ...] = ("default",)
+    redis_port: int = 6379
+    redis_bind: str | None = None
+    share: str = "piblade"
+    nas_path: str = "/srv/piblade"
+    mount: str = "/mnt/piblade"
+    health_interval: float = 5.0
+    max_temp: float = 80.0
+    numba_threads: int = 0
+    python: str = "python3"
+
+
+class FrozenVars(Mapping[str, Any]):
+    """Read-only, hashable vars, so a frozen Node can be hashed and shared safely.
+
+    Nested lists become tuples, dicts become FrozenVars and sets frozensets.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[Any, Any] | None = None) -> None:
+        self._data = {str(k): _freeze(v) for k, v in (data or {}).items()}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenVars({self._data!r})"
+
+    def to_plain(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self._data.items()}
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return FrozenVars(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return frozenset(value) if isinstance(value, set) else value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, FrozenVars):
+        return value.to_plain()
+    if isinstance(value, tuple | frozenset):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One host of the cluster with everything piblade needs to reach and configure it."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str | None = None
+    become: bool = False
+    roles: frozenset[str] = frozenset()
+    settings: NodeSettings = field(default_factory=NodeSettings)
+    extra_vars: FrozenVars = field(default_factory=FrozenVars)
+    groups: frozenset[str] = frozenset()  # every group it is in, roles included, `all` excluded
+
+    @property
+    def is_local(self) -> bool:
+        return self.extra_vars.get("ansible_connection") == "local"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "user": self.user,
+            "become": self.become,
+            "roles": sorted(self.roles),
+            "groups": sorted(self.groups),
+            "settings": {f.name: _thaw(getattr(self.settings, f.name)) for f in fields(NodeSettings)},
+            "extra_vars": self.extra_vars.to_plain(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A validated inventory: exactly one controller, at most one NAS, any number of workers."""
+
+    name: str
+    source: str
+    nodes: tuple[Node, ...]
+
+    @property
+    def controller(self) -> Node:
+        for node in self.nodes:
+            if "controller" in node.roles:
+                return node
+        raise NotFound(f"{self.source} has no controller", hint="add a `controller` group with one host")
+
+    @property
+    def nas(self) -> Node | None:
+        return next((n for n in self.nodes if "nas" in n.roles), None)
+
+    @property
+    def workers(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if "workers" in n.roles)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise NotFound(
+            f"no node {name!r} in {self.source}{did_you_mean(name, (n.name for n in self.nodes))}",
+            hint="`piblade inventory show` lists the nodes",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        nas = self.nas
+        return {
+            "name": self.name,
+            "source": self.source,
+            "controller": self.controller.name,
+            "nas": nas.name if nas else None,
+            "workers": [n.name for n in self.workers],
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
+
+
+def default_inventory_path() -> Path | None:
+    """``$PIBLADE_INVENTORY`` if set, else ``inventory/local.yml`` if it exists here, else None."""
+    explicit = os.environ.get(INVENTORY_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    return LOCAL_INVENTORY if LOCAL_INVENTORY.is_file() else None
+
+
+def load_inventory(path: str | Path) -> Cluster:
+    """Read and validate an inventory file; every problem is an :class:`InventoryError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(
+            "no such inventory file", file=source, hint="pass -i FILE, or copy inventory/example.yml and edit it"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InventoryError(f"cannot read the inventory: {exc}", file=source) from None
+    return parse_inventory(text, source=source)
+
+
+def parse_inventory(text: str, *, source: str) -> Cluster:
+    """Validate inventory ``text``; ``source`` names it in errors and gives the default cluster name."""
+    return _Parser(text, source).parse()
+
+
+def _port(value: Any) -> int:
+    """Ansible accepts ``"2222"`` as well as ``2222``, so we do too."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(value)
+    return value
+
+
+def _looks_like_address(name: str) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return bool(_DNS_NAME.match(name)) and not name.replace(".", "").isdigit()
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader used to compose the node tree only; :class:`_Parser` walks it for line numbers."""
+
+
+def _verbatim(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    return str(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+# Ansible's own tags: we never decrypt vaulted values, we only carry them.
+_Loader.add_constructor("!vault", _verbatim)
+_Loader.add_constructor("!unsafe", _verbatim)
+
+_Var = tuple[Any, int]  # (value, line)
+
+
+@dataclass(slots=True)
+class _Group:
+    name: str
+    line: int
+    parents: set[str] = field(default_factory=set)
+    vars: dict[str, _Var] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Host:
+    name: str
+    line: int
+    groups: dict[str, int] = field(default_factory=dict)  # direct group -> line listed there
+    vars: dict[str, _Var] = field(default_factory=dict)
+
+
+class _Parser:
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.loader = _Loader(text)
+        self.groups: dict[str, _Group] = {}
+        self.hosts: dict[str, _Host] = {}
+
+    def error(
+        self, message: str, line: int | None = None, key: str | None = None, hint: str | None = None
+    ) -> InventoryError:
+        return InventoryError(message, file=self.source, line=line, key=key, hint=hint)
+
+    def parse(self) -> Cluster:
+        try:
+            try:
+                root = self.loader.get_single_node()
+                if root is None:
+                    raise self.error("the file is empty", hint="start from inventory/example.yml")
+                return self._build(root)
+            finally:
+                self.loader.dispose()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else None
+            raise self.error(f"invalid YAML: {exc.problem or exc.context}", line=line) from exc
+        except yaml.YAMLError as exc:
+            raise self.error(f"invalid YAML: {exc}") from exc
+
+    def _value(self, node: yaml.Node) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, TypeError) as exc:  # PyYAML lets e.g. `!!int x` escape as ValueError
+            raise self.error(f"invalid YAML value: {exc}", line=_line(node)) from None
+
+    def _key(self, node: yaml.Node) -> str:
+        value = self._value(node) if isinstance(node, yaml.ScalarNode) else None
+        if value is None or value == "":
+            raise self.error("expected a name here", line=_line(node))
+        return str(value)
+
+    def _pairs(self, node: yaml.Node, what: str, dup: str = "duplicate key") -> list[tuple[str, int, yaml.Node]]:
+        """The (key, line, value node) of a mapping, merge keys applied, duplicates refused."""
+        if _is_null(node):
+            return []
+        if not isinstance(node, yaml.MappingNode):
+            found = "a list" if isinstance(node, yaml.SequenceNode) else f"{self._value(node)!r}"
+            raise self.error(f"expected a mapping (`name:` lines) for {what}, found {found}", line=_line(node))
+        seen: dict[str, int] = {}
+        for knode, _ in node.value:
+            if knode.tag != "tag:yaml.org,2002:merge":
+                key = self._key(knode)
+                if key in seen:
+                    raise self.error(f"{dup} in {what} (first on line {seen[key]})", line=_line(knode), key=key)
+                seen[key] = _line(knode)
+        self.loader.flatten_mapping(node)
+        merged = {self._key(k): (_line(k), v) for k, v in node.value}
+        return [(key, line, value) for key, (line, value) in merged.items()]
+
+    def _build(self, root: yaml.Node) -> Cluster:
+        top = self._pairs(root, "the top level") if isinstance(root, yaml.MappingNode) else []
+        if [key for key, _, _ in top] != ["all"]:
+            key, line = next(((k, ln) for k, ln, _ in top if k != "all"), (None, _line(root)))
+            raise self.error(
+                "the top level must be a single `all:` group", line=line, key=key,
+                hint="put your groups under all: children: (Ansible's YAML inventory layout)",
+            )
+        _, all_line, all_node = top[0]
+        self._group("all", all_line, all_node, ())
+        return self._resolve(all_line)
+
+    def _group(self, name: str, line: int, node: yaml.Node, stack: tuple[str, ...]) -> None:
+        group = self.groups.setdefault(name, _Group(name, line))
+        if stack:
+            group.parents.add(stack[-1])
+        for key, kline, value in self._pairs(node, f"group {name!r}"):
+            if key == "vars":
+                for var, vline, vnode in self._pairs(value, f"{name} vars"):
+                    group.vars[var] = self._var(var, vline, vnode, scope=name)
+            elif key == "hosts":
+                for host, hline, hnode in self._pairs(value, f"{name} hosts", dup="duplicate host"):
+                    self._host(host, hline, hnode, name)
+            elif key == "children":
+                for child, cline, cnode in self._pairs(value, f"{name} children", dup="duplicate group"):
+                    self._check_group_name(child, cline, stack + (name,))
+                    self._group(child, cline, cnode, stack + (name,))
+            else:
+                raise self.error(
+                    f"unknown key in group {name!r}{did_you_mean(key, _GROUP_KEYS)}", line=kline, key=key,
+                    hint="a group has only hosts:, vars: and children:",
+                )
+
+    def _check_group_name(self, name: str, line: int, ancestors: tuple[str, ...]) -> None:
+        if name in ancestors:
+            raise self.error(f"group {name!r} contains itself", line=line, key=name)
+        lowered, words = name.lower(), re.split(r"[_.\-]", name.lower())
+        if name in ROLES or (len(words) > 1 and set(words) & set(ROLES)):
+            return
+        if difflib.get_close_matches(lowered, ROLES, n=1, cutoff=0.8):
+            raise self.error(
+                f"group {name!r} is not a piblade role{did_you_mean(lowered, ROLES)}", line=line, key=name,
+                hint="the role groups are controller, nas and workers; rename your own group if it is not a typo",
+            )
+
+    def _host(self, name: str, line: int, node: yaml.Node, group: str) -> None:
+        if re.search(r"\[.*:.*\]", name):
+            raise self.error("host ranges are not supported; list each host", line=line, key=name)
+        host = self.hosts.setdefault(name, _Host(name, line))
+        host.groups.setdefault(group, line)
+        for var, vline, vnode in self._pairs(node, f"host {name!r}"):
+            if var in _GROUP_KEYS:
+                raise self.error(
+                    f"host {name!r} has a {var}: key", line=vline, key=var,
+                    hint="host vars go directly under the host name; groups go under children:",
+                )
+            host.vars[var] = self._var(var, vline, vnode, scope="host")
+
+    def _var(self, key: str, line: int, node: yaml.Node, scope: str) -> _Var:
+        """Type-check a var where it is written, so the error points at that line."""
+        value = self._value(node)
+        if key.startswith("piblade_"):
+            setting = _SETTINGS_BY_NAME.get(key)
+            if setting is None:
+                raise self.error(
+                    f"unknown piblade setting{did_you_mean(key, _SETTINGS_BY_NAME)}", line=line, key=key,
+                    hint="inventory/example.yml documents every piblade_ setting",
+                )
+            if setting.scope == "cluster" and scope != "all":
+                raise self.error("is cluster-wide: set it under all: vars:", line=line, key=key)
+            try:
+                return setting.parse(value), line
+            except ValueError:
+                raise self.error(f"expected {setting.expected}, got {value!r}", line=line, key=key) from None
+        if key == "ansible_port":
+            try:
+                return _port(value), line
+            except ValueError:
+                raise self.error(f"expected a port number 1..65535, got {value!r}", line=line, key=key) from None
+        if key == "ansible_become":
+            text = str(value).lower()
+            if isinstance(value, bool) or text in _TRUE | _FALSE:
+                return (value if isinstance(value, bool) else text in _TRUE), line
+            raise self.error(f"expected true or false, got {value!r}", line=line, key=key)
+        if key in ("ansible_host", "ansible_user") and not (isinstance(value, str) and value.strip()):
+            raise self.error(f"expected a non-empty string, got {value!r}", line=line, key=key)
+        return value, line
+
+    def _ancestors(self, name: str) -> set[str]:
+        found = {name}
+        for parent in self.groups[name].parents:
+            found |= self._ancestors(parent)
+        return found
+
+    def _depth(self, name: str) -> int:
+        return 1 + max((self._depth(p) for p in self.groups[name].parents), default=-1)
+
+    def _priority(self, name: str) -> int:
+        value = self.groups[name].vars.get("ansible_group_priority", (1, 0))[0]
+        return value if isinstance(value, int) else 1
+
+    def _resolve(self, all_line: int) -> Cluster:
+        cluster_name = self.groups["all"].vars.get("piblade_cluster_name", (None, 0))[0]
+        nodes: list[Node] = []
+        role_lines: dict[str, list[tuple[int, str]]] = {role: [] for role in ROLES}
+        for host in self.hosts.values():
+            closure = {g: self._ancestors(g) for g in host.groups}
+            member = set().union(*closure.values())
+            ordered = sorted(member, key=lambda g: (self._depth(g), self._priority(g), g))
+            merged: dict[str, _Var] = {}
+            for group in ordered:
+                merged.update(self.groups[group].vars)
+            merged.update(host.vars)
+            values = {key: value for key, (value, _) in merged.items()}
+            roles = frozenset(member & set(ROLES))
+            for role in roles:
+                role_lines[role].append((min(ln for g, ln in host.groups.items() if role in closure[g]), host.name))
+            local = values.get("ansible_connection") == "local"
+            reachable = "ansible_host" in values or local or _looks_like_address(host.name)
+            if roles & {"workers", "nas"} and not reachable:
+                raise self.error(
+                    "no ansible_host, and the name is not an IP address, localhost or a DNS name with a dot",
+                    line=host.line, key=host.name,
+                    hint="add ansible_host: <IP or DNS name> so the other nodes can reach it",
+                )
+            nodes.append(Node(
+                name=host.name,
+                address=values.get("ansible_host", host.name),
+                port=values.get("ansible_port", 22),
+                user=values.get("ansible_user"),
+                become=values.get("ansible_become", False),
+                roles=roles,
+                settings=NodeSettings(**{s.field: values.get(s.name, s.default) for s in _NODE_SETTINGS}),
+                extra_vars=FrozenVars({k: v for k, v in values.items() if k not in _CONSUMED and k[:8] != "piblade_"}),
+                groups=frozenset(member - {"all"}),
+            ))
+        if not role_lines["controller"]:
+            empty = self.groups.get("controller")
+            raise self.error(
+                "no controller: the `controller` group must list the host that runs Redis",
+                line=empty.line if empty else all_line, key="controller",
+                hint="add under all: children: a `controller:` group with `hosts:` and one host",
+            )
+        for role in ("controller", "nas"):
+            found = sorted(role_lines[role])
+            if len(found) > 1:
+                raise self.error(
+                    f"more than one host in {role} ({found[0][1]}, {found[1][1]}); piblade supports one",
+                    line=found[1][0], key=role,
+                )
+        return Cluster(name=cluster_name or Path(self.source).stem, source=self.source, nodes=tuple(nodes))
