@@ -1,0 +1,102 @@
+"""Where node health lives in Redis, written by agents and read by status/dashboard/workers.
+
+Keys (all under ``piblade:health:``):
+
+* ``piblade:health:<node>`` — the latest sample as JSON, with a TTL of about
+  three heartbeat intervals. No key means no heartbeat: the node is *down*.
+* ``piblade:health:<node>:history`` — a capped stream of samples, long enough
+  for a 24-hour chart (``MAXLEN ~ 86400 / interval``).
+* ``piblade:health:nodes`` — hash node → JSON ``{role, interval, last_seen}``, so
+  a node that stopped beating is still listed, with when it was last seen.
+* ``piblade:health:<node>:pause`` — why workers on the node must not take new
+  jobs ("hot", "under-voltage", "throttled"); set by the agent with hysteresis,
+  with the same TTL as the sample so a dead agent never pauses a node forever.
+
+Samples travel as plain dicts (``HealthSample.to_dict()``), so readers need not
+import psutil; this module imports nothing but redis and the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import redis
+
+SAMPLE_KEY = "piblade:health:{}"
+HISTORY_KEY = "piblade:health:{}:history"
+PAUSE_KEY = "piblade:health:{}:pause"
+NODES_KEY = "piblade:health:nodes"
+HISTORY_SECONDS = 24 * 3600
+
+
+def ttl_for(interval: float) -> int:
+    """Seconds a sample stays valid: three intervals, at least 2 s."""
+    return max(2, math.ceil(3 * interval))
+
+
+def history_length(interval: float) -> int:
+    return max(10, math.ceil(HISTORY_SECONDS / interval))
+
+
+def publish(
+    conn: redis.Redis,
+    node: str,
+    sample: dict[str, Any],
+    *,
+    interval: float,
+    role: str = "",
+    pause: str | None = None,
+) -> None:
+    """One heartbeat: current sample, history entry, node index, pause flag — one round trip."""
+    payload = json.dumps(sample, separators=(",", ":"))
+    ttl = ttl_for(interval)
+    pipe = conn.pipeline(transaction=False)
+    pipe.set(SAMPLE_KEY.format(node), payload, ex=ttl)
+    pipe.xadd(HISTORY_KEY.format(node), {"j": payload}, maxlen=history_length(interval), approximate=True)
+    pipe.hset(NODES_KEY, node, json.dumps({"role": role, "interval": interval, "last_seen": time.time()}))
+    if pause:
+        pipe.set(PAUSE_KEY.format(node), pause, ex=ttl)
+    else:
+        pipe.delete(PAUSE_KEY.format(node))
+    pipe.execute()
+
+
+def nodes(conn: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every node that ever sent a heartbeat: name → {role, interval, last_seen}."""
+    return {k.decode(): json.loads(v) for k, v in conn.hgetall(NODES_KEY).items()}
+
+
+def current(conn: redis.Redis, names: list[str] | None = None) -> dict[str, dict[str, Any] | None]:
+    """Latest sample per node; ``None`` for a node whose heartbeat expired (down)."""
+    names = sorted(nodes(conn)) if names is None else names
+    if not names:
+        return {}
+    raw = conn.mget([SAMPLE_KEY.format(n) for n in names])
+    return {n: (json.loads(r) if r else None) for n, r in zip(names, raw, strict=True)}
+
+
+def history(conn: redis.Redis, node: str, seconds: float = HISTORY_SECONDS, limit: int = 2000) -> list[dict[str, Any]]:
+    """Samples of the last ``seconds``, oldest first, thinned to at most ``limit`` points."""
+    start_ms = int((time.time() - seconds) * 1000)
+    entries = conn.xrange(HISTORY_KEY.format(node), min=str(start_ms), max="+")
+    if len(entries) > limit:
+        step = math.ceil(len(entries) / limit)
+        entries = entries[::step]
+    return [json.loads(fields[b"j"]) for _, fields in entries]
+
+
+def pause_reason(conn: redis.Redis, node: str) -> str | None:
+    """Why workers on ``node`` should not take new jobs now, or None."""
+    value = conn.get(PAUSE_KEY.format(node))
+    return value.decode() if value else None
+
+
+def forget(conn: redis.Redis, node: str) -> None:
+    """Remove a node from the index (e.g. it left the inventory)."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.hdel(NODES_KEY, node)
+    pipe.delete(SAMPLE_KEY.format(node), HISTORY_KEY.format(node), PAUSE_KEY.format(node))
+    pipe.execute()
