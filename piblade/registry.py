@@ -40,6 +40,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+def _shown(raw: Any) -> str:
+    """A value as the user typed it: width=0, not width='0'."""
+    return raw if isinstance(raw, str) and raw else repr(raw)
+
+
 def _number(value: float | None) -> str:
     """Bounds as people write them: 2147483647, not 2.14748e+09."""
     if value is None:
@@ -86,24 +91,24 @@ class Param:
         value = self._convert(job, raw)
         if self.choices is not None and value not in self.choices:
             raise BadParameter(
-                f"{job}: {self.name}={raw!r} is not allowed{did_you_mean(str(raw), map(str, self.choices))}",
+                f"{job}: {self.name}={_shown(raw)} is not allowed{did_you_mean(str(raw), map(str, self.choices))}",
                 hint=f"{self.name} must be {self.describe_bounds()}",
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
-                raise BadParameter(f"{job}: {self.name}={raw!r} is not a finite number")
+                raise BadParameter(f"{job}: {self.name}={_shown(raw)} is not a finite number")
             too_low = self.min is not None and value < self.min
             too_high = self.max is not None and value > self.max
             if too_low or too_high:
                 raise BadParameter(
-                    f"{job}: {self.name}={raw!r} is out of range",
+                    f"{job}: {self.name}={_shown(raw)} is out of range",
                     hint=f"{self.name} must be {self.describe_bounds()}",
                 )
         return value
 
     def _convert(self, job: str, raw: Any) -> Any:
         bad = BadParameter(
-            f"{job}: {self.name}={raw!r} is not a valid {self.type_name}",
+            f"{job}: {self.name}={_shown(raw)} is not a valid {self.type_name}",
             hint=f"give {self.name} as a {self.type_name}"
             + (f" ({self.describe_bounds()})" if self.describe_bounds() else ""),
         )

@@ -141,3 +141,20 @@ def test_a_node_lost_mid_job_does_not_lose_the_job(
     else:
         assert status.state == "failed"
         assert "abandoned" in status.failures[0].traceback.lower()
+
+
+def test_sigterm_lets_the_current_job_finish(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path
+) -> None:
+    pool = start_workers(redis_server, tmp_path, processes=1, node="graceful")
+    record = dispatch.submit(conn, registry, "test-sleep", {"count": "2", "seconds": "2"})
+    first = runs.task_id(record.id, 0)
+    deadline = time.monotonic() + 30
+    while conn.hget(f"rq:job:{first}", "status") != b"started":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pool.proc.send_signal(signal.SIGTERM)
+    assert pool.proc.wait(timeout=30) == 0
+    assert conn.hget(f"rq:job:{first}", "status") == b"finished"  # the job in hand finished
+    second = runs.task_id(record.id, 1)
+    assert conn.hget(f"rq:job:{second}", "status") == b"queued"  # and no new one was taken

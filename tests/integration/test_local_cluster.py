@@ -1,0 +1,120 @@
+"""`piblade local up/status/down` and `piblade submit` as a user runs them: real processes, real output."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT, TEST_JOBS
+
+pytestmark = pytest.mark.integration
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose environment or command line mentions ``text`` (our private state dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().split(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue
+        if text.encode() in blob and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+class Cli:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.env = dict(os.environ)
+        self.env.update(
+            PIBLADE_STATE_DIR=str(state),
+            PIBLADE_JOB_MODULES=TEST_JOBS,
+            PYTHONPATH=str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", ""),
+            COLUMNS="200",
+        )
+        self.env.pop("PIBLADE_REDIS_URL", None)
+
+    def __call__(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "piblade", *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout, cwd=self.state,
+        )
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    runner = Cli(tmp_path / "state")
+    runner.state.mkdir()
+    yield runner
+    runner("local", "down")
+    for pid in processes_mentioning(str(runner.state)):
+        os.kill(pid, 9)
+
+
+def test_local_cluster_lifecycle(cli: Cli) -> None:
+    first = cli("local", "up", "--workers", "2")
+    assert first.returncode == 0, first.stderr
+    assert "local cluster up" in first.stdout
+    again = cli("local", "up", "--workers", "2")
+    assert again.returncode == 0 and "already running" in again.stdout
+
+    info = json.loads(cli("local", "status", "--json").stdout)
+    assert info["running"] is True
+    assert len(info["workers"]) == 2
+
+    # Secrets: 0600 password file, the ACL file holds only a hash, nothing in redis.conf.
+    password_file = cli.state / "local" / "secrets" / "redis.password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    assert password not in (cli.state / "local" / "redis" / "users.acl").read_text()
+    assert password not in (cli.state / "local" / "redis" / "redis.conf").read_text()
+
+    run = cli("submit", "mandelbrot", "-p", "width=200", "-p", "height=120", "-p", "tiles=50", "--wait")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "finished" in run.stdout and "50/50 tasks done" in run.stdout
+    assert password not in run.stdout + run.stderr
+    output_line = next(line for line in run.stdout.splitlines() if line.startswith("output: "))
+    assert (Path(output_line.removeprefix("output: ")) / "mandelbrot.png").is_file()
+
+    as_json = cli("submit", "montecarlo-pi", "-p", "samples=200000", "--wait", "--json")
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout)["result"]["samples"] == 200000
+
+    failed = cli("submit", "test-fail", "-p", "message=no disk", "--wait")
+    assert failed.returncode == 1
+    assert "ValueError: test failure: no disk" in failed.stdout
+
+    refused = cli("submit", "mandelbrot", "-p", "width=0")
+    assert refused.returncode == 1
+    assert "width=0" in refused.stderr and "out of range" in refused.stderr
+    listing = json.loads(cli("jobs", "status", "--json").stdout)
+    assert [r["job"] for r in listing] == ["test-fail", "montecarlo-pi", "mandelbrot"]
+
+    down = cli("local", "down")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert processes_mentioning(str(cli.state)) == []
+    assert cli("local", "status").returncode == 3
+
+    # AOF persistence: the runs are still there after a restart.
+    assert cli("local", "up", "--workers", "1").returncode == 0
+    listing = json.loads(cli("jobs", "status", "--json").stdout)
+    assert len(listing) == 3 and listing[2]["state"] == "finished"
+
+
+def test_clear_errors_without_a_cluster(cli: Cli) -> None:
+    result = cli("submit", "noop")
+    assert result.returncode == 1
+    assert "no cluster to talk to" in result.stderr and "piblade local up" in result.stderr
+    unknown = cli("submit", "mandelbrott")
+    assert unknown.returncode == 1 and 'did you mean "mandelbrot"' in unknown.stderr
