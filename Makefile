@@ -3,12 +3,18 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIBLADE := $(VENV)/bin/piblade
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install redis-server clean
+.PHONY: demo test bench packages test-packages install clean
 
-$(STAMP): pyproject.toml
+# Debian packages first (a fresh Debian has no python3-venv), then the venv.
+packages:
+	@bash scripts/ensure-packages.sh base
+
+test-packages:
+	@bash scripts/ensure-packages.sh test
+
+$(STAMP): pyproject.toml | packages
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -16,19 +22,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# redis-server comes from Debian; install it when we may, otherwise say how.
-redis-server:
-	@bash scripts/ensure-packages.sh redis-server
-
-demo: install redis-server
+demo: packages install
 	@bash scripts/demo.sh
 
-test: install redis-server
-	@bash scripts/ensure-packages.sh test
+test: packages test-packages install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install redis-server
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: packages test-packages install
+	@for b in bench/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
 # Make sure the Debian packages piblade needs are present.
-#   ensure-packages.sh redis-server   what `make demo` needs
-#   ensure-packages.sh test           what `make test` needs on top (servers the tests start)
+#   ensure-packages.sh base   what `make demo` needs: python3-venv, redis-server
+#   ensure-packages.sh test   what `make test` needs on top: the servers and browser the tests start
 # As root, missing packages are installed with apt-get; otherwise we print the command and fail.
 set -euo pipefail
 
-declare -A provides=(
-  [redis-server]="redis-server:redis-server"
-)
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+# package -> how to tell it is there
+check() {
+  case "$1" in
+    python3-venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ;;
+    redis-server) have redis-server ;;
+    redis-tools)  have redis-benchmark ;;
+    chromium)     have chromium ;;  # the dashboard's browser test (Playwright drives Debian's build)
+    *) return 1 ;;
+  esac
+}
+
 case "${1:-}" in
-  redis-server) wanted=(redis-server) ;;
-  test)         wanted=(redis-server) ;;
-  *) echo "usage: $0 redis-server|test" >&2; exit 2 ;;
+  base) wanted=(python3-venv redis-server) ;;
+  test) wanted=(python3-venv redis-server redis-tools chromium) ;;
+  *) echo "usage: $0 base|test" >&2; exit 2 ;;
 esac
 
 missing=()
-for entry in "${wanted[@]}"; do
-  spec=${provides[$entry]}
-  binary=${spec%%:*}; package=${spec#*:}
-  command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || missing+=("$package")
+for package in "${wanted[@]}"; do
+  check "$package" || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -27,7 +35,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "install them with:  sudo apt-get install -y ${missing[*]}" >&2
   exit 1
 fi
-echo "installing ${missing[*]} ..."
+echo "installing Debian packages: ${missing[*]} ..."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq || true
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
