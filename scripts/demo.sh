@@ -6,9 +6,9 @@ piblade=.venv/bin/piblade
 
 $piblade local up --workers 2
 echo
-echo "submitting: a 1600x1000 Mandelbrot image rendered as 64 tiles (one task per tile), assembled into a PNG"
+echo "submitting: a 3200x2000 Mandelbrot image (1,000 iterations) rendered as 128 tiles (one task per tile), assembled into a PNG"
 started=$(date +%s.%N)
-$piblade submit mandelbrot --param width=1600 --param height=1000 --param tiles=64 --wait
+$piblade submit mandelbrot --param width=3200 --param height=2000 --param max_iter=1000 --param tiles=128 --wait
 ended=$(date +%s.%N)
 python3 -c "import sys; print(f\"demo job took {float(sys.argv[2]) - float(sys.argv[1]):.1f} s from submit to PNG\")" "$started" "$ended"
 echo
