@@ -58,6 +58,11 @@ MAINTENANCE_INTERVAL = 15
 WORKER_TTL = 35
 #: A job overrunning its timeout by this much gets its process killed.
 HARD_TIMEOUT_GRACE = 30
+#: How often a worker asks whether its node is paused (hot, under-voltage).
+PAUSE_CHECK_INTERVAL = 1.0
+#: An idle worker blocks on the queue at most this long before it looks around
+#: again (pause flag, maintenance); RQ's default is the worker TTL minus 15 s.
+DEQUEUE_BLOCK_SECONDS = 5
 #: Results and failures are kept this long.
 RESULT_TTL = runs.RUN_TTL
 
@@ -207,6 +212,37 @@ class BladeWorker(SimpleWorker):
         self._last_suspension_check = 0.0
         self._keeper: _KeepAlive | None = None
         self._pending_pipe: Any = None
+        self._last_pause_check = 0.0
+        self._pause: str | None = None
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_BLOCK_SECONDS
+
+    def pause_reason(self) -> str | None:
+        """Why this node must not take new jobs now (set by its health agent), at most one GET a second."""
+        if time.monotonic() - self._last_pause_check >= PAUSE_CHECK_INTERVAL:
+            from piblade.healthstore import pause_reason
+
+            self._last_pause_check = time.monotonic()
+            try:
+                self._pause = pause_reason(self.connection, _runtime.node)
+            except Exception:  # noqa: BLE001 - Redis trouble is handled by the dequeue path
+                self._pause = None
+        return self._pause
+
+    def _wait_while_paused(self, reason: str) -> None:
+        """Take no new jobs while the node is hot or under-powered; keep beating and cleaning."""
+        log.warning("node %s paused (%s): not taking new jobs", _runtime.node, reason)
+        self.set_state(f"paused: {reason}")
+        self.procline(f"paused: {reason}")
+        while reason and not self._stop_requested:
+            time.sleep(PAUSE_CHECK_INTERVAL)
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            reason = self.pause_reason() or ""
+        log.warning("node %s resumed: taking jobs again", _runtime.node)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return JOB_HEARTBEAT_TTL
@@ -229,6 +265,9 @@ class BladeWorker(SimpleWorker):
         self._last_suspension_check = time.monotonic()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        reason = self.pause_reason()
+        if reason:
+            self._wait_while_paused(reason)
         if not self._stop_requested:
             try:
                 result = self.queue_class.dequeue_any(
@@ -246,7 +285,17 @@ class BladeWorker(SimpleWorker):
                 self.reorder_queues(reference_queue=queue)
                 job.redis_server_version = self.get_redis_server_version()
                 return result
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if result is not None and self.pause_reason():
+            # The node became hot while this worker was blocked on the queue:
+            # hand the untouched job back (it is still "queued") and wait.
+            job, queue = result
+            with self.connection.pipeline() as pipe:
+                queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.execute()
+            return self.dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        return result
 
     def prepare_execution(self, job: Job) -> Any:
         """Create the execution record, but send it with the job's own preparation.

@@ -11,6 +11,7 @@ import pytest
 import redis
 from rq import Callback, Queue
 from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
 
 from piblade import dispatch, runs
 from piblade.errors import BadParameter, UnknownJob
@@ -158,3 +159,24 @@ def test_sigterm_lets_the_current_job_finish(
     assert conn.hget(f"rq:job:{first}", "status") == b"finished"  # the job in hand finished
     second = runs.task_id(record.id, 1)
     assert conn.hget(f"rq:job:{second}", "status") == b"queued"  # and no new one was taken
+
+
+def test_a_paused_node_takes_no_new_jobs_until_it_recovers(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path
+) -> None:
+    from piblade import healthstore
+
+    pool = start_workers(redis_server, tmp_path, processes=1, node="hotnode")
+    try:
+        healthstore.publish(conn, "hotnode", {"node": "hotnode"}, interval=10, pause="hot")
+        time.sleep(1.5)  # the worker looks at the flag once a second
+        record = dispatch.submit(conn, registry, "test-sleep", {"count": "1"})
+        task = runs.task_id(record.id, 0)
+        time.sleep(3)
+        assert conn.hget(f"rq:job:{task}", "status") == b"queued"
+        (worker,) = [w for w in BaseWorker.all(connection=conn) if w.name.startswith("hotnode.")]
+        assert worker.get_state() == "paused: hot"
+        healthstore.publish(conn, "hotnode", {"node": "hotnode"}, interval=10, pause=None)
+        assert dispatch.wait(conn, record.id, timeout=30).state == "finished"
+    finally:
+        pool.stop()
