@@ -1,0 +1,57 @@
+"""The controller role, applied on this machine: the cluster's Redis.
+
+The controller runs Redis for the whole cluster, bound to loopback and to the
+cluster address the workers use, with ACL users, a generated password and AOF.
+It is the same supervised redis-server as `piblade local up`, kept in the
+cluster's own state directory (``<state>/clusters/<name>``) and with no local
+workers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from piblade import local
+from piblade.errors import PibladeError, RedisUnavailable
+from piblade.inventory import Cluster
+from piblade.provision.engine import EventFn, HostResult, StepResult
+from piblade.redisconn import DEFAULT_USER, RedisTarget, connect
+
+
+def desired(cluster: Cluster) -> tuple[int, tuple[str, ...]]:
+    controller = cluster.controller
+    bind = controller.settings.redis_bind or controller.address
+    addresses = ("127.0.0.1",) if bind in ("127.0.0.1", "localhost") else ("127.0.0.1", bind)
+    return controller.settings.redis_port, addresses
+
+
+def converge_controller(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn) -> HostResult:
+    started = time.monotonic()
+    name = cluster.controller.name
+    port, bind = desired(cluster)
+    step = f"redis for cluster {cluster.name} on {', '.join(f'{a}:{port}' for a in bind)}"
+    emit(name, "checking redis")
+    current = local.read_config(paths)
+    running = current is not None and local.pid_alive(current.pid)
+    right = running and current is not None and current.port == port and tuple(current.bind) == bind
+    if right:
+        try:
+            connect(RedisTarget(bind[-1], port, DEFAULT_USER, paths.password_file), timeout=2).close()
+        except RedisUnavailable:
+            right = False
+    if right:
+        return HostResult(name, (StepResult(step, "ok"),), notes=("controller: this machine",),
+                          seconds=time.monotonic() - started)
+    summary = "restart redis with the cluster's settings" if running else "start redis (password, ACL, AOF)"
+    if check:
+        return HostResult(name, (StepResult(step, "changed", summary),), seconds=time.monotonic() - started)
+    try:
+        if running:
+            local.down(paths=paths)
+        emit(name, "starting redis")
+        local.up(0, paths=paths, port=port, bind=bind, node=name)
+    except PibladeError as exc:
+        return HostResult(name, (StepResult(step, "failed", summary, output=exc.message),), error=exc.message,
+                          hint=exc.hint, seconds=time.monotonic() - started)
+    return HostResult(name, (StepResult(step, "changed", summary),), notes=("controller: this machine",),
+                      seconds=time.monotonic() - started)

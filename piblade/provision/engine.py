@@ -1,0 +1,253 @@
+"""Run provisioning: all hosts in parallel, a result for every host, never stop at the first failure.
+
+Per host, in round trips: connect (host key verified) → facts → all probes in
+one script → (unless --check) uploads over one SFTP session and all changes in
+one script. An unchanged host therefore costs three round trips.
+
+Phases across hosts: 1) connect and gather facts everywhere (so an unknown host
+key is found before anything changes); 2) build what hosts share (secrets, the
+NAS host key for sshfs mounts, one wheelhouse per architecture); 3) plan, probe
+and apply everywhere.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from piblade.errors import PibladeError
+from piblade.inventory import Cluster, Node
+from piblade.provision import roles
+from piblade.provision.facts import FACTS_SCRIPT, NodeFacts, parse_facts
+from piblade.provision.ssh import Session, SshTarget
+from piblade.provision.steps import Change, Service, Step
+from piblade.provision.wheelhouse import Wheelhouse
+
+EventFn = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    name: str
+    status: str  # ok | changed | failed
+    summary: str = ""
+    diff: str | None = None
+    output: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HostResult:
+    """The outcome on one host: counts, what changed, facts, or the error that stopped it."""
+
+    name: str
+    steps: tuple[StepResult, ...] = ()
+    facts: NodeFacts | None = None
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+    hint: str | None = None
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.steps if s.status == status)
+
+    @property
+    def ok(self) -> int:
+        return self.count("ok")
+
+    @property
+    def changed(self) -> int:
+        return self.count("changed")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed") + (1 if self.error and not self.count("failed") else 0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "host": self.name,
+            "ok": self.ok,
+            "changed": self.changed,
+            "failed": self.failed,
+            "error": self.error,
+            "facts": None if self.facts is None else self.facts.summary(),
+            "notes": list(self.notes),
+            "seconds": round(self.seconds, 3),
+            "changes": [{"step": s.name, "status": s.status, "summary": s.summary} for s in self.steps
+                        if s.status != "ok"],
+        }
+
+
+@dataclass(slots=True)
+class HostRun:
+    node: Node
+    target: SshTarget
+    session: Session | None = None
+    facts: NodeFacts | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def probe_script(steps: list[Step]) -> str:
+    parts = [f'echo "@@probe {i}"; {{ {step.probe()} ; }} 2>&1' for i, step in enumerate(steps)]
+    return "\n".join(parts) + "\necho @@end\n"
+
+
+def split_probes(output: str, count: int) -> list[str]:
+    """Cut the probe script's output into one string per step."""
+    chunks: dict[int, list[str]] = {}
+    current: int | None = None
+    for line in output.splitlines():
+        if line.startswith("@@probe "):
+            current = int(line.split()[1])
+            chunks[current] = []
+        elif line == "@@end":
+            current = None
+        elif current is not None:
+            chunks[current].append(line)
+    missing = [i for i in range(count) if i not in chunks]
+    if missing:
+        raise PibladeError(f"the probe script stopped early (no output for step {missing[0]})")
+    return ["\n".join(chunks[i]) for i in range(count)]
+
+
+def apply_script(changes: list[Change], stage: str | None) -> str:
+    """One script that applies every change in order and stops at the first failure, naming it."""
+    head = [f"STAGE={shlex.quote(stage)}" if stage else 'STAGE=$(mktemp -d /tmp/piblade-apply.XXXXXX)',
+            "export STAGE", "umask 022"]
+    body = []
+    for i, change in enumerate(changes):
+        body.append(
+            f'echo "@@step {i}"\n'
+            f'if ! ( set -e; {change.script} ) > "$STAGE/.log.{i}" 2>&1; then\n'
+            f'  echo "@@failed {i}"; cat "$STAGE/.log.{i}"; rm -rf "$STAGE"; exit 1\nfi'
+        )
+    return "\n".join(head + body + ['rm -rf "$STAGE"', "echo @@done"]) + "\n"
+
+
+def parse_apply(output: str, count: int) -> tuple[int, int | None, str]:
+    """(steps done, index of the failed step or None, output of the failed step)."""
+    done, failed, tail = 0, None, []
+    for line in output.splitlines():
+        if failed is not None:
+            tail.append(line)
+        elif line.startswith("@@step "):
+            done = int(line.split()[1])
+        elif line.startswith("@@failed "):
+            failed = int(line.split()[1])
+    if failed is None and "@@done" in output:
+        done = count
+    return done, failed, "\n".join(tail)
+
+
+def restarts(steps: list[Step], decisions: list[Change | None]) -> list[Change]:
+    """Services to restart: notified by a step that changed, and not being started in this run anyway."""
+    notified = {name.removesuffix(".service") for step, ch in zip(steps, decisions, strict=True) if ch
+                for name in step.notify}
+    out = []
+    for step, ch in zip(steps, decisions, strict=True):
+        if isinstance(step, Service) and step.unit.removesuffix(".service") in notified:
+            if ch is None or "start" not in ch.summary:
+                out.append(step.restart())
+    return out
+
+
+def target_for(node: Node, cluster: Cluster, known_hosts: Path) -> SshTarget:
+    key = node.extra_vars.get("ansible_ssh_private_key_file") if hasattr(node.extra_vars, "get") else None
+    return SshTarget(
+        name=node.name,
+        address=node.address,
+        port=node.port,
+        user=node.user,
+        key_file=Path(str(key)).expanduser() if key else None,
+        become=node.become,
+        known_hosts=known_hosts,
+    )
+
+
+def connect_and_gather(run: HostRun, accept_new: bool, emit: EventFn) -> None:
+    emit(run.node.name, "connecting")
+    run.session = Session(run.target, accept_new=accept_new).open()
+    emit(run.node.name, "gathering facts")
+    result = run.session.script(FACTS_SCRIPT, root=False)
+    if not result.ok:
+        raise PibladeError(f"{run.node.name}: gathering facts failed: {result.stderr.strip()}")
+    run.facts = parse_facts(result.stdout)
+    if not run.facts.systemd:
+        raise PibladeError(
+            f"{run.node.name}: the node does not run systemd (PID 1 is {run.facts.virtualization!r})",
+            hint="piblade nodes run Raspberry Pi OS / Debian with systemd",
+        )
+
+
+def converge(run: HostRun, steps: list[Step], notes: list[str], *, check: bool, emit: EventFn) -> HostResult:
+    """Probe every step, then (unless check) apply what differs. Returns the host's result."""
+    assert run.session is not None
+    session = run.session
+    emit(run.node.name, f"checking {len(steps)} steps")
+    probe = session.script(probe_script(steps))
+    outputs = split_probes(probe.stdout, len(steps))
+    decisions = [step.decide(out) for step, out in zip(steps, outputs, strict=True)]
+    changes = [c for c in decisions if c is not None] + restarts(steps, decisions)
+    results = [StepResult(step.name, "ok") for step, c in zip(steps, decisions, strict=True) if c is None]
+    if check or not changes:
+        results += [StepResult(c.step, "changed", c.summary, c.diff) for c in changes]
+        return _result(run, results, notes)
+    uploads = [u for c in changes for u in c.uploads]
+    stage = None
+    if uploads:
+        emit(run.node.name, f"uploading {len(uploads)} file(s)")
+        made = session.script("mktemp -d /tmp/piblade-stage.XXXXXX", root=False)
+        stage = made.stdout.strip()
+        for upload in uploads:
+            if upload.data is not None:
+                session.put_bytes(upload.data, f"{stage}/{upload.name}")
+            elif upload.local is not None:
+                session.put_file(upload.local, f"{stage}/{upload.name}")
+    emit(run.node.name, f"applying {len(changes)} change(s)")
+    applied = session.script(apply_script(changes, stage), timeout=1800)
+    done, failed, output = parse_apply(applied.stdout, len(changes))
+    if failed is None and not applied.ok:
+        failed, output = done, applied.stderr
+    for i, change in enumerate(changes):
+        if failed is None or i < failed:
+            results.append(StepResult(change.step, "changed", change.summary, change.diff))
+        elif i == failed:
+            results.append(StepResult(change.step, "failed", change.summary, change.diff, output.strip()))
+    error = None if failed is None else f"{changes[failed].step}: {output.strip().splitlines()[-1] if output.strip() else 'failed'}"
+    return _result(run, results, notes, error)
+
+
+def _result(run: HostRun, steps: list[StepResult], notes: list[str], error: str | None = None) -> HostResult:
+    accepted = tuple(f"trusted new host key {k}" for k in (run.session.accepted if run.session else []))
+    return HostResult(run.node.name, tuple(steps), run.facts, tuple(notes) + accepted, error,
+                      seconds=time.monotonic() - run.started)
+
+
+@dataclass(slots=True)
+class Wheelhouses:
+    """One wheelhouse per (arch, Python), built by the first host that needs it."""
+
+    cache: Path
+    log: Path | None = None
+    built: dict[tuple[str, str], Wheelhouse] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, facts: NodeFacts) -> Wheelhouse:
+        from piblade.provision.wheelhouse import build
+
+        key = (facts.wheel_platform, facts.python)
+        with self.lock:
+            if key not in self.built:
+                self.built[key] = build(self.cache, *key, log=self.log)
+            return self.built[key]
+
+
+def run_parallel(items: list[HostRun], fn: Callable[[HostRun], HostResult | None]) -> list[HostResult | None]:
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="provision") as pool:
+        return list(pool.map(fn, items))

@@ -1,0 +1,74 @@
+"""Node facts: one shell script gathers them all in one round trip; a pure parser reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FACTS_SCRIPT = r"""
+echo "arch=$(uname -m)"
+echo "kernel=$(uname -r)"
+model=$(tr -d '\0' < /proc/device-tree/model 2>/dev/null)
+[ -n "$model" ] || model=$(cat /sys/class/dmi/id/product_name 2>/dev/null)
+[ -n "$model" ] || model=$(cat /sys/devices/virtual/dmi/id/sys_vendor 2>/dev/null)
+echo "model=${model:-unknown}"
+echo "mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+( . /etc/os-release 2>/dev/null; echo "os=${PRETTY_NAME:-unknown}" )
+echo "python=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+if grep -qw cifs /proc/filesystems 2>/dev/null; then echo cifs=yes
+elif modprobe -n cifs 2>/dev/null; then echo cifs=module
+else echo cifs=no; fi
+[ -e /dev/fuse ] && echo fuse=yes || echo fuse=no
+echo "init=$(cat /proc/1/comm 2>/dev/null)"
+echo "virt=$(systemd-detect-virt 2>/dev/null || echo none)"
+echo "user=$(id -un)"
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What provisioning needs to know about a node before it plans."""
+
+    arch: str
+    kernel: str
+    model: str
+    mem_mib: int
+    os: str
+    python: str
+    cifs: bool
+    fuse: bool
+    systemd: bool
+    user: str
+    virtualization: str = "none"
+
+    @property
+    def wheel_platform(self) -> str:
+        """The manylinux platform tag of the node's architecture."""
+        return {"aarch64": "aarch64", "arm64": "aarch64", "x86_64": "x86_64", "amd64": "x86_64"}.get(
+            self.arch, self.arch
+        )
+
+    def summary(self) -> str:
+        return f"{self.model}, {self.arch}, {self.mem_mib} MiB, {self.os}"
+
+
+def parse_facts(output: str) -> NodeFacts:
+    """Parse the output of :data:`FACTS_SCRIPT` (key=value lines; unknown keys ignored)."""
+    values: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    mem_kb = values.get("mem_kb", "")
+    return NodeFacts(
+        arch=values.get("arch", "unknown"),
+        kernel=values.get("kernel", ""),
+        model=values.get("model", "unknown") or "unknown",
+        mem_mib=int(mem_kb) // 1024 if mem_kb.isdigit() else 0,
+        os=values.get("os", "unknown"),
+        python=values.get("python", ""),
+        cifs=values.get("cifs") in ("yes", "module"),
+        fuse=values.get("fuse") == "yes",
+        systemd=values.get("init") == "systemd",
+        user=values.get("user", ""),
+        virtualization=values.get("virt", "none") or "none",
+    )

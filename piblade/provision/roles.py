@@ -1,0 +1,213 @@
+"""What each role wants on a node, as a list of steps. Pure: no I/O but reading templates.
+
+The templates in ``templates/`` are Jinja2 with the inventory's own variable
+names (``piblade_share``, ``piblade_mount``…), so the Ansible playbooks in
+``ansible/`` render the very same files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from piblade.inventory import Cluster, Node
+from piblade.provision.facts import NodeFacts
+from piblade.provision.steps import (
+    Directory,
+    File,
+    Hostname,
+    Packages,
+    SambaUser,
+    Service,
+    Step,
+    SystemUser,
+    VenvInstall,
+)
+from piblade.provision.wheelhouse import Wheelhouse
+
+USER = "piblade"
+HOME = "/var/lib/piblade"
+CONFIG_DIR = "/etc/piblade"
+VENV = "/opt/piblade/venv"
+WHEELHOUSE = "/opt/piblade/wheelhouse"
+TEMPLATES = Path(__file__).parent / "templates"
+
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "procps")
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """Cluster secrets the controller holds (0600 files) and hands to nodes. Never printed."""
+
+    redis_password: str = field(repr=False)
+    smb_password: str = field(repr=False)
+    mount_key_private: str = field(repr=False)
+    mount_key_public: str
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything roles need besides the node itself."""
+
+    cluster: Cluster
+    redis_url: str
+    secrets: Secrets
+    nas_host_keys: str = ""  # known_hosts lines of the NAS node, for sshfs mounts
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # config files, not HTML
+    )
+
+
+def render(template: str, variables: Mapping[str, Any]) -> bytes:
+    return _environment().get_template(template).render(**variables).encode()
+
+
+def mount_unit_name(path: str) -> str:
+    """systemd's unit name for a mount point, as `systemd-escape --path --suffix=mount` makes it."""
+    parts = [p.replace("-", "\\x2d") for p in path.strip("/").split("/") if p]
+    return "-".join(parts) + ".mount"
+
+
+def template_vars(node: Node, ctx: Context) -> dict[str, Any]:
+    """The variables every template sees: the inventory's piblade_ settings plus derived ones."""
+    cluster, s = ctx.cluster, node.settings
+    nas = cluster.nas
+    roles = sorted(node.roles - {"controller"}) or ["node"]
+    mount = nas.settings.nas_path if nas is not None and node.name == nas.name else s.mount
+    return {
+        "piblade_node": node.name,
+        "piblade_roles": roles,
+        "piblade_user": USER,
+        "piblade_home": HOME,
+        "piblade_config_dir": CONFIG_DIR,
+        "piblade_venv": VENV,
+        "piblade_redis_url": ctx.redis_url,
+        "piblade_queues": list(s.queues),
+        "piblade_worker_processes": s.worker_processes,
+        "piblade_numba_threads": s.numba_threads,
+        "piblade_health_interval": s.health_interval,
+        "piblade_max_temp": s.max_temp,
+        "piblade_mount": mount,
+        "piblade_mount_unit": mount_unit_name(s.mount),
+        "piblade_share": nas.settings.share if nas else s.share,
+        "piblade_nas_path": nas.settings.nas_path if nas else s.nas_path,
+        "piblade_nas_address": nas.address if nas else "",
+        "piblade_smb_password": ctx.secrets.smb_password,
+    }
+
+
+def common(node: Node, facts: NodeFacts, ctx: Context) -> list[Step]:
+    tags = frozenset({"common"})
+    steps: list[Step] = [
+        Hostname(node.name, tags=tags),
+        Packages(BASE_PACKAGES, tags=tags),
+        SystemUser(USER, HOME, tags=tags),
+        Directory(HOME, USER, USER, "755", tags=tags),
+        Directory(CONFIG_DIR, "root", USER, "750", tags=tags),
+    ]
+    if not facts.virtualization.startswith("systemd-nspawn") and facts.virtualization not in ("lxc", "docker"):
+        # Containers take their clock from the host; a Pi has no RTC and needs NTP.
+        steps += [Packages(("systemd-timesyncd",), tags=tags), Service("systemd-timesyncd", tags=tags)]
+    return steps
+
+
+def nas(node: Node, facts: NodeFacts, ctx: Context) -> list[Step]:
+    tags = frozenset({"nas", "samba"})
+    v = template_vars(node, ctx)
+    return [
+        Packages(("samba",), tags=tags),
+        Directory(node.settings.nas_path, USER, USER, "2775", tags=tags),
+        File("/etc/samba/smb.conf", render("smb.conf.j2", v), notify=("smbd",), tags=tags),
+        SambaUser(USER, ctx.secrets.smb_password, tags=tags),
+        Service("smbd", tags=tags),
+        # Nodes whose kernel has no cifs mount the NAS directory over sshfs: that key may
+        # only speak SFTP, nothing else.
+        Directory(f"{HOME}/.ssh", USER, USER, "700", tags=frozenset({"nas", "mount"})),
+        File(
+            f"{HOME}/.ssh/authorized_keys",
+            f'restrict,command="internal-sftp" {ctx.secrets.mount_key_public}\n'.encode(),
+            USER, USER, "600", tags=frozenset({"nas", "mount"}),
+        ),
+    ]
+
+
+def services(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse) -> list[Step]:
+    """The venv, config and health agent every remote node runs; the worker service on workers."""
+    v = template_vars(node, ctx)
+    tags = frozenset({"services"})
+    units = ["piblade-agent"] + (["piblade-worker"] if "workers" in node.roles else [])
+    steps: list[Step] = [
+        VenvInstall(VENV, WHEELHOUSE, wheelhouse.wheels, wheelhouse.manifest, wheelhouse.requirement,
+                    python=node.settings.python, notify=tuple(units), tags=frozenset({"services", "venv"})),
+        Directory(f"{HOME}/numba-cache", USER, USER, "700", tags=tags),
+        File(f"{CONFIG_DIR}/piblade.env", render("piblade.env.j2", v), "root", "root", "600",
+             notify=tuple(units), tags=tags),
+        File(f"{CONFIG_DIR}/redis.password", (ctx.secrets.redis_password + "\n").encode(), USER, USER, "600",
+             secret=True, notify=tuple(units), tags=tags),
+    ]
+    for unit in units:
+        steps.append(File(f"/etc/systemd/system/{unit}.service", render(f"{unit}.service.j2", v),
+                          notify=(unit,), tags=tags))
+    steps += [Service(f"{unit}.service", tags=tags) for unit in units]
+    return steps
+
+
+def workers(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str]:
+    """Mount the NAS share; returns the steps and a note saying which kind of mount."""
+    tags = frozenset({"workers", "mount"})
+    v = template_vars(node, ctx)
+    mount = node.settings.mount
+    unit = mount_unit_name(mount)
+    steps: list[Step] = [Directory(mount, "root", "root", "755", tags=tags)]
+    if ctx.cluster.nas is None:
+        return steps, "mount: none (the inventory has no nas node)"
+    if facts.cifs:
+        steps += [
+            Packages(("cifs-utils",), tags=tags),
+            File(f"{CONFIG_DIR}/nas.cred", render("nas.cred.j2", v), "root", "root", "600", secret=True,
+                 notify=(unit,), tags=tags),
+            File(f"/etc/systemd/system/{unit}", render("nas-cifs.mount.j2", v), notify=(unit,), tags=tags),
+            Service(unit, tags=tags),
+        ]
+        return steps, f"mount: cifs //{v['piblade_nas_address']}/{v['piblade_share']} at {mount}"
+    steps += [
+        Packages(("sshfs", "fuse3"), tags=tags),
+        File(f"{CONFIG_DIR}/nas_key", ctx.secrets.mount_key_private.encode(), "root", "root", "600", secret=True,
+             notify=(unit,), tags=tags),
+        File(f"{CONFIG_DIR}/nas_known_hosts", ctx.nas_host_keys.encode(), notify=(unit,), tags=tags),
+        File(f"/etc/systemd/system/{unit}", render("nas-sshfs.mount.j2", v), notify=(unit,), tags=tags),
+        Service(unit, tags=tags),
+    ]
+    return steps, f"mount: sshfs (FUSE; this kernel has no cifs) {v['piblade_nas_address']}:{v['piblade_nas_path']} at {mount}"
+
+
+def plan(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse) -> tuple[list[Step], list[str]]:
+    """Every step for a remote node, in order, plus notes for the recap."""
+    notes: list[str] = []
+    steps = common(node, facts, ctx)
+    if "nas" in node.roles:
+        steps += nas(node, facts, ctx)
+    if "workers" in node.roles:
+        mount_steps, note = workers(node, facts, ctx)
+        steps += mount_steps
+        notes.append(note)
+    steps += services(node, facts, ctx, wheelhouse)
+    return steps, notes
+
+
+def filter_tags(steps: list[Step], tags: frozenset[str]) -> list[Step]:
+    if not tags:
+        return steps
+    return [s for s in steps if s.tags & tags]

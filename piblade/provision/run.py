@@ -1,0 +1,154 @@
+"""`piblade provision` as a library call: secrets, the controller, then every node in parallel."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from piblade.errors import PibladeError
+from piblade.inventory import Cluster
+from piblade.local import LocalPaths
+from piblade.provision import roles
+from piblade.provision.engine import (
+    EventFn,
+    HostResult,
+    HostRun,
+    StepResult,
+    Wheelhouses,
+    connect_and_gather,
+    converge,
+    run_parallel,
+    target_for,
+)
+from piblade.state import ensure_secret, private_dir, read_secret, state_dir, write_private
+
+
+def cluster_paths(cluster: Cluster) -> LocalPaths:
+    """The controller's state for one cluster: its Redis (AOF, ACL, password) and secrets."""
+    return LocalPaths(state_dir() / "clusters" / cluster.name)
+
+
+def known_hosts_file(cluster: Cluster) -> Path:
+    configured = getattr(cluster.controller.settings, "known_hosts", None)
+    return Path(configured).expanduser() if configured else Path("~/.ssh/known_hosts").expanduser()
+
+
+def load_secrets(cluster: Cluster) -> roles.Secrets:
+    """The cluster's secrets, generated on first use into 0600 files under the state dir."""
+    paths = cluster_paths(cluster)
+    secrets_dir = private_dir(paths.password_file.parent)
+    key_file = secrets_dir / "nas_mount_key"
+    if not key_file.exists():
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption()).decode()
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+        write_private(key_file, private)
+        write_private(secrets_dir / "nas_mount_key.pub", f"{public} piblade-nas-mount@{cluster.name}\n")
+    return roles.Secrets(
+        redis_password=ensure_secret(paths.password_file),
+        smb_password=ensure_secret(secrets_dir / "samba.password", 24),
+        mount_key_private=read_secret(key_file) + "\n",
+        mount_key_public=(secrets_dir / "nas_mount_key.pub").read_text().strip(),
+    )
+
+
+def nas_host_keys(cluster: Cluster, known_hosts: Path) -> str:
+    """known_hosts lines for the NAS node, taken from the controller's verified known_hosts."""
+    import paramiko
+
+    nas = cluster.nas
+    if nas is None or not known_hosts.exists():
+        return ""
+    keys = paramiko.HostKeys(str(known_hosts))
+    name = nas.address if nas.port == 22 else f"[{nas.address}]:{nas.port}"
+    found = keys.lookup(name) or {}
+    return "".join(f"{nas.address} {kind} {key.get_base64()}\n" for kind, key in sorted(found.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    check: bool = False
+    diff: bool = False
+    tags: frozenset[str] = frozenset()
+    limit: frozenset[str] = frozenset()
+    accept_new: bool = False
+
+
+def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, what: None) -> list[HostResult]:
+    """Bring every selected node to its role's state. Returns one result per host, inventory order."""
+    unknown = options.limit - {n.name for n in cluster.nodes}
+    if unknown:
+        cluster.node(sorted(unknown)[0])  # raises NotFound with a did-you-mean
+    selected = [n for n in cluster.nodes if not options.limit or n.name in options.limit]
+    known_hosts = known_hosts_file(cluster)
+    secrets = load_secrets(cluster)
+    results: dict[str, HostResult] = {}
+
+    controller = cluster.controller
+    if controller in selected and controller.is_local and (not options.tags or "controller" in options.tags):
+        from piblade.provision.controller import converge_controller
+
+        results[controller.name] = converge_controller(cluster, cluster_paths(cluster), options.check, emit)
+
+    runs = [HostRun(n, target_for(n, cluster, known_hosts)) for n in selected if not n.is_local]
+
+    def phase_connect(run: HostRun) -> HostResult | None:
+        try:
+            connect_and_gather(run, options.accept_new, emit)
+        except PibladeError as exc:
+            return HostResult(run.node.name, error=exc.message, hint=exc.hint,
+                              seconds=time.monotonic() - run.started)
+        return None
+
+    for run, failure in zip(runs, run_parallel(runs, phase_connect), strict=True):
+        if failure is not None:
+            results[run.node.name] = failure
+            emit(run.node.name, "failed")
+    ready = [r for r in runs if r.node.name not in results]
+    ctx = roles.Context(
+        cluster=cluster,
+        redis_url=f"redis://piblade@{controller.address}:{controller.settings.redis_port}/0",
+        secrets=secrets,
+        nas_host_keys=nas_host_keys(cluster, known_hosts),
+    )
+    wheelhouses = Wheelhouses(state_dir() / "wheelhouse", log=cluster_paths(cluster).log_dir / "wheelhouse.log")
+    private_dir(cluster_paths(cluster).log_dir)
+
+    def phase_converge(run: HostRun) -> HostResult:
+        assert run.facts is not None
+        try:
+            emit(run.node.name, "planning")
+            wheelhouse = wheelhouses.get(run.facts)
+            steps, notes = roles.plan(run.node, run.facts, ctx, wheelhouse)
+            result = converge(run, roles.filter_tags(steps, options.tags), notes, check=options.check, emit=emit)
+        except PibladeError as exc:
+            result = HostResult(run.node.name, facts=run.facts, error=exc.message, hint=exc.hint,
+                                seconds=time.monotonic() - run.started)
+        except Exception as exc:  # noqa: BLE001 - one host's bug must not hide the others' results
+            result = HostResult(run.node.name, facts=run.facts, error=f"{type(exc).__name__}: {exc}",
+                                seconds=time.monotonic() - run.started)
+        finally:
+            if run.session is not None:
+                run.session.close()
+        emit(run.node.name, "failed" if result.failed else "done")
+        return result
+
+    for run, result in zip(ready, run_parallel(ready, phase_converge), strict=True):
+        assert result is not None
+        results[run.node.name] = result
+    return [results[n.name] for n in selected if n.name in results]
+
+
+def summary_line(results: list[HostResult]) -> StepResult:
+    """Totals across hosts (for the recap's last line)."""
+    ok = sum(r.ok for r in results)
+    changed = sum(r.changed for r in results)
+    failed = sum(r.failed for r in results)
+    return StepResult("total", "failed" if failed else ("changed" if changed else "ok"),
+                      f"ok={ok} changed={changed} failed={failed}")

@@ -1,0 +1,372 @@
+"""Idempotent provisioning steps: probe the node, compare with the desired state, say what to do.
+
+A step is pure data. ``probe()`` is a shell snippet that prints the node's
+current state; ``decide(output)`` compares it with the desired state and returns
+``None`` (already right: "ok") or a :class:`Change` with the shell to run and the
+files to upload. Because deciding needs no side effect, ``--check`` is free, and
+an unchanged node costs one round trip for all its probes together.
+
+Nothing here touches the network; the engine in ``piblade.provision.engine``
+sends the probes and the changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+q = shlex.quote
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file to copy to the node; the change's script moves it from ``$STAGE/<name>`` into place."""
+
+    name: str
+    data: bytes | None = None
+    local: Path | None = None
+
+    @property
+    def size(self) -> int:
+        if self.data is not None:
+            return len(self.data)
+        return self.local.stat().st_size if self.local else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a step will do (or, with --check, would do)."""
+
+    step: str
+    summary: str
+    script: str
+    uploads: tuple[Upload, ...] = ()
+    diff: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Base of every step. ``notify`` names services to restart when this step changes something."""
+
+    tags: frozenset[str] = field(default=frozenset(), kw_only=True)
+    notify: tuple[str, ...] = field(default=(), kw_only=True)
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def probe(self) -> str:
+        raise NotImplementedError
+
+    def decide(self, output: str) -> Change | None:
+        raise NotImplementedError
+
+
+def _stage_name(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Packages(Step):
+    """Debian packages installed (from the node's own apt sources; testbed nodes have them baked in)."""
+
+    packages: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return "packages: " + " ".join(self.packages)
+
+    def probe(self) -> str:
+        return f"dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {' '.join(map(q, self.packages))} 2>/dev/null"
+
+    def decide(self, output: str) -> Change | None:
+        installed = {line.split()[0] for line in output.splitlines() if line.endswith(" installed")}
+        missing = [p for p in self.packages if p not in installed]
+        if not missing:
+            return None
+        return Change(
+            self.name,
+            "install " + " ".join(missing),
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends " + " ".join(map(q, missing)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hostname(Step):
+    hostname: str
+
+    @property
+    def name(self) -> str:
+        return f"hostname {self.hostname}"
+
+    def probe(self) -> str:
+        return "cat /etc/hostname 2>/dev/null; hostname"
+
+    def decide(self, output: str) -> Change | None:
+        lines = output.split()
+        if lines and all(line == self.hostname for line in lines):
+            return None
+        return Change(
+            self.name,
+            f"set hostname to {self.hostname} (was {lines[-1] if lines else '?'})",
+            f"echo {q(self.hostname)} > /etc/hostname && hostname {q(self.hostname)}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SystemUser(Step):
+    """A system account (no login shell) that runs piblade's services."""
+
+    user: str
+    home: str
+    groups: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"user {self.user}"
+
+    def probe(self) -> str:
+        return f"getent passwd {q(self.user)}; id -nG {q(self.user)} 2>/dev/null"
+
+    def decide(self, output: str) -> Change | None:
+        lines = output.splitlines()
+        if not lines or not lines[0].startswith(self.user + ":"):
+            script = f"useradd --system --create-home --home-dir {q(self.home)} --shell /usr/sbin/nologin {q(self.user)}"
+            if self.groups:
+                script += f" && usermod -aG {q(','.join(self.groups))} {q(self.user)}"
+            return Change(self.name, f"create system user {self.user}", script)
+        member = set(lines[1].split()) if len(lines) > 1 else set()
+        missing = [g for g in self.groups if g not in member]
+        if missing:
+            return Change(self.name, f"add {self.user} to {', '.join(missing)}",
+                          f"usermod -aG {q(','.join(missing))} {q(self.user)}")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Directory(Step):
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "755"
+
+    @property
+    def name(self) -> str:
+        return f"directory {self.path}"
+
+    def probe(self) -> str:
+        return f"stat -c '%U:%G:%a' {q(self.path)} 2>/dev/null || echo missing"
+
+    def decide(self, output: str) -> Change | None:
+        want = f"{self.owner}:{self.group}:{self.mode}"
+        have = output.strip()
+        if have == want:
+            return None
+        summary = f"create {self.path}" if have == "missing" else f"fix {self.path} ({have} -> {want})"
+        return Change(self.name, summary, f"install -d -o {q(self.owner)} -g {q(self.group)} -m {self.mode} {q(self.path)}")
+
+
+#: Files up to this size travel back in the probe so --diff can show them.
+DIFF_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class File(Step):
+    """A file with exact content, owner and mode. Secret files never show their content in a diff."""
+
+    path: str
+    content: bytes
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "644"
+    secret: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"file {self.path}"
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+    def probe(self) -> str:
+        p = q(self.path)
+        text = f"if [ -f {p} ]; then sha256sum < {p} | cut -d' ' -f1; stat -c '%U:%G:%a:%s' {p}; "
+        if not self.secret:
+            text += f"[ $(stat -c %s {p}) -le {DIFF_LIMIT} ] && base64 -w0 < {p}; "
+        return text + "else echo missing; fi"
+
+    def decide(self, output: str) -> Change | None:
+        lines = output.splitlines()
+        want_meta = f"{self.owner}:{self.group}:{self.mode}"
+        stage = _stage_name(self.path)
+        install = (
+            f"install -o {q(self.owner)} -g {q(self.group)} -m {self.mode} \"$STAGE/{stage}\" {q(self.path)}"
+        )
+        if self.path.endswith((".service", ".mount", ".automount", ".timer")):
+            install += " && systemctl daemon-reload"
+        if not lines or lines[0] == "missing":
+            return Change(self.name, f"create {self.path}", install, (Upload(stage, data=self.content),),
+                          self._diff(b"", new_file=True))
+        digest, meta = lines[0].strip(), lines[1].rsplit(":", 1)[0] if len(lines) > 1 else ""
+        if digest == self.digest:
+            if meta == want_meta:
+                return None
+            return Change(self.name, f"fix owner/mode of {self.path} ({meta} -> {want_meta})",
+                          f"chown {q(self.owner)}:{q(self.group)} {q(self.path)} && chmod {self.mode} {q(self.path)}")
+        old = base64.b64decode(lines[2]) if len(lines) > 2 and lines[2].strip() else None
+        return Change(self.name, f"update {self.path}", install, (Upload(stage, data=self.content),), self._diff(old))
+
+    def _diff(self, old: bytes | None, new_file: bool = False) -> str:
+        if self.secret:
+            return f"--- {self.path}\n+++ {self.path}\n(contents hidden: the file holds a secret)\n"
+        if old is None:
+            return f"--- {self.path}\n+++ {self.path}\n(old contents not shown: larger than {DIFF_LIMIT} bytes)\n"
+        lines = difflib.unified_diff(
+            old.decode(errors="replace").splitlines(keepends=True),
+            self.content.decode(errors="replace").splitlines(keepends=True),
+            fromfile="/dev/null" if new_file else self.path,
+            tofile=self.path,
+        )
+        return "".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Service(Step):
+    """A systemd unit enabled and running. Restarts when a step that notifies it changed."""
+
+    unit: str
+    enabled: bool = True
+    running: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"service {self.unit}"
+
+    def probe(self) -> str:
+        return f"systemctl is-enabled {q(self.unit)} 2>/dev/null; systemctl is-active {q(self.unit)} 2>/dev/null"
+
+    def decide(self, output: str) -> Change | None:
+        lines = (output.split() + ["unknown", "unknown"])[:2]
+        enabled = lines[0] in ("enabled", "static", "generated", "enabled-runtime")
+        active = lines[1] == "active"
+        commands, what = [], []
+        if self.enabled and not enabled:
+            commands.append(f"systemctl enable {q(self.unit)}")
+            what.append("enable")
+        if self.running and not active:
+            commands.append(f"systemctl start {q(self.unit)}")
+            what.append("start")
+        if not commands:
+            return None
+        return Change(self.name, f"{' and '.join(what)} {self.unit}", " && ".join(commands))
+
+    def restart(self) -> Change:
+        return Change(f"restart {self.unit}", f"restart {self.unit} (its code or config changed)",
+                      f"systemctl restart {q(self.unit)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SambaUser(Step):
+    """A Samba account with a given password. The node keeps only a SHA-256 of it, to notice changes."""
+
+    user: str
+    password: str = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"samba user {self.user}"
+
+    @property
+    def marker(self) -> str:
+        return f"/etc/piblade/samba-{self.user}.sha256"
+
+    def probe(self) -> str:
+        return (f"pdbedit -L 2>/dev/null | cut -d: -f1 | grep -qx {q(self.user)} && echo present || echo absent; "
+                f"cat {q(self.marker)} 2>/dev/null")
+
+    def decide(self, output: str) -> Change | None:
+        lines = output.split()
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        if lines[:2] == ["present", digest]:
+            return None
+        stage = _stage_name(self.marker)
+        script = (
+            f'pw=$(cat "$STAGE/{stage}") && printf "%s\\n%s\\n" "$pw" "$pw" | smbpasswd -s -a {q(self.user)} >/dev/null'
+            f" && smbpasswd -e {q(self.user)} >/dev/null && install -d -m 700 /etc/piblade"
+            f" && echo {digest} > {q(self.marker)} && chmod 600 {q(self.marker)}"
+        )
+        summary = "create" if lines[:1] != ["present"] else "set the password of"
+        return Change(self.name, f"{summary} Samba user {self.user}", script, (Upload(stage, data=self.password.encode()),))
+
+
+@dataclass(frozen=True, slots=True)
+class VenvInstall(Step):
+    """A venv with piblade installed from a wheelhouse the controller pushed (nodes need no internet).
+
+    The node remembers the manifest hash of what it installed; a different
+    wheelhouse (new piblade code or dependencies) reinstalls and notifies services.
+    """
+
+    venv: str
+    wheelhouse: str
+    wheels: tuple[Path, ...]
+    manifest: str
+    requirement: str
+    python: str = "python3"
+
+    @property
+    def name(self) -> str:
+        return f"piblade in {self.venv}"
+
+    @property
+    def marker(self) -> str:
+        return f"{self.venv}/.piblade-wheelhouse"
+
+    def probe(self) -> str:
+        return (f"cat {q(self.marker)} 2>/dev/null || echo none; "
+                f"ls {q(self.wheelhouse)} 2>/dev/null")
+
+    def decide(self, output: str) -> Change | None:
+        lines = output.split()
+        if lines and lines[0] == self.manifest:
+            return None
+        present = set(lines[1:])
+        uploads = tuple(Upload(w.name, local=w) for w in self.wheels if w.name not in present)
+        wh, venv = q(self.wheelhouse), q(self.venv)
+        moves = "".join(f' && mv "$STAGE/{u.name}" {wh}/' for u in uploads)
+        script = (
+            f"install -d -m 755 {wh}{moves}"
+            f" && ([ -x {venv}/bin/python ] || {q(self.python)} -m venv {venv})"
+            f" && {venv}/bin/pip install -q --no-index --find-links {wh} --upgrade {q(self.requirement)}"
+            f" && echo {self.manifest} > {q(self.marker)}"
+        )
+        mib = sum(u.size for u in uploads) / 2**20
+        return Change(self.name, f"install {self.requirement} ({len(uploads)} wheels, {mib:.0f} MiB to push)",
+                      script, uploads)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe(Step):
+    """A read-only check with a custom decision (e.g. Redis answers); ``fix`` runs when it fails."""
+
+    label: str
+    command: str
+    expect: str
+    fix: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def probe(self) -> str:
+        return self.command
+
+    def decide(self, output: str) -> Change | None:
+        if self.expect in output:
+            return None
+        return Change(self.name, self.label, self.fix or "false")

@@ -1,0 +1,109 @@
+"""The wheelhouse the controller builds and pushes, so nodes install piblade without internet.
+
+For each (architecture, Python version) the controller downloads binary wheels
+of every dependency for that platform (aarch64 for real Pis) and builds
+piblade's own wheel once. The result is cached under the state dir, keyed by a
+hash of piblade's source, so an unchanged re-run does no building at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from piblade.errors import PibladeError
+
+PLATFORMS = {
+    "x86_64": ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"),
+    "aarch64": ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64",
+                "manylinux_2_34_aarch64"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Wheelhouse:
+    directory: Path
+    wheels: tuple[Path, ...]
+    manifest: str
+    requirement: str
+
+
+def project_root() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").exists():
+        raise PibladeError(
+            "cannot build the wheelhouse: piblade is not installed from a source checkout",
+            hint="run provisioning from a clone of the piblade repository (pip install -e .)",
+        )
+    return root
+
+
+def source_hash(root: Path) -> str:
+    """A hash of everything that goes into piblade's wheel (code, jobs, templates, metadata)."""
+    digest = hashlib.sha256()
+    files = [root / "pyproject.toml"]
+    for package in ("piblade", "jobs"):
+        files += sorted(p for p in (root / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _manifest(wheels: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for wheel in sorted(wheels):
+        digest.update(wheel.name.encode())
+        digest.update(hashlib.sha256(wheel.read_bytes()).digest())
+    return digest.hexdigest()[:24]
+
+
+def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wheelhouse:
+    """Return the wheelhouse for ``arch``/``python``, building it if piblade's source changed."""
+    if arch not in PLATFORMS:
+        raise PibladeError(
+            f"no wheels for the node architecture {arch!r}",
+            hint="piblade nodes need a 64-bit OS (aarch64 on Raspberry Pi: Numba has no 32-bit ARM wheels)",
+        )
+    root = project_root()
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    key = f"{arch}-py{python}-{source_hash(root)}"
+    target = cache / key
+    manifest_file = target / "MANIFEST"
+    if manifest_file.exists():
+        wheels = tuple(sorted(target.glob("*.whl")))
+        return Wheelhouse(target, wheels, manifest_file.read_text().strip(), f"piblade=={version}")
+    building = cache / f".{key}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    out = log.open("ab") if log else subprocess.DEVNULL
+    try:
+        pip = [sys.executable, "-m", "pip"]
+        subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(building), str(root)],
+                       check=True, stdout=out, stderr=out)
+        requirements = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+        platform_args = [arg for tag in PLATFORMS[arch] for arg in ("--platform", tag)]
+        subprocess.run(
+            [*pip, "download", "-q", "--only-binary=:all:", *platform_args, "--python-version", python,
+             "--implementation", "cp", "-d", str(building), *requirements],
+            check=True, stdout=out, stderr=out,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise PibladeError(
+            f"building the {arch} wheelhouse failed ({' '.join(exc.cmd[:4])} …)",
+            hint=f"see {log}" if log else "run with -v for pip's output",
+        ) from exc
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    wheels = sorted(building.glob("*.whl"))
+    (building / "MANIFEST").write_text(_manifest(wheels) + "\n")
+    for stale in cache.glob(f"{arch}-py{python}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    building.rename(target)
+    return build(cache, arch, python)

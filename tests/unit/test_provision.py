@@ -1,0 +1,243 @@
+"""Provisioning logic without SSH: facts parsing, step decisions, scripts, role plans."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from piblade.inventory import parse_inventory
+from piblade.provision import roles
+from piblade.provision.engine import apply_script, parse_apply, probe_script, restarts, split_probes
+from piblade.provision.facts import parse_facts
+from piblade.provision.steps import Directory, File, Packages, SambaUser, Service, SystemUser, VenvInstall
+from piblade.provision.wheelhouse import Wheelhouse
+
+PI_FACTS = """arch=aarch64
+kernel=6.6.51+rpt-rpi-2712
+model=Raspberry Pi 5 Model B Rev 1.0
+mem_kb=8245632
+os=Debian GNU/Linux 12 (bookworm)
+python=3.11
+cifs=module
+fuse=yes
+init=systemd
+virt=none
+user=pi
+"""
+
+NSPAWN_FACTS = """arch=x86_64
+kernel=6.18.44
+model=unknown
+mem_kb=24576000
+os=Debian GNU/Linux 12 (bookworm)
+python=3.11
+cifs=no
+fuse=yes
+init=systemd
+virt=systemd-nspawn
+user=pi
+"""
+
+
+def test_facts_of_a_raspberry_pi() -> None:
+    facts = parse_facts(PI_FACTS)
+    assert facts.model == "Raspberry Pi 5 Model B Rev 1.0"
+    assert facts.wheel_platform == "aarch64"
+    assert facts.mem_mib == 8052
+    assert facts.cifs and facts.systemd and facts.virtualization == "none"
+    assert facts.summary() == "Raspberry Pi 5 Model B Rev 1.0, aarch64, 8052 MiB, Debian GNU/Linux 12 (bookworm)"
+
+
+def test_facts_of_a_testbed_node() -> None:
+    facts = parse_facts(NSPAWN_FACTS)
+    assert not facts.cifs and facts.fuse
+    assert facts.virtualization == "systemd-nspawn"
+
+
+def test_facts_script_runs_here_and_parses() -> None:
+    from piblade.provision.facts import FACTS_SCRIPT
+
+    out = subprocess.run(["sh", "-c", FACTS_SCRIPT], capture_output=True, text=True, check=True).stdout
+    facts = parse_facts(out)
+    assert facts.arch == subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip()
+    assert facts.mem_mib > 0
+
+
+def test_packages_installs_only_what_is_missing() -> None:
+    step = Packages(("samba", "sshfs"))
+    assert step.decide("samba installed\nsshfs installed") is None
+    change = step.decide("samba installed\nsshfs not-installed")
+    assert change is not None and change.summary == "install sshfs"
+    assert change.script.endswith("--no-install-recommends sshfs")
+
+
+def test_file_is_ok_only_with_same_content_and_mode(tmp_path: Path) -> None:
+    step = File("/etc/x.conf", b"a\nb\n", "root", "root", "644")
+    digest = hashlib.sha256(b"a\nb\n").hexdigest()
+    assert step.decide(f"{digest}\nroot:root:644:4\nYQpiCg==") is None
+    mode = step.decide(f"{digest}\nroot:root:600:4\nYQpiCg==")
+    assert mode is not None and "chmod 644" in mode.script and not mode.uploads
+    old = step.decide("0" * 64 + "\nroot:root:644:4\n" + "YQpjCg==")  # "a\nc\n"
+    assert old is not None and old.uploads[0].data == b"a\nb\n"
+    assert "-c\n+b\n" in old.diff
+    created = step.decide("missing")
+    assert created is not None and created.summary == "create /etc/x.conf"
+
+
+def test_secret_files_never_show_their_content() -> None:
+    step = File("/etc/piblade/redis.password", b"hunter2\n", secret=True)
+    assert "base64" not in step.probe()
+    change = step.decide("missing")
+    assert change is not None and "hunter2" not in change.diff and "hidden" in change.diff
+
+
+def test_unit_files_reload_systemd() -> None:
+    change = File("/etc/systemd/system/x.service", b"[Unit]\n").decide("missing")
+    assert change is not None and change.script.endswith("systemctl daemon-reload")
+
+
+def test_service_enables_and_starts() -> None:
+    step = Service("smbd")
+    assert step.decide("enabled\nactive") is None
+    change = step.decide("disabled\ninactive")
+    assert change is not None and change.script == "systemctl enable smbd && systemctl start smbd"
+
+
+def test_user_directory_and_samba_user() -> None:
+    assert SystemUser("piblade", "/var/lib/piblade").decide("piblade:x:999:999::/var/lib/piblade:/usr/sbin/nologin\npiblade") is None
+    assert SystemUser("piblade", "/h").decide("").summary == "create system user piblade"
+    assert Directory("/srv/x", "piblade", "piblade", "2775").decide("piblade:piblade:2775") is None
+    assert Directory("/srv/x").decide("missing").summary == "create /srv/x"
+    samba = SambaUser("piblade", "s3cret")
+    assert samba.decide("present\n" + hashlib.sha256(b"s3cret").hexdigest()) is None
+    change = samba.decide("present\n" + "0" * 64)
+    assert change is not None and "s3cret" not in change.script  # the password travels as a staged file
+    assert change.uploads[0].data == b"s3cret"
+
+
+def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
+    wheels = []
+    for name in ("a-1-py3-none-any.whl", "b-2-py3-none-any.whl"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+        wheels.append(tmp_path / name)
+    step = VenvInstall("/opt/v", "/opt/wh", tuple(wheels), "m1", "piblade==0.1.0")
+    assert step.decide("m1\na-1-py3-none-any.whl") is None
+    change = step.decide("none\na-1-py3-none-any.whl")
+    assert change is not None and [u.name for u in change.uploads] == ["b-2-py3-none-any.whl"]
+
+
+def test_probe_and_apply_scripts_round_trip() -> None:
+    steps = [Packages(("sh",)), Directory("/nonexistent-piblade-test")]
+    script = probe_script(steps)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+    outputs = split_probes(out, 2)
+    assert outputs[1].strip() == "missing"
+
+    changes = [Directory("/a").decide("missing"), Directory("/b").decide("missing")]
+    ok = parse_apply("@@step 0\n@@step 1\n@@done\n", 2)
+    assert ok == (2, None, "")
+    failed = parse_apply("@@step 0\n@@step 1\n@@failed 1\ninstall: cannot create\n", 2)
+    assert failed == (1, 1, "install: cannot create")
+    assert '"@@failed 1"' in apply_script(changes, "/tmp/stage")
+
+
+def test_apply_script_stops_at_the_first_failure(tmp_path: Path) -> None:
+    from piblade.provision.steps import Change
+
+    changes = [Change("one", "one", f"touch {tmp_path}/one"), Change("two", "two", "echo broken >&2; false"),
+               Change("three", "three", f"touch {tmp_path}/three")]
+    out = subprocess.run(["sh", "-c", apply_script(changes, None)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert parse_apply(out.stdout, 3) == (1, 1, "broken")
+    assert (tmp_path / "one").exists() and not (tmp_path / "three").exists()
+
+
+def test_services_restart_when_their_files_change() -> None:
+    unit = File("/etc/systemd/system/piblade-worker.service", b"x", notify=("piblade-worker",))
+    service = Service("piblade-worker.service")
+    changed = [unit.decide("missing"), None]
+    assert [c.summary for c in restarts([unit, service], changed)] == [
+        "restart piblade-worker.service (its code or config changed)"]
+    # A service that is being started in this run needs no restart.
+    assert restarts([unit, service], [unit.decide("missing"), service.decide("enabled\ninactive")]) == []
+    assert restarts([unit, service], [None, None]) == []
+
+
+INVENTORY = """
+all:
+  vars:
+    piblade_cluster_name: lab
+  children:
+    controller:
+      hosts:
+        ctl: {ansible_host: 10.199.0.1, ansible_connection: local, piblade_redis_port: 6390}
+    nas:
+      hosts:
+        nas1: {ansible_host: 10.199.0.10, piblade_share: data, piblade_nas_path: /srv/data}
+    workers:
+      vars: {piblade_worker_processes: 2, piblade_mount: /mnt/nas}
+      hosts:
+        w1: {ansible_host: 10.199.0.11}
+"""
+
+
+@pytest.fixture
+def ctx() -> roles.Context:
+    cluster = parse_inventory(INVENTORY, source="lab.yml")
+    secrets = roles.Secrets("redispw", "smbpw", "-----KEY-----\n", "ssh-ed25519 AAAA test")
+    return roles.Context(cluster, "redis://piblade@10.199.0.1:6390/0", secrets, "10.199.0.10 ssh-ed25519 AAAA\n")
+
+
+def _wheelhouse() -> Wheelhouse:
+    return Wheelhouse(Path("/nonexistent"), (), "manifest", "piblade==0.1.0")
+
+
+def test_worker_plan_on_a_pi_mounts_cifs(ctx: roles.Context) -> None:
+    node = ctx.cluster.node("w1")
+    steps, notes = roles.plan(node, parse_facts(PI_FACTS), ctx, _wheelhouse())
+    names = [s.name for s in steps]
+    assert "file /etc/systemd/system/mnt-nas.mount" in names
+    assert notes == ["mount: cifs //10.199.0.10/data at /mnt/nas"]
+    mount = next(s for s in steps if s.name == "file /etc/systemd/system/mnt-nas.mount")
+    assert b"Type=cifs" in mount.content and b"seal" in mount.content and b"x-systemd.automount" in mount.content
+    cred = next(s for s in steps if s.name == "file /etc/piblade/nas.cred")
+    assert cred.secret and cred.mode == "600" and b"password=smbpw" in cred.content
+    env = next(s for s in steps if s.name == "file /etc/piblade/piblade.env")
+    assert env.mode == "600" and b"PIBLADE_REDIS_URL=redis://piblade@10.199.0.1:6390/0" in env.content
+    assert b"redispw" not in env.content  # the password has its own file
+    unit = next(s for s in steps if s.name == "file /etc/systemd/system/piblade-worker.service")
+    assert b"--processes 2" in unit.content and b"RequiresMountsFor=/mnt/nas" in unit.content
+    assert "service systemd-timesyncd" in names
+
+
+def test_worker_plan_without_cifs_uses_sshfs(ctx: roles.Context) -> None:
+    steps, notes = roles.plan(ctx.cluster.node("w1"), parse_facts(NSPAWN_FACTS), ctx, _wheelhouse())
+    assert notes[0].startswith("mount: sshfs (FUSE; this kernel has no cifs)")
+    mount = next(s for s in steps if s.name == "file /etc/systemd/system/mnt-nas.mount")
+    assert b"Type=fuse.sshfs" in mount.content and b"StrictHostKeyChecking=yes" in mount.content
+    assert "service systemd-timesyncd" not in [s.name for s in steps]  # containers use the host clock
+
+
+def test_nas_plan_has_a_samba_share_without_guests(ctx: roles.Context) -> None:
+    steps, _ = roles.plan(ctx.cluster.node("nas1"), parse_facts(PI_FACTS), ctx, _wheelhouse())
+    conf = next(s for s in steps if s.name == "file /etc/samba/smb.conf").content.decode()
+    assert "[data]" in conf and "path = /srv/data" in conf
+    assert "guest ok = no" in conf and "map to guest = never" in conf and "server min protocol = SMB3" in conf
+    keys = next(s for s in steps if s.name == "file /var/lib/piblade/.ssh/authorized_keys").content
+    assert keys.startswith(b'restrict,command="internal-sftp" ssh-ed25519')
+    assert "service piblade-worker.service" not in [s.name for s in steps]
+    assert "service piblade-agent.service" in [s.name for s in steps]
+
+
+def test_tags_filter_steps(ctx: roles.Context) -> None:
+    steps, _ = roles.plan(ctx.cluster.node("nas1"), parse_facts(PI_FACTS), ctx, _wheelhouse())
+    assert {s.name for s in roles.filter_tags(steps, frozenset({"samba"}))} == {
+        "packages: samba", "directory /srv/data", "file /etc/samba/smb.conf", "samba user piblade", "service smbd"}
+
+
+def test_mount_unit_names_follow_systemd_escaping() -> None:
+    assert roles.mount_unit_name("/mnt/piblade") == "mnt-piblade.mount"
+    assert roles.mount_unit_name("/srv/nas-data/") == "srv-nas\\x2ddata.mount"
