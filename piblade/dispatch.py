@@ -224,14 +224,17 @@ def _build_status(conn: redis.Redis, record: RunRecord, states: dict[str, str], 
         failed_ids = [jid for jid, s in states.items() if s in ("failed", "stopped")]
         failures = [_failure(conn, jid) for jid in failed_ids[:20]]
         finished = [jid for jid in record.task_ids if states[jid] == "finished"]
-        jobs = BladeJob.fetch_many(finished, connection=conn, serializer=JSONSerializer) if finished else []
+        finished_set = set(finished)
+        ended = finished + [jid for jid in failed_ids if jid in states]
+        jobs = BladeJob.fetch_many(ended, connection=conn, serializer=JSONSerializer) if ended else []
         last_end = None
         for job in jobs:
             if job is None:
                 continue
-            value = job.return_value()
-            if isinstance(value, dict) and "node" in value:
-                nodes[value["node"]] = nodes.get(value["node"], 0) + 1
+            if job.id in finished_set:
+                value = job.return_value()
+                if isinstance(value, dict) and "node" in value:
+                    nodes[value["node"]] = nodes.get(value["node"], 0) + 1
             if job.ended_at and (last_end is None or job.ended_at > last_end):
                 last_end = job.ended_at
         final_id = runs.reduce_id(record.id) if record.has_reduce else (record.task_ids[0] if record.total == 1 else None)

@@ -100,3 +100,20 @@ def forget(conn: redis.Redis, node: str) -> None:
     pipe.hdel(NODES_KEY, node)
     pipe.delete(SAMPLE_KEY.format(node), HISTORY_KEY.format(node), PAUSE_KEY.format(node))
     pipe.execute()
+
+
+def pauses(conn: redis.Redis, names: list[str]) -> dict[str, str | None]:
+    """Pause reason per node in one round trip (``None``: the node may take jobs)."""
+    if not names:
+        return {}
+    raw = conn.mget([PAUSE_KEY.format(n) for n in names])
+    return {n: (r.decode() if r else None) for n, r in zip(names, raw, strict=True)}
+
+
+def trim_history(conn: redis.Redis, node: str, maxlen: int) -> None:
+    """Cut a node's history to exactly ``maxlen`` entries.
+
+    :func:`publish` trims approximately (cheap, but Redis only drops whole
+    stream nodes of ~100 entries); this is for agents told to keep a short history.
+    """
+    conn.xtrim(HISTORY_KEY.format(node), maxlen=maxlen, approximate=False)

@@ -119,6 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("piblade_max_temp", "float", 80.0, "CPU temperature in degrees C above which this node shows as hot."),
     Setting("piblade_numba_threads", "int", 0, "Numba threads per worker process; 0 means automatic.", min=0),
     Setting("piblade_python", "str", "python3", "Python interpreter used to create the node's virtualenv."),
+    Setting("piblade_known_hosts", "str", None, "known_hosts file on the controller that this node's SSH host key "
+            "is checked against; unset means ~/.ssh/known_hosts."),
 )
 _SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 _NODE_SETTINGS = tuple(s for s in SETTINGS if s.scope == "node")
@@ -139,6 +141,7 @@ class NodeSettings:
     max_temp: float = 80.0
     numba_threads: int = 0
     python: str = "python3"
+    known_hosts: str | None = None
 
 
 class FrozenVars(Mapping[str, Any]):

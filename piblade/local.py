@@ -2,7 +2,7 @@
 
 ``piblade local up`` starts one detached daemon (``piblade local run``) that
 owns everything else as child processes — redis-server with ACL users and AOF
-persistence, and the worker supervisor — and restarts any of them that dies.
+persistence, the worker supervisor and the health agent — and restarts any of them that dies.
 ``down`` sends that daemon SIGTERM: workers finish the job in hand, Redis
 flushes its AOF, and the daemon's whole process group is checked to be gone.
 No root is needed; all state lives under ``<state dir>/local``.
@@ -81,16 +81,24 @@ class LocalConfig:
     queues: tuple[str, ...]
     pid: int = 0
     started: float = 0.0
+    bind: tuple[str, ...] = ("127.0.0.1",)
+    node: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
-            {"port": self.port, "workers": self.workers, "queues": list(self.queues), "pid": self.pid, "started": self.started}
+            {"port": self.port, "workers": self.workers, "queues": list(self.queues), "pid": self.pid,
+             "started": self.started, "bind": list(self.bind), "node": self.node}
         )
 
     @classmethod
     def from_json(cls, text: str) -> LocalConfig:
         data = json.loads(text)
-        return cls(data["port"], data["workers"], tuple(data["queues"]), data.get("pid", 0), data.get("started", 0.0))
+        return cls(data["port"], data["workers"], tuple(data["queues"]), data.get("pid", 0), data.get("started", 0.0),
+                   tuple(data.get("bind", ["127.0.0.1"])), data.get("node", ""))
+
+    @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
 
 
 def read_config(paths: LocalPaths) -> LocalConfig | None:
@@ -151,7 +159,7 @@ def find_redis_server() -> str:
     return path
 
 
-def write_redis_config(paths: LocalPaths, port: int, password: str) -> None:
+def write_redis_config(paths: LocalPaths, port: int, password: str, bind: tuple[str, ...] = ("127.0.0.1",)) -> None:
     """redis.conf and users.acl for a loopback-only, password-protected, AOF-persistent Redis.
 
     The ``default`` user stays enabled with full rights but behind its own random
@@ -169,7 +177,7 @@ def write_redis_config(paths: LocalPaths, port: int, password: str) -> None:
     )
     conf = f"""# written by piblade local up; regenerated on every start
 port {port}
-bind 127.0.0.1
+bind {" ".join(bind)}
 protected-mode yes
 daemonize no
 dir {paths.redis_dir}
@@ -187,10 +195,17 @@ def up(
     queues: tuple[str, ...] = ("default",),
     *,
     paths: LocalPaths | None = None,
+    port: int | None = None,
+    bind: tuple[str, ...] = ("127.0.0.1",),
+    node: str = "",
     wait_seconds: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
 ) -> tuple[LocalConfig, bool]:
-    """Start the local cluster, or return the running one. Returns (config, started_now)."""
+    """Start the local cluster, or return the running one. Returns (config, started_now).
+
+    ``workers=0`` runs only Redis and the health agent: the controller of a Pi
+    cluster, whose Redis also listens on the cluster address given in ``bind``.
+    """
     paths = paths or LocalPaths.default()
     current = read_config(paths)
     if current is not None and pid_alive(current.pid):
@@ -200,9 +215,12 @@ def up(
     private_dir(paths.log_dir)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     password = ensure_secret(paths.password_file)
-    port = current.port if current is not None and port_free(current.port) else free_port()
-    write_redis_config(paths, port, password)
-    config = LocalConfig(port=port, workers=workers, queues=queues)
+    if port is None:
+        port = current.port if current is not None and port_free(current.port) else free_port()
+    elif not port_free(port):
+        raise LocalClusterError(f"port {port} is already in use", hint="stop what listens there or pick another port")
+    write_redis_config(paths, port, password, bind)
+    config = LocalConfig(port=port, workers=workers, queues=queues, bind=bind, node=node)
     write_private(paths.state_file, config.to_json())
     log = (paths.log_dir / "daemon.log").open("ab")
     proc = subprocess.Popen(
@@ -215,7 +233,7 @@ def up(
         close_fds=True,
     )
     log.close()
-    config = LocalConfig(port, workers, queues, proc.pid, time.time())
+    config = LocalConfig(port, workers, queues, proc.pid, time.time(), bind, node)
     write_private(paths.state_file, config.to_json())
     _wait_ready(paths, config, proc, wait_seconds, on_wait)
     return config, True
@@ -230,6 +248,7 @@ def _wait_ready(
 ) -> None:
     from piblade.dispatch import workers_on
     from piblade.errors import RedisUnavailable
+    from piblade.healthstore import SAMPLE_KEY
     from piblade.redisconn import connect
 
     deadline = time.monotonic() + wait_seconds
@@ -247,10 +266,14 @@ def _wait_ready(
             phase = "starting redis-server"
         else:
             count = workers_on(conn, config.queues[0])
+            beating = conn.exists(SAMPLE_KEY.format(config.node_name))
             conn.close()
-            if count >= config.workers:
+            if count >= config.workers and beating:
                 return
-            phase = f"warming workers ({count}/{config.workers} ready)"
+            phase = (
+                f"warming workers ({count}/{config.workers} ready)" if count < config.workers
+                else "starting the health agent"
+            )
         if on_wait:
             on_wait(phase)
         time.sleep(0.2)
@@ -336,6 +359,11 @@ class Daemon:
         log = (self.paths.log_dir / f"{name}.log").open("ab")
         if name == "redis":
             argv = [find_redis_server(), str(self.paths.redis_conf)]
+        elif name == "agent":
+            argv = [
+                sys.executable, "-m", "piblade", "agent", "--node", self.config.node_name,
+                "--role", "controller,workers" if self.config.workers else "controller", "--interval", os.environ.get("PIBLADE_HEALTH_INTERVAL", "5"),
+            ]  # fmt: skip
         else:
             argv = [
                 sys.executable, "-m", "piblade", "worker",
@@ -355,7 +383,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self._start("redis")
-        self._start("workers")
+        if self.config.workers:
+            self._start("workers")
+        self._start("agent")
         restarts: dict[str, list[float]] = {}
         while not self.stopping:
             time.sleep(0.2)
@@ -371,6 +401,9 @@ class Daemon:
         return 0
 
     def _shutdown(self) -> None:
+        agent = self.children.get("agent")
+        if agent and agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
         workers = self.children.get("workers")
         if workers and workers.poll() is None:
             workers.send_signal(signal.SIGTERM)  # warm: finish the job in hand
@@ -379,6 +412,12 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 workers.kill()
                 workers.wait()
+        if agent and agent.poll() is None:
+            try:
+                agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
         redis_proc = self.children.get("redis")
         if redis_proc and redis_proc.poll() is None:
             redis_proc.send_signal(signal.SIGTERM)  # redis flushes its AOF on SIGTERM

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the Debian packages piblade needs are present.
 #   ensure-packages.sh base   what `make demo` needs: python3-venv, redis-server
-#   ensure-packages.sh test   what `make test` needs on top: the servers and browser the tests start
+#   ensure-packages.sh test   what `make test` needs on top: the servers and browser the tests start,
+#                             and the tools of the nspawn testbed (tests/e2e, `piblade testbed`)
 # As root, missing packages are installed with apt-get; otherwise we print the command and fail.
 set -euo pipefail
 
@@ -14,13 +15,18 @@ check() {
     redis-server) have redis-server ;;
     redis-tools)  have redis-benchmark ;;
     chromium)     have chromium ;;  # the dashboard's browser test (Playwright drives Debian's build)
+    systemd-container) have systemd-nspawn ;;  # the testbed boots its nodes with systemd-nspawn
+    debootstrap)  have debootstrap ;;  # builds the testbed's node image (once, cached)
+    openssh-client) have ssh && have ssh-keygen ;;  # the controller's side of the testbed's SSH
+    iproute2)     have ip ;;  # the testbed's bridge
+    openssh-server) [ -x /usr/sbin/sshd ] ;;  # a real sshd on loopback for the SSH tests
     *) return 1 ;;
   esac
 }
 
 case "${1:-}" in
   base) wanted=(python3-venv redis-server) ;;
-  test) wanted=(python3-venv redis-server redis-tools chromium) ;;
+  test) wanted=(python3-venv redis-server redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server) ;;
   *) echo "usage: $0 base|test" >&2; exit 2 ;;
 esac
 

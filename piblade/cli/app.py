@@ -42,13 +42,27 @@ def root(
 
 def _register() -> None:
     """Attach the command groups. Imports stay light: heavy modules load inside commands."""
-    from piblade.cli import inventory_cmd, jobs_cmd, local_cmd, submit_cmd, worker_cmd
+    from piblade.cli import (
+        agent_cmd,
+        dashboard_cmd,
+        inventory_cmd,
+        jobs_cmd,
+        local_cmd,
+        provision_cmd,
+        status_cmd,
+        submit_cmd,
+        worker_cmd,
+    )
 
     app.add_typer(inventory_cmd.app, name="inventory")
     app.add_typer(jobs_cmd.app, name="jobs")
     app.add_typer(local_cmd.app, name="local")
     submit_cmd.register(app)
+    status_cmd.register(app)
+    dashboard_cmd.register(app)
+    provision_cmd.register(app)
     worker_cmd.register(app)
+    agent_cmd.register(app)
 
 
 def _crash_log(exc: BaseException) -> Path | None:

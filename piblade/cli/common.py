@@ -23,14 +23,16 @@ def resolve_target(inventory: Path | None) -> RedisTarget:
         return from_env
     if inventory is not None:
         from piblade.inventory import load_inventory
+        from piblade.local import LocalPaths
         from piblade.state import state_dir
 
         cluster = load_inventory(inventory)
         controller = cluster.controller
+        host = "127.0.0.1" if controller.is_local else controller.address
         return RedisTarget(
-            host=controller.address,
+            host=host,
             port=controller.settings.redis_port,
-            password_file=state_dir() / "clusters" / cluster.name / "redis.password",
+            password_file=LocalPaths(state_dir() / "clusters" / cluster.name).password_file,
         )
     from piblade import local
 

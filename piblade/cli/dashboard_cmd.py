@@ -1,0 +1,168 @@
+"""`piblade dashboard`: serve the live web dashboard, optionally through an ngrok tunnel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from piblade.cli.common import InventoryOption
+from piblade.cli.output import console, err_console
+from piblade.errors import PibladeError
+
+
+def _split(values: list[str]) -> tuple[str, ...]:
+    """Repeatable options that may also come comma-separated (from the environment)."""
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def dashboard(
+        bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on (0.0.0.0: the whole LAN)."),
+        port: int = typer.Option(8470, "--port", min=0, max=65535, help="Port to listen on."),
+        tunnel: bool = typer.Option(False, "--tunnel", help="Also publish the dashboard over HTTPS through ngrok."),
+        inventory: Path = InventoryOption,
+        no_auth: bool = typer.Option(
+            False, "--no-auth", help="Serve without a token: only with --bind 127.0.0.1, never with --tunnel."
+        ),
+        show_token: bool = typer.Option(False, "--show-token", help="Print the dashboard token and exit."),
+        tunnel_timeout: float = typer.Option(
+            10.0, "--tunnel-timeout", min=0.5, envvar="PIBLADE_TUNNEL_TIMEOUT", help="Seconds to wait for ngrok."
+        ),
+        ngrok_basic_auth_file: Path = typer.Option(
+            None,
+            "--ngrok-basic-auth-file",
+            envvar="PIBLADE_NGROK_BASIC_AUTH_FILE",
+            help="0600 file with user:password that ngrok asks for before the dashboard's own login.",
+        ),
+        ngrok_oauth: str = typer.Option(
+            None,
+            "--ngrok-oauth",
+            envvar="PIBLADE_NGROK_OAUTH",
+            help="OAuth provider ngrok enforces (google, github, …).",
+        ),
+        ngrok_allow_email: list[str] = typer.Option(
+            [], "--ngrok-allow-email", envvar="PIBLADE_NGROK_ALLOW_EMAILS", help="OAuth: allowed email (repeatable)."
+        ),
+        ngrok_allow_domain: list[str] = typer.Option(
+            [], "--ngrok-allow-domain", envvar="PIBLADE_NGROK_ALLOW_DOMAINS", help="OAuth: allowed domain (repeatable)."
+        ),
+        ngrok_allow_cidr: list[str] = typer.Option(
+            [],
+            "--ngrok-allow-cidr",
+            envvar="PIBLADE_NGROK_ALLOW_CIDR",
+            help="Only these networks may connect (repeatable).",
+        ),
+        ngrok_domain: str = typer.Option(
+            None, "--ngrok-domain", envvar="PIBLADE_NGROK_DOMAIN", help="Your reserved ngrok domain."
+        ),
+        ngrok_server_addr: str = typer.Option(
+            None, "--ngrok-server-addr", envvar="PIBLADE_NGROK_SERVER_ADDR", hidden=True
+        ),
+    ) -> None:
+        """Serve the live dashboard: node health, queues, recent jobs, history charts."""
+        from piblade.dashboard.auth import is_loopback_bind, load_token, token_path
+
+        if show_token:
+            console.print(load_token(), markup=False, highlight=False, soft_wrap=True)
+            return
+        from piblade.dashboard.server import DashboardError, bind_socket, url_for
+
+        if no_auth and tunnel:
+            raise DashboardError(
+                "--tunnel refuses to publish a dashboard without authentication",
+                hint="drop --no-auth: the tunnel needs the dashboard token",
+            )
+        if no_auth and not is_loopback_bind(bind):
+            raise DashboardError(
+                f"--no-auth is allowed only with --bind 127.0.0.1, not {bind}",
+                hint="anyone who can reach the address would see the cluster",
+            )
+
+        from piblade import tunnel as ngrok_tunnel
+        from piblade.cli.common import open_redis
+        from piblade.dashboard.app import DashboardSettings, create_app
+        from piblade.dashboard.server import serve
+        from piblade.dashboard.snapshot import SnapshotSource
+
+        conn = open_redis(inventory)
+        cluster = None
+        if inventory is not None:
+            from piblade.inventory import load_inventory
+
+            cluster = load_inventory(inventory)
+        token = None if no_auth else load_token()
+        forward_host = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
+        options = ngrok_tunnel.TunnelOptions(
+            basic_auth_file=ngrok_basic_auth_file,
+            oauth_provider=ngrok_oauth,
+            oauth_allow_emails=_split(ngrok_allow_email),
+            oauth_allow_domains=_split(ngrok_allow_domain),
+            allow_cidrs=_split(ngrok_allow_cidr),
+            domain=ngrok_domain,
+            server_addr=ngrok_server_addr,
+            deadline=tunnel_timeout,
+        )
+        sock = bind_socket(bind, port)
+        local_url = url_for(bind, sock.getsockname()[1])
+        app = create_app(SnapshotSource(conn, cluster), DashboardSettings(token=token, proxies=(forward_host,)))
+        # soft_wrap: a URL or path broken over two lines cannot be copied.
+        console.print(
+            f"piblade dashboard: [bold]{local_url}/[/]" + ("  (all interfaces)" if bind in ("0.0.0.0", "::") else ""),
+            soft_wrap=True,
+        )
+        if token is None:
+            err_console.print("[yellow]warning:[/] authentication is off: anyone on this machine can open the page")
+        else:
+            console.print(
+                f"token: in {token_path()} (print it with `piblade dashboard --show-token`)",
+                markup=False,
+                soft_wrap=True,
+            )
+            if not is_loopback_bind(bind):
+                console.print(
+                    "plain HTTP on the LAN: use it on a network you trust, or --tunnel for HTTPS", style="dim"
+                )
+        console.print("Ctrl-C stops it", style="dim")
+        authtoken = None
+        if tunnel:
+            try:
+                authtoken = ngrok_tunnel.find_authtoken()
+            except ngrok_tunnel.TunnelError as exc:  # say so at once, and serve locally anyway
+                _tunnel_failed(exc, local_url)
+
+        opened: list[ngrok_tunnel.Tunnel] = []
+
+        def open_tunnel() -> None:
+            assert authtoken is not None
+            err_console.print(f"opening the ngrok tunnel (waiting up to {tunnel_timeout:g} s)…")
+            try:
+                handle = ngrok_tunnel.open_tunnel(f"http://{forward_host}:{sock.getsockname()[1]}", options, authtoken)
+            except ngrok_tunnel.TunnelError as exc:
+                _tunnel_failed(exc, local_url)
+                return
+            opened.append(handle)
+            console.print(f"public URL: [bold]{handle.url}/[/]", soft_wrap=True)
+            for rule in options.describe():
+                console.print(f"  ngrok enforces {rule}", markup=False)
+
+        try:
+            serve(app, sock, after_start=open_tunnel if authtoken else None)
+        finally:
+            for handle in opened:
+                handle.close()
+                console.print("ngrok tunnel closed")
+            conn.close()
+
+
+def _tunnel_failed(exc: PibladeError, local_url: str) -> None:
+    """A tunnel that fails is reported, never fatal: the local dashboard keeps serving."""
+    err_console.print(
+        f"[bold red]error:[/] {escape(exc.message)}; the dashboard is still serving on {local_url}/",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if exc.hint:
+        err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)

@@ -1,0 +1,157 @@
+"""`piblade status`: every node's health, running jobs and pauses; the queues; the NAS share."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from piblade.cli.common import InventoryOption, JsonOption, open_redis
+from piblade.cli.output import console, print_json
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from piblade.clusterstatus import ClusterStatus, NodeStatus
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never seen"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"last seen {seconds / size:.0f}{unit} ago"
+    return f"last seen {seconds:.0f}s ago"
+
+
+def size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _pct(value: float | None, warn: float = 80, bad: float = 95) -> str:
+    if value is None:
+        return "-"
+    colour = "red" if value >= bad else "yellow" if value >= warn else ""
+    return f"[{colour}]{value:.0f}%[/]" if colour else f"{value:.0f}%"
+
+
+def _temp(node: NodeStatus) -> str:
+    if node.temp_c is None:
+        return "-"
+    text = f"{node.temp_c:.1f}°C"
+    if node.max_temp is not None and node.temp_c >= node.max_temp:
+        return f"[bold red]{text}[/]"
+    if node.max_temp is not None and node.temp_c >= node.max_temp - 5:
+        return f"[yellow]{text}[/]"
+    return text
+
+
+def _throttling(node: NodeStatus) -> str:
+    flags = node.flags
+    if flags is None:
+        return "-"
+    labels = node.throttling
+    if not labels:
+        return "[green]ok[/]"
+    return ", ".join(f"[yellow]{label}[/]" if label.endswith("since boot") else f"[red]{label}[/]" for label in labels)
+
+
+def render(status: ClusterStatus) -> Group:
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+
+    title = f"cluster {status.name}" if status.name else "nodes"
+    nodes = Table(title=title, title_justify="left")
+    for column in ("node", "role", "state", "temp", "throttling", "cpu", "mem", "disk", "jobs", "paused"):
+        nodes.add_column(column, justify="right" if column in ("temp", "cpu", "mem", "disk", "jobs") else "left")
+    for node in status.nodes:
+        if node.up:
+            state = "[green]up[/]"
+        else:
+            state = f"[bold red]down[/] [dim]({ago(node.seen_ago)})[/]"
+        nodes.add_row(
+            escape(node.name),
+            escape(node.role or "-"),
+            state,
+            _temp(node),
+            _throttling(node),
+            _pct(node.cpu_percent, 90, 101),
+            _pct(node.mem_percent),
+            _pct(node.disk_percent),
+            str(len(node.running_jobs)) if node.up or node.running_jobs else "-",
+            f"[bold yellow]paused: {escape(node.paused)}[/]" if node.paused else "",
+        )
+    if not status.nodes:
+        nodes.add_row("[dim]no node has sent a heartbeat yet[/]", *[""] * 9)
+    queues = Table(title="queues", title_justify="left")
+    for column in ("queue", "queued", "started", "failed", "workers"):
+        queues.add_column(column, justify="left" if column == "queue" else "right")
+    for q in status.queues:
+        failed = f"[red]{q.failed}[/]" if q.failed else "0"
+        workers = f"[yellow]{q.workers}[/]" if q.workers == 0 else str(q.workers)
+        queues.add_row(escape(q.name), str(q.queued), str(q.started), failed, workers)
+    parts: list[Table | str] = [nodes, queues]
+    share = status.share
+    if share is not None:
+        parts.append(
+            f"NAS share {escape(share.path)} (seen from {escape(share.node)}): "
+            f"{size(share.free)} free of {size(share.total)} ({_pct(share.percent, 85, 95)} used)"
+        )
+    if status.down:
+        parts.append(f"[bold red]down:[/] {escape(', '.join(status.down))}")
+    return Group(*parts)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def status(
+        watch: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C."),
+        every: float = typer.Option(2.0, "--every", min=0.2, help="Seconds between refreshes with --watch."),
+        as_json: bool = JsonOption,
+        inventory: Path = InventoryOption,
+    ) -> None:
+        """Show every node (up/down, temperature, throttling, CPU, memory, disk, jobs), queues and the NAS share.
+
+        Exits 1 when a node of the inventory (-i) is down.
+        """
+        from piblade.clusterstatus import gather
+
+        cluster = None
+        if inventory is not None:
+            from piblade.inventory import load_inventory
+
+            cluster = load_inventory(inventory)
+        conn = open_redis(inventory)
+        snapshot = gather(conn, cluster)
+        if not watch:
+            if as_json:
+                print_json(snapshot.to_dict())
+            else:
+                console.print(render(snapshot))
+            raise typer.Exit(1 if snapshot.down else 0)
+        try:
+            if as_json:  # one JSON document per line, for scripts that follow along
+                while True:
+                    sys.stdout.write(json.dumps(snapshot.to_dict(), sort_keys=True, default=str) + "\n")
+                    sys.stdout.flush()
+                    time.sleep(every)
+                    snapshot = gather(conn, cluster)
+            from rich.live import Live
+
+            with Live(render(snapshot), console=console, auto_refresh=False, screen=False) as live:
+                while True:
+                    time.sleep(every)
+                    snapshot = gather(conn, cluster)
+                    live.update(render(snapshot), refresh=True)
+        except KeyboardInterrupt:
+            pass
+        raise typer.Exit(1 if snapshot.down else 0)

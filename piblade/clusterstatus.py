@@ -1,0 +1,291 @@
+"""One snapshot of the whole cluster: nodes (health, jobs, pauses), queues, the NAS share.
+
+``piblade status`` renders it as a table and the dashboard as cards; both call
+:func:`gather`, so they never disagree about what "down" or "paused" means.
+
+* A node is *up* while its heartbeat key exists (``healthstore``); a node listed
+  in the inventory that never sent one is down too, with ``last_seen`` None.
+* Running jobs come from RQ's worker records: piblade names its workers
+  ``<node>.<pid>`` (``piblade.worker._serve``), so busy workers are counted per node.
+* Reading never changes anything: registry counts skip RQ's cleanup (which would
+  re-queue or fail abandoned jobs as a side effect of looking at them).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.worker import BaseWorker
+
+from piblade import healthstore
+from piblade.health import ThrottleFlags
+from piblade.inventory import Cluster, Node
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One node as status and the dashboard show it. ``sample`` is ``HealthSample.to_dict()``."""
+
+    name: str
+    role: str
+    up: bool
+    in_inventory: bool
+    last_seen: float | None
+    seen_ago: float | None
+    paused: str | None
+    running_jobs: tuple[str, ...]
+    workers: int
+    max_temp: float | None
+    sample: Mapping[str, Any] | None
+
+    def _get(self, key: str) -> Any:
+        return self.sample.get(key) if self.sample else None
+
+    def _number(self, key: str) -> float | None:
+        value = self._get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def temp_c(self) -> float | None:
+        return self._number("temp_c")
+
+    @property
+    def cpu_percent(self) -> float | None:
+        return self._number("cpu_percent")
+
+    @property
+    def mem_percent(self) -> float | None:
+        return self._number("mem_percent")
+
+    @property
+    def disk_percent(self) -> float | None:
+        """Use of the root file system."""
+        disks = self._get("disks") or {}
+        root = disks.get("/")
+        value = root.get("percent") if root else None
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def model(self) -> str | None:
+        value = self._get("model")
+        return str(value) if value is not None else None
+
+    @property
+    def flags(self) -> ThrottleFlags | None:
+        raw = self._get("flags")
+        return ThrottleFlags.from_dict(raw) if raw is not None else None
+
+    @property
+    def throttling(self) -> tuple[str, ...]:
+        """Active throttling flags as labels, e.g. ``("under-voltage", "throttled since boot")``."""
+        flags = self.flags
+        return flags.labels() if flags is not None else ()
+
+    @property
+    def hot(self) -> bool:
+        return self.temp_c is not None and self.max_temp is not None and self.temp_c >= self.max_temp
+
+    @property
+    def state(self) -> str:
+        """One word for colours and badges: ``down``, ``paused``, ``hot``, ``throttled`` or ``up``."""
+        if not self.up:
+            return "down"
+        if self.paused:
+            return "paused"
+        if self.hot:
+            return "hot"
+        flags = self.flags
+        if flags is not None and flags.now_reason():
+            return "throttled"
+        return "up"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "up": self.up,
+            "state": self.state,
+            "in_inventory": self.in_inventory,
+            "last_seen": self.last_seen,
+            "seen_ago": self.seen_ago,
+            "paused": self.paused,
+            "running_jobs": list(self.running_jobs),
+            "workers": self.workers,
+            "max_temp": self.max_temp,
+            "temp_c": self.temp_c,
+            "throttling": list(self.throttling),
+            "cpu_percent": self.cpu_percent,
+            "mem_percent": self.mem_percent,
+            "disk_percent": self.disk_percent,
+            "model": self.model,
+            "sample": dict(self.sample) if self.sample is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    name: str
+    queued: int
+    started: int
+    failed: int
+    workers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "queued": self.queued, "started": self.started, "failed": self.failed,
+                "workers": self.workers}
+
+
+@dataclass(frozen=True, slots=True)
+class ShareStatus:
+    """Free space of the NAS share, as seen by a node that has it mounted."""
+
+    node: str
+    path: str
+    total: int
+    used: int
+    free: int
+    percent: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "path": self.path, "total": self.total, "used": self.used, "free": self.free,
+                "percent": self.percent}
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    name: str | None
+    time: float
+    nodes: tuple[NodeStatus, ...]
+    queues: tuple[QueueStatus, ...]
+    share: ShareStatus | None
+
+    @property
+    def down(self) -> tuple[str, ...]:
+        """Inventory nodes without a heartbeat: the reason `piblade status` exits 1."""
+        return tuple(n.name for n in self.nodes if n.in_inventory and not n.up)
+
+    def node(self, name: str) -> NodeStatus | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.name,
+            "time": self.time,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "queues": [q.to_dict() for q in self.queues],
+            "share": self.share.to_dict() if self.share else None,
+            "down": list(self.down),
+        }
+
+
+def node_of_worker(worker_name: str) -> str | None:
+    """``pi1.lan.1234`` → ``pi1.lan``; None for a worker not named by piblade."""
+    node, _, pid = worker_name.rpartition(".")
+    return node if node and pid.isdigit() else None
+
+
+def heartbeat_name(node: Node, index: Mapping[str, Any]) -> str:
+    """The name ``node`` beats under: its own, or this host's name for the inventory's local host.
+
+    The local cluster's inventory calls this machine ``localhost`` while its
+    agent and workers report under the host name (as they would on a Pi).
+    """
+    if node.name in index:
+        return node.name
+    if node.is_local or node.name == "localhost" or node.address in ("127.0.0.1", "::1"):
+        return socket.gethostname()
+    return node.name
+
+
+def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | None = None) -> ClusterStatus:
+    """Read everything status needs. Nodes: the inventory's if given, else every node that ever beat."""
+    now = time.time() if now is None else now
+    index = healthstore.nodes(conn)
+    if cluster is not None:
+        names = [n.name for n in cluster.nodes]
+        beats = {n.name: heartbeat_name(n, index) for n in cluster.nodes}
+        roles = {n.name: ",".join(sorted(n.roles)) for n in cluster.nodes}
+        max_temps: dict[str, float | None] = {n.name: n.settings.max_temp for n in cluster.nodes}
+        queue_names = {q for n in cluster.nodes for q in n.settings.queues}
+    else:
+        names = sorted(index)
+        beats = {n: n for n in names}
+        roles = {}
+        max_temps = {}
+        queue_names = set()
+    beat_names = [beats[n] for n in names]
+    samples = healthstore.current(conn, beat_names)
+    paused = healthstore.pauses(conn, beat_names)
+
+    jobs: dict[str, list[str]] = {}
+    worker_count: dict[str, int] = {}
+    queue_workers: dict[str, int] = {}
+    for worker in BaseWorker.all(connection=conn):
+        for qname in worker.queue_names():
+            queue_workers[qname] = queue_workers.get(qname, 0) + 1
+        node = node_of_worker(worker.name)
+        if node is None:
+            continue
+        worker_count[node] = worker_count.get(node, 0) + 1
+        job_id = worker.get_current_job_id()
+        if job_id:
+            jobs.setdefault(node, []).append(job_id)
+
+    nodes = []
+    for name in names:
+        beat = beats[name]
+        sample = samples.get(beat)
+        seen = index.get(beat, {}).get("last_seen")
+        role = roles.get(name) or (sample or {}).get("role") or index.get(beat, {}).get("role", "")
+        max_temp = max_temps.get(name) if cluster is not None else (sample or {}).get("max_temp")
+        nodes.append(NodeStatus(
+            name=name,
+            role=role,
+            up=sample is not None,
+            in_inventory=cluster is not None,
+            last_seen=seen,
+            seen_ago=round(max(0.0, now - seen), 1) if seen is not None else None,
+            paused=paused.get(beat),
+            running_jobs=tuple(sorted(jobs.get(beat, ()))),
+            workers=worker_count.get(beat, 0),
+            max_temp=max_temp,
+            sample=sample,
+        ))
+
+    queue_names |= {q.name for q in Queue.all(connection=conn)} | set(queue_workers)
+    queues = []
+    for qname in sorted(queue_names or {"default"}):
+        queue = Queue(qname, connection=conn)
+        queues.append(QueueStatus(
+            name=qname,
+            queued=queue.count,
+            started=queue.started_job_registry.get_job_count(cleanup=False),
+            failed=queue.failed_job_registry.get_job_count(cleanup=False),
+            workers=queue_workers.get(qname, 0),
+        ))
+
+    return ClusterStatus(
+        name=cluster.name if cluster is not None else None,
+        time=now,
+        nodes=tuple(nodes),
+        queues=tuple(queues),
+        share=_share(nodes),
+    )
+
+
+def _share(nodes: list[NodeStatus]) -> ShareStatus | None:
+    """Every node mounts the same share; the first up node that reports it will do."""
+    for node in nodes:
+        if not node.sample:
+            continue
+        mount = node.sample.get("mount")
+        disk = (node.sample.get("disks") or {}).get(mount) if isinstance(mount, str) else None
+        if isinstance(mount, str) and disk:
+            return ShareStatus(node.name, mount, disk["total"], disk["used"], disk["free"], disk["percent"])
+    return None

@@ -1,0 +1,77 @@
+"""The JSON API, the Prometheus endpoint and the SSE stream: the same snapshot in three shapes.
+
+API reads are fresh (not the hub's last push), so a script sees what Redis
+holds now. When Redis cannot be read and there is nothing to show, the answer
+is 503 with the reason; with older data, the data comes with ``error`` set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from piblade.dashboard import metrics
+from piblade.dashboard.snapshot import Snapshot
+from piblade.dashboard.sse import SnapshotHub
+
+MAX_HISTORY_SECONDS = 24 * 3600
+
+
+async def _fresh(request: Request) -> Snapshot:
+    hub: SnapshotHub = request.app.state.hub
+    return await hub.read()
+
+
+def _answer(snap: Snapshot, body: dict[str, Any]) -> JSONResponse:
+    body = {"cluster": snap.cluster, "time": snap.time, **body, "error": snap.error}
+    stale_and_empty = snap.error is not None and not (snap.nodes or snap.queues or snap.jobs)
+    return JSONResponse(body, status_code=503 if stale_and_empty else 200)
+
+
+async def nodes(request: Request) -> Response:
+    snap = await _fresh(request)
+    return _answer(snap, {"nodes": list(snap.nodes), "share": snap.share})
+
+
+async def queues(request: Request) -> Response:
+    snap = await _fresh(request)
+    return _answer(snap, {"queues": list(snap.queues)})
+
+
+async def jobs(request: Request) -> Response:
+    snap = await _fresh(request)
+    return _answer(snap, {"jobs": list(snap.jobs)})
+
+
+async def history(request: Request) -> Response:
+    import anyio.to_thread
+
+    name = request.path_params["name"]
+    raw = request.query_params.get("seconds", "3600")
+    try:
+        seconds = int(raw)
+    except ValueError:
+        return JSONResponse({"error": f"seconds must be a whole number, not {raw!r}"}, status_code=400)
+    if not 60 <= seconds <= MAX_HISTORY_SECONDS:
+        return JSONResponse({"error": f"seconds must be 60 to {MAX_HISTORY_SECONDS}"}, status_code=400)
+    hub: SnapshotHub = request.app.state.hub
+    points = await anyio.to_thread.run_sync(hub.source.history, name, float(seconds))
+    if points is None:
+        return JSONResponse({"error": f"no node {name!r}"}, status_code=404)
+    return JSONResponse({"node": name, "seconds": seconds, "points": points})
+
+
+async def prometheus(request: Request) -> Response:
+    snap = await _fresh(request)
+    return PlainTextResponse(metrics.render(snap.to_dict()), media_type=metrics.CONTENT_TYPE)
+
+
+async def events(request: Request) -> Response:
+    hub: SnapshotHub = request.app.state.hub
+    return StreamingResponse(
+        hub.stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

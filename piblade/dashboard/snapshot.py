@@ -1,0 +1,172 @@
+"""What the dashboard shows, read from Redis in one go: nodes and queues, recent runs, history.
+
+Nodes and queues come from :func:`piblade.clusterstatus.gather`, the same
+function behind ``piblade status``, so the page and the terminal never disagree
+about "down" or "paused". Recent runs come from :mod:`piblade.runs` and
+:func:`piblade.dispatch.run_status`.
+
+Reads here are synchronous (redis-py); the web layer runs them in a worker
+thread. A finished run never changes, so its details (per-node counts, failure
+reason, duration) are read once and cached; runs still going are read without
+details, which costs one small pipeline however many tasks they have.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+
+from piblade import healthstore, runs
+from piblade.inventory import Cluster
+
+#: Recent runs listed on the page and by /api/jobs.
+JOBS_SHOWN = 15
+#: Points per history chart: plenty for a phone-width chart, small enough to send often.
+HISTORY_POINTS = 360
+_TERMINAL = {"finished", "failed"}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the page needs at one moment; ``error`` says why it may be stale."""
+
+    cluster: str | None
+    time: float
+    nodes: tuple[dict[str, Any], ...] = ()
+    queues: tuple[dict[str, Any], ...] = ()
+    jobs: tuple[dict[str, Any], ...] = ()
+    share: dict[str, Any] | None = None
+    error: str | None = None
+    #: JSON of the content without clocks: equal fingerprints mean nothing worth pushing changed.
+    fingerprint: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "time": self.time,
+            "nodes": list(self.nodes),
+            "queues": list(self.queues),
+            "jobs": list(self.jobs),
+            "share": self.share,
+            "error": self.error,
+        }
+
+
+def _fingerprint(nodes: Any, queues: Any, jobs: Any, share: Any, error: str | None) -> str:
+    steady = [{k: v for k, v in n.items() if k != "seen_ago"} for n in nodes]
+    return json.dumps([steady, queues, jobs, share, error], sort_keys=True, default=str)
+
+
+def job_view(status: dict[str, Any], now: float) -> dict[str, Any]:
+    """A run as a row of the jobs table: what, how far, how long, where, and why it failed."""
+    failures = status.get("failures") or []
+    counts = status.get("counts") or {}
+    failed = sum(counts.get(s, 0) for s in ("failed", "stopped", "canceled"))
+    seconds = status.get("seconds")
+    if seconds is None and status["state"] not in _TERMINAL:
+        seconds = max(0.0, now - status["created"])
+    return {
+        "run": status["run"],
+        "job": status["job"],
+        "queue": status.get("queue"),
+        "state": status["state"],
+        "total": status["total"],
+        "done": counts.get("finished", 0),
+        "failed": failed,
+        "created": status["created"],
+        "seconds": round(seconds, 2) if seconds is not None else None,
+        "nodes": status.get("nodes") or {},
+        "failure": failures[0]["error"] if failures else None,
+    }
+
+
+class SnapshotSource:
+    """Reads snapshots; keeps the details of finished runs and the last good snapshot."""
+
+    def __init__(self, conn: redis.Redis, cluster: Cluster | None = None, *, jobs_shown: int = JOBS_SHOWN) -> None:
+        self.conn = conn
+        self.cluster = cluster
+        self.jobs_shown = jobs_shown
+        self._finished: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._last: Snapshot | None = None
+
+    @property
+    def name(self) -> str | None:
+        return self.cluster.name if self.cluster is not None else None
+
+    def read(self) -> Snapshot:
+        """A fresh snapshot; if Redis fails, the last good one marked with the error."""
+        now = time.time()
+        try:
+            snap = self._read(now)
+        except (redis.RedisError, OSError) as exc:
+            error = f"cannot read Redis: {exc.__class__.__name__}: {exc}"
+            base = self._last or Snapshot(cluster=self.name, time=now)
+            return replace(
+                base,
+                time=now,
+                error=error,
+                fingerprint=_fingerprint(base.nodes, base.queues, base.jobs, base.share, error),
+            )
+        self._last = snap
+        return snap
+
+    def _read(self, now: float) -> Snapshot:
+        from piblade.clusterstatus import gather
+
+        status = gather(self.conn, self.cluster, now=now)
+        nodes = tuple(n.to_dict() for n in status.nodes)
+        queues = tuple(q.to_dict() for q in status.queues)
+        share = status.share.to_dict() if status.share else None
+        jobs = tuple(self.jobs(now))
+        return Snapshot(
+            self.name, now, nodes, queues, jobs, share, None, _fingerprint(nodes, queues, jobs, share, None)
+        )
+
+    def jobs(self, now: float | None = None) -> list[dict[str, Any]]:
+        from piblade.dispatch import run_status
+        from piblade.errors import NotFound
+
+        now = time.time() if now is None else now
+        out = []
+        with self._lock:
+            recent = runs.recent_runs(self.conn, self.jobs_shown)
+            for record in recent:
+                cached = self._finished.get(record.id)
+                if cached is None:
+                    try:
+                        quick = run_status(self.conn, record.id, details=False)
+                        if quick.state in _TERMINAL:
+                            cached = job_view(run_status(self.conn, record.id, details=True).to_dict(), now)
+                            self._finished[record.id] = cached
+                        else:
+                            cached = job_view(quick.to_dict(), now)
+                    except NotFound:  # expired between the index and the record
+                        continue
+                out.append(cached)
+            keep = {r.id for r in recent}
+            for run_id in [r for r in self._finished if r not in keep]:
+                del self._finished[run_id]
+        return out
+
+    def history(self, node: str, seconds: float, points: int = HISTORY_POINTS) -> list[dict[str, Any]] | None:
+        """Chart points (time, temperature, CPU, memory) of ``node``; None for a node never seen."""
+        known = self.cluster is not None and any(n.name == node for n in self.cluster.nodes)
+        if not known and node not in healthstore.nodes(self.conn):
+            return None
+        return [history_point(s) for s in healthstore.history(self.conn, node, seconds, limit=points)]
+
+
+def history_point(sample: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "t": sample.get("time"),
+        "temp_c": sample.get("temp_c"),
+        "cpu_percent": sample.get("cpu_percent"),
+        "mem_percent": sample.get("mem_percent"),
+    }

@@ -1,0 +1,344 @@
+/* The dashboard page: draws every snapshot (the one embedded in the page, then each one pushed
+   over Server-Sent Events) by updating the existing elements in place. Text goes in through
+   textContent only, never innerHTML, so a node or job name cannot inject markup. */
+(function () {
+  "use strict";
+  var SERIES = [
+    { key: "temp_c", label: "°C", color: "#f0883e", unit: "°" },
+    { key: "cpu_percent", label: "CPU", color: "#58a6ff", unit: "%" },
+    { key: "mem_percent", label: "Mem", color: "#bc8cff", unit: "%" }
+  ];
+  var cards = {};          // node name -> {root, refs, points, loaded}
+  var range = 3600;        // seconds of history in the charts
+  var offset = 0;          // server clock minus browser clock, in seconds
+  var latest = null;
+
+  function $(id) { return document.getElementById(id); }
+  function now() { return Date.now() / 1000 + offset; }
+
+  function h(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function ago(seconds) {
+    if (seconds === null || seconds === undefined) return "never seen";
+    seconds = Math.max(0, Math.round(seconds));
+    if (seconds < 90) return seconds + " s ago";
+    if (seconds < 5400) return Math.round(seconds / 60) + " min ago";
+    if (seconds < 129600) return Math.round(seconds / 3600) + " h ago";
+    return Math.round(seconds / 86400) + " d ago";
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 60) return seconds.toFixed(seconds < 10 ? 2 : 1) + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min " + Math.round(seconds % 60) + " s";
+    return Math.floor(seconds / 3600) + " h " + Math.round(seconds % 3600 / 60) + " min";
+  }
+
+  function level(value, warn, bad) {
+    if (value === null || value === undefined) return "none";
+    return value >= bad ? "bad" : value >= warn ? "warn" : "ok";
+  }
+
+  function stateText(node) {
+    if (node.state === "paused") return "paused: " + (node.paused || "");
+    return node.state;
+  }
+
+  /* ---- node cards ---- */
+
+  function bar(label) {
+    var row = h("div", "bar");
+    row.appendChild(h("span", "bar-label", label));
+    var track = h("span", "bar-track");
+    var fill = h("span", "bar-fill");
+    track.appendChild(fill);
+    row.appendChild(track);
+    var value = h("span", "bar-value", "–");
+    row.appendChild(value);
+    return { row: row, fill: fill, value: value };
+  }
+
+  function setBar(b, percent) {
+    var known = percent !== null && percent !== undefined;
+    b.fill.style.width = (known ? Math.min(100, Math.max(0, percent)) : 0) + "%";
+    b.row.dataset.level = level(percent, 75, 90);
+    b.value.textContent = known ? Math.round(percent) + "%" : "–";
+  }
+
+  function buildCard(name) {
+    var root = h("article", "node");
+    root.dataset.node = name;
+    var head = h("header");
+    head.appendChild(h("span", "dot"));
+    head.appendChild(h("h3", "name", name));
+    var state = h("span", "state");
+    head.appendChild(state);
+    root.appendChild(head);
+    var meta = h("div", "meta muted");
+    root.appendChild(meta);
+    var tempRow = h("div", "temp-row");
+    var temp = h("span", "temp", "–");
+    var badges = h("span", "badges");
+    tempRow.appendChild(temp);
+    tempRow.appendChild(badges);
+    root.appendChild(tempRow);
+    var bars = { cpu: bar("CPU"), mem: bar("Mem"), disk: bar("Disk") };
+    var barBox = h("div", "bars");
+    barBox.appendChild(bars.cpu.row); barBox.appendChild(bars.mem.row); barBox.appendChild(bars.disk.row);
+    root.appendChild(barBox);
+    var facts = h("div", "facts muted");
+    var seen = h("span", "seen");
+    var work = h("span", "work");
+    facts.appendChild(seen); facts.appendChild(work);
+    root.appendChild(facts);
+    var chart = h("div", "chart");
+    root.appendChild(chart);
+    var legend = h("div", "legend");
+    SERIES.forEach(function (s) {
+      var item = h("span", "key", s.label === "°C" ? "Temp" : s.label);
+      item.style.setProperty("--c", s.color);
+      legend.appendChild(item);
+    });
+    root.appendChild(legend);
+    return { root: root, refs: { state: state, meta: meta, temp: temp, badges: badges, bars: bars,
+             seen: seen, work: work, chart: chart }, points: [], loaded: false, node: null };
+  }
+
+  function updateCard(card, node) {
+    var r = card.refs;
+    card.node = node;
+    card.root.dataset.state = node.state;
+    r.state.textContent = stateText(node);
+    var sample = node.sample || {};
+    var meta = [node.role || "node", node.model].filter(Boolean).join(" · ");
+    r.meta.textContent = meta;
+    var limit = node.max_temp || 80;
+    r.temp.textContent = node.temp_c === null || node.temp_c === undefined ? "– °C" : node.temp_c.toFixed(1) + " °C";
+    r.temp.dataset.level = level(node.temp_c, limit - 10, limit);
+    r.badges.textContent = "";
+    (node.throttling || []).forEach(function (flag) {
+      r.badges.appendChild(h("span", "badge" + (/since boot/.test(flag) ? " past" : ""), flag));
+    });
+    setBar(r.bars.cpu, node.cpu_percent);
+    setBar(r.bars.mem, node.mem_percent);
+    setBar(r.bars.disk, node.disk_percent);
+    var work = [];
+    if (sample.load_avg) work.push("load " + sample.load_avg[0].toFixed(2));
+    if (node.workers) work.push(node.workers + (node.workers === 1 ? " worker" : " workers"));
+    if (node.running_jobs && node.running_jobs.length) work.push(node.running_jobs.length + " running");
+    r.work.textContent = work.length ? " · " + work.join(" · ") : "";
+    if (node.up && sample.time && (!card.points.length || sample.time > card.points[card.points.length - 1].t)) {
+      card.points.push({ t: sample.time, temp_c: sample.temp_c, cpu_percent: sample.cpu_percent,
+                         mem_percent: sample.mem_percent });
+    }
+  }
+
+  /* A silence much longer than the usual sample spacing is drawn as a gap (the node was down).
+     Long ranges are thinned by the server, so the spacing is measured, with a floor per range. */
+  function gapSeconds(points) {
+    var steps = [];
+    for (var i = 1; i < points.length; i++) steps.push(points[i].t - points[i - 1].t);
+    steps.sort(function (a, b) { return a - b; });
+    var usual = steps.length ? steps[steps.length >> 1] : 5;
+    return Math.max(range / 60, usual * 3);
+  }
+
+  function drawChart(card) {
+    var to = now(), from = to - range;
+    while (card.points.length && card.points[0].t < from) card.points.shift();
+    // A young node's few minutes of history would be a sliver at the right edge: zoom to it (10 min at least).
+    var first = card.points.length ? card.points[0].t : to;
+    var start = Math.max(from, Math.min(first, to - 600));
+    window.PibladeChart.draw(card.refs.chart, {
+      from: start, to: to, gap: gapSeconds(card.points), limit: card.node && card.node.max_temp,
+      label: "history of " + card.root.dataset.node,
+      series: SERIES.map(function (s) {
+        return { label: s.label, color: s.color, unit: s.unit,
+                 values: card.points.map(function (p) { return [p.t, p[s.key]]; }) };
+      })
+    });
+  }
+
+  function loadHistory(name) {
+    var card = cards[name];
+    fetch("/api/nodes/" + encodeURIComponent(name) + "/history?seconds=" + range, { credentials: "same-origin" })
+      .then(function (res) { return res.ok ? res.json() : { points: [] }; })
+      .then(function (data) {
+        var live = card.points.filter(function (p) {
+          return !data.points.length || p.t > data.points[data.points.length - 1].t;
+        });
+        card.points = data.points.concat(live);
+        card.loaded = true;
+        drawChart(card);
+      })
+      .catch(function () { drawChart(card); });
+  }
+
+  function renderNodes(nodes) {
+    var grid = $("nodes"), names = {};
+    nodes.forEach(function (node, i) {
+      names[node.name] = true;
+      var card = cards[node.name];
+      if (!card) {
+        card = cards[node.name] = buildCard(node.name);
+        updateCard(card, node);
+        grid.appendChild(card.root);
+        loadHistory(node.name);
+      } else {
+        updateCard(card, node);
+        if (card.loaded) drawChart(card);
+      }
+      if (grid.children[i] !== card.root) grid.insertBefore(card.root, grid.children[i] || null);
+    });
+    Object.keys(cards).forEach(function (name) {
+      if (!names[name]) { cards[name].root.remove(); delete cards[name]; }
+    });
+    $("no-nodes").hidden = nodes.length > 0;
+    var counts = {};
+    nodes.forEach(function (n) { var k = n.up ? "up" : "down"; counts[k] = (counts[k] || 0) + 1; });
+    $("node-summary").textContent = nodes.length
+      ? Object.keys(counts).sort().reverse().map(function (k) { return counts[k] + " " + k; }).join(" · ") : "";
+  }
+
+  /* ---- tables ---- */
+
+  function syncRows(tbody, items, key, columns) {
+    var existing = {};
+    Array.prototype.forEach.call(tbody.rows, function (row) { existing[row.dataset.key] = row; });
+    items.forEach(function (item, i) {
+      var row = existing[key(item)];
+      if (!row) {
+        row = document.createElement("tr");
+        row.dataset.key = key(item);
+        columns.forEach(function (c) {
+          var td = h("td", c.cls || "");
+          td.dataset.label = c.label;
+          row.appendChild(td);
+        });
+      }
+      delete existing[key(item)];
+      columns.forEach(function (c, j) { c.fill(row.cells[j], item); });
+      if (tbody.rows[i] !== row) tbody.insertBefore(row, tbody.rows[i] || null);
+    });
+    Object.keys(existing).forEach(function (k) { existing[k].remove(); });
+  }
+
+  function text(field) { return function (td, item) { td.textContent = item[field]; }; }
+
+  var QUEUE_COLUMNS = [
+    { label: "Queue", fill: text("name") },
+    { label: "Waiting", cls: "num", fill: text("queued") },
+    { label: "Running", cls: "num", fill: text("started") },
+    { label: "Workers", cls: "num", fill: text("workers") },
+    { label: "Failed", cls: "num", fill: function (td, q) { td.textContent = q.failed; td.dataset.level = q.failed ? "bad" : "ok"; } }
+  ];
+
+  var JOB_COLUMNS = [
+    { label: "Run", cls: "mono", fill: text("run") },
+    { label: "Job", fill: text("job") },
+    { label: "State", fill: function (td, j) {
+      var pill = td.firstChild || td.appendChild(h("span", "pill"));
+      pill.textContent = j.state; pill.dataset.state = j.state;
+    } },
+    { label: "Tasks", cls: "num", fill: function (td, j) {
+      td.textContent = j.done + "/" + j.total + (j.failed ? " (" + j.failed + " failed)" : "");
+    } },
+    { label: "Duration", cls: "num duration", fill: function (td, j) { td.textContent = duration(j.seconds); } },
+    { label: "Nodes", fill: function (td, j) {
+      td.textContent = Object.keys(j.nodes).sort().map(function (n) { return n + " ×" + j.nodes[n]; }).join(", ") || "–";
+    } },
+    { label: "Failure", cls: "failure", fill: function (td, j) { td.textContent = j.failure || ""; td.title = j.failure || ""; } }
+  ];
+
+  function bytes(n) {
+    var units = ["B", "KB", "MB", "GB", "TB"], i = 0;
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return n.toFixed(n < 10 && i ? 1 : 0) + " " + units[i];
+  }
+
+  /* ---- the whole snapshot ---- */
+
+  function render(snap) {
+    latest = snap;
+    offset = snap.time - Date.now() / 1000;
+    $("cluster").textContent = snap.cluster || "";
+    var banner = $("error");
+    banner.hidden = !snap.error;
+    banner.textContent = snap.error ? "Data may be stale: " + snap.error : "";
+    renderNodes(snap.nodes);
+    syncRows($("queues").tBodies[0], snap.queues, function (q) { return q.name; }, QUEUE_COLUMNS);
+    syncRows($("jobs").tBodies[0], snap.jobs, function (j) { return j.run; }, JOB_COLUMNS);
+    $("no-jobs").hidden = snap.jobs.length > 0;
+    $("share").textContent = snap.share
+      ? "NAS share: " + bytes(snap.share.free) + " free (" + Math.round(100 - snap.share.percent) + "%)" : "";
+    tick();
+  }
+
+  /* Ages and running durations move every second without a new snapshot. */
+  function tick() {
+    var t = now();
+    Object.keys(cards).forEach(function (name) {
+      var node = cards[name].node;
+      var seen = node.last_seen ? t - node.last_seen : null;
+      cards[name].refs.seen.textContent = node.up ? "seen " + ago(seen) : "last seen " + ago(seen);
+    });
+    if (!latest) return;
+    latest.jobs.forEach(function (j) {
+      if (j.state !== "queued" && j.state !== "running") return;
+      var row = $("jobs").querySelector('tr[data-key="' + CSS.escape(j.run) + '"] td.duration');
+      if (row) row.textContent = duration(Math.max(0, t - j.created));
+    });
+  }
+
+  /* ---- live connection ---- */
+
+  function setConn(state, label) {
+    var c = $("conn");
+    c.dataset.state = state;
+    c.textContent = label;
+  }
+
+  function connect() {
+    var source = new EventSource("/events");
+    source.addEventListener("snapshot", function (ev) { render(JSON.parse(ev.data)); });
+    source.onopen = function () { setConn("live", "live"); };
+    source.onerror = function () {
+      setConn("lost", "reconnecting…");
+      if (source.readyState !== EventSource.CLOSED) return;   // the browser retries by itself
+      fetch("/api/queues", { credentials: "same-origin" }).then(function (res) {
+        if (res.status === 401) window.location.assign("/login");
+        else setTimeout(connect, 5000);
+      }).catch(function () { setTimeout(connect, 5000); });
+    };
+  }
+
+  function setRange(seconds) {
+    range = seconds;
+    Array.prototype.forEach.call(document.querySelectorAll(".range button"), function (b) {
+      b.setAttribute("aria-pressed", String(Number(b.dataset.range) === seconds));
+    });
+    Object.keys(cards).forEach(loadHistory);
+  }
+
+  document.querySelectorAll(".range button").forEach(function (b) {
+    b.addEventListener("click", function () { setRange(Number(b.dataset.range)); });
+  });
+  if (document.body.dataset.auth !== "on") $("logout").hidden = true;
+
+  var redraw = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(redraw);
+    redraw = setTimeout(function () {
+      Object.keys(cards).forEach(function (n) { if (cards[n].loaded) drawChart(cards[n]); });
+    }, 150);
+  });
+
+  render(JSON.parse($("initial").textContent));
+  setInterval(tick, 1000);
+  connect();
+})();

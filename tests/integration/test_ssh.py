@@ -1,0 +1,146 @@
+"""The SSH seam against a real sshd on loopback: host keys are verified, never silently added."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from piblade import local
+from piblade.provision.ssh import HostKeyChanged, HostKeyUnknown, Session, SshError, SshTarget
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Sshd:
+    port: int
+    client_key: Path
+    host_pub: str
+    root: Path
+
+
+def keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.fail("sshd is not installed: run `make test`, which installs openssh-server")
+    root = tmp_path_factory.mktemp("sshd")
+    keygen(root / "host_key")
+    keygen(root / "client_key")
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    port = local.free_port()
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPidFile {root / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    with (root / "sshd.log").open("w") as log:
+        proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")], stderr=log)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail((root / "sshd.log").read_text())
+            time.sleep(0.05)
+    yield Sshd(port, root / "client_key", (root / "host_key.pub").read_text().split()[1], root)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def target(sshd: Sshd, known: Path) -> SshTarget:
+    return SshTarget("n1", "127.0.0.1", sshd.port, "root", sshd.client_key, False, known)
+
+
+def test_unknown_host_is_refused_with_its_fingerprint(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    with pytest.raises(HostKeyUnknown) as info:
+        Session(target(sshd, known)).open()
+    fp = subprocess.run(["ssh-keygen", "-lf", str(sshd.root / "host_key.pub")], capture_output=True, text=True)
+    assert fp.stdout.split()[1] in info.value.message  # the same SHA256 fingerprint OpenSSH shows
+    assert "piblade trust n1" in info.value.hint
+    assert not known.exists()  # nothing was added
+
+
+def test_accept_new_trusts_once_and_remembers(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    with Session(target(sshd, known), accept_new=True) as session:
+        assert session.accepted and session.accepted[0].startswith("ssh-ed25519 SHA256:")
+        assert session.script("echo hello; id -un").stdout.split() == ["hello", "root"]
+    assert f"[127.0.0.1]:{sshd.port} ssh-ed25519 {sshd.host_pub}" in known.read_text()
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    with Session(target(sshd, known)) as session:  # strict mode now knows it
+        assert session.accepted == []
+        result = session.script("exit 3")
+        assert result.exit_code == 3 and not result.ok
+
+
+def test_a_changed_host_key_is_always_refused(sshd: Sshd, tmp_path: Path) -> None:
+    keygen(tmp_path / "other")
+    other = (tmp_path / "other.pub").read_text().split()[1]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {other}\n")
+    for accept_new in (False, True):
+        with pytest.raises(HostKeyChanged, match="HOST KEY CHANGED"):
+            Session(target(sshd, known), accept_new=accept_new).open()
+    assert known.read_text().count("\n") == 1
+
+
+def test_unreachable_and_unauthorised_nodes_say_what_to_check(sshd: Sshd, tmp_path: Path) -> None:
+    closed = SshTarget("gone", "127.0.0.1", local.free_port(), "root", sshd.client_key, False, tmp_path / "k")
+    with pytest.raises(SshError, match="cannot reach 127.0.0.1"):
+        Session(closed).open()
+    keygen(tmp_path / "stranger")
+    known = tmp_path / "known_hosts"
+    Session(target(sshd, known), accept_new=True).open().close()
+    wrong = SshTarget("n1", "127.0.0.1", sshd.port, "root", tmp_path / "stranger", False, known)
+    with pytest.raises(SshError, match="SSH authentication failed for root@127.0.0.1") as info:
+        Session(wrong).open()
+    assert "ansible_ssh_private_key_file" in info.value.hint
+
+
+def test_nagle_is_off_on_the_ssh_socket(sshd: Sshd, tmp_path: Path) -> None:
+    with Session(target(sshd, tmp_path / "k"), accept_new=True) as session:
+        sock = session.conn.transport.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_piblade_trust_adds_the_key_after_showing_it(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    inventory = tmp_path / "lab.yml"
+    inventory.write_text(f"""all:
+  vars:
+    piblade_known_hosts: {known}
+  children:
+    controller:
+      hosts:
+        ctl: {{ansible_host: 127.0.0.1, ansible_connection: local}}
+    workers:
+      hosts:
+        n1: {{ansible_host: 127.0.0.1, ansible_port: {sshd.port}, ansible_user: root}}
+""")
+    env = {**os.environ, "COLUMNS": "200"}
+    run = subprocess.run([sys.executable, "-m", "piblade", "trust", "n1", "-i", str(inventory), "--yes"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "offers ssh-ed25519 SHA256:" in run.stdout
+    assert sshd.host_pub in known.read_text()
+    again = subprocess.run([sys.executable, "-m", "piblade", "trust", "n1", "-i", str(inventory), "--yes"],
+                           capture_output=True, text=True, env=env)
+    assert "already trusted" in again.stdout

@@ -1,0 +1,127 @@
+"""Pure parts of the dashboard: Prometheus text, run rows, page templates and what ships in the wheel."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+from piblade.dashboard import metrics, views
+from piblade.dashboard.snapshot import job_view
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _node(**extra: object) -> dict:
+    node = {
+        "name": "pi1",
+        "role": "worker",
+        "up": True,
+        "paused": None,
+        "last_seen": 1700000000.5,
+        "temp_c": 51.2,
+        "cpu_percent": 12.0,
+        "mem_percent": 33.3,
+        "disk_percent": 40.0,
+        "running_jobs": ["j1"],
+        "sample": {"load_avg": [0.5, 0.4, 0.3], "flags": {f: False for f in metrics.THROTTLE_FLAGS}},
+    }
+    node.update(extra)
+    return node
+
+
+def test_metrics_text() -> None:
+    snap = {
+        "nodes": [_node()],
+        "queues": [{"name": "default", "queued": 3, "started": 1, "failed": 2, "workers": 4}],
+        "error": None,
+    }
+    text = metrics.render(snap)
+    assert 'piblade_node_up{node="pi1",role="worker"} 1\n' in text
+    assert 'piblade_node_temperature_celsius{node="pi1"} 51.2\n' in text
+    assert 'piblade_node_memory_percent{node="pi1"} 33.3\n' in text
+    assert 'piblade_node_throttled{node="pi1",flag="under_voltage"} 0\n' in text
+    assert 'piblade_node_running_jobs{node="pi1"} 1\n' in text
+    assert 'piblade_queue_depth{queue="default"} 3\n' in text
+    assert 'piblade_queue_failed{queue="default"} 2\n' in text
+    assert "piblade_redis_up 1\n" in text
+    for line in text.splitlines():  # every line is a comment or `name{labels} number`
+        assert line.startswith("# ") or re.fullmatch(r"[a-z_0-9]+(\{[^}]*\})? -?[0-9.e+-]+", line), line
+
+
+def test_metrics_leave_out_unknown_and_stale_values_and_escape_labels() -> None:
+    snap = {
+        "nodes": [_node(name='we"ird\\node', temp_c=None, sample=None), _node(name="gone", up=False)],
+        "queues": [],
+        "error": "cannot read Redis",
+    }
+    text = metrics.render(snap)
+    assert 'piblade_node_up{node="we\\"ird\\\\node",role="worker"} 1' in text
+    assert "piblade_node_temperature_celsius{" not in text.split('node="gone"')[0]
+    assert 'piblade_node_up{node="gone",role="worker"} 0' in text
+    assert 'piblade_node_cpu_percent{node="gone"}' not in text
+    assert "piblade_redis_up 0" in text
+
+
+def test_job_view() -> None:
+    status = {
+        "run": "r1",
+        "job": "mandelbrot",
+        "queue": "default",
+        "state": "failed",
+        "total": 4,
+        "created": 100.0,
+        "counts": {"finished": 3, "failed": 1},
+        "seconds": 2.5,
+        "nodes": {"pi1": 3},
+        "failures": [{"job": "r1-00003", "error": "ValueError: bad", "traceback": "..."}],
+    }
+    row = job_view(status, now=200.0)
+    assert row == {
+        "run": "r1",
+        "job": "mandelbrot",
+        "queue": "default",
+        "state": "failed",
+        "total": 4,
+        "done": 3,
+        "failed": 1,
+        "created": 100.0,
+        "seconds": 2.5,
+        "nodes": {"pi1": 3},
+        "failure": "ValueError: bad",
+    }
+    running = job_view({**status, "state": "running", "seconds": None, "failures": []}, now=112.0)
+    assert running["seconds"] == 12.0 and running["failure"] is None
+
+
+def test_initial_json_cannot_close_its_script_tag() -> None:
+    text = views.json_for_script({"name": "</script><script>alert(1)</script>", "amp": "&"})
+    assert "</" not in text and "<" not in text and "&" not in text
+    assert json.loads(text) == {"name": "</script><script>alert(1)</script>", "amp": "&"}
+
+
+def test_login_style_hash_matches_the_template() -> None:
+    html = (views.TEMPLATES / "login.html").read_text()
+    style = re.search(r"<style>(.*?)</style>", html, re.DOTALL).group(1)  # type: ignore[union-attr]
+    expected = "sha256-" + base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    assert views.login_style_hash() == expected
+
+
+def test_page_loads_nothing_from_elsewhere() -> None:
+    for path in [*views.TEMPLATES.iterdir(), *views.STATIC.iterdir()]:
+        text = path.read_text()
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), path
+        assert "@import" not in text and "url(http" not in text, path
+
+
+def test_templates_and_static_files_ship_in_the_wheel() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["piblade.dashboard"]
+    package = ROOT / "piblade" / "dashboard"
+    for path in [*views.TEMPLATES.iterdir(), *views.STATIC.iterdir()]:
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch(relative, p) for p in patterns), f"{relative} would be left out of the wheel"
