@@ -57,7 +57,7 @@ MAINTENANCE_INTERVAL = 15
 #: Worker liveness key TTL; idle workers block on the queue for TTL - 15 s.
 WORKER_TTL = 35
 #: A job overrunning its timeout by this much gets its process killed.
-HARD_TIMEOUT_GRACE = 30
+HARD_TIMEOUT_GRACE = float(os.environ.get("PIBLADE_HARD_TIMEOUT_GRACE", "30"))
 #: How often a worker asks whether its node is paused (hot, under-voltage).
 PAUSE_CHECK_INTERVAL = 1.0
 #: An idle worker blocks on the queue at most this long before it looks around
@@ -156,11 +156,11 @@ class _KeepAlive(threading.Thread):
         super().__init__(name="piblade-keepalive", daemon=True)
         self.worker = worker
         self.cond = threading.Condition()
-        self.current: tuple[Job, Any, float] | None = None
+        self.current: tuple[Job, Any, float, Queue] | None = None
 
-    def watch(self, job: Job, execution: Any) -> None:
+    def watch(self, job: Job, execution: Any, queue: Queue) -> None:
         with self.cond:
-            self.current = (job, execution, time.monotonic())
+            self.current = (job, execution, time.monotonic(), queue)
             self.cond.notify()
 
     def clear(self) -> None:
@@ -177,18 +177,36 @@ class _KeepAlive(threading.Thread):
                 self.cond.wait(JOB_HEARTBEAT_INTERVAL)
                 if self.current is not watched:
                     continue
-            job, execution, started = watched
+            job, execution, started, queue = watched
             timeout = job.timeout or 0
             if timeout > 0 and time.monotonic() - started > timeout + HARD_TIMEOUT_GRACE:
-                log.critical(
-                    "job %s overran its %ss timeout by %ss and cannot be interrupted: restarting this worker",
-                    job.id, timeout, HARD_TIMEOUT_GRACE,
-                )  # fmt: skip
-                os.kill(os.getpid(), signal.SIGKILL)
+                self._give_up(job, execution, queue, timeout)
             try:
                 self.worker.maintain_heartbeats(job, execution)
             except Exception:  # noqa: BLE001 - a missed beat must not kill the job
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)
+
+    def _give_up(self, job: Job, execution: Any, queue: Queue, timeout: int) -> None:
+        """The job is stuck where SIGALRM cannot reach (nopython code): record it, then end the process.
+
+        Recording through RQ's own failure handler applies the job's retries at
+        once, instead of waiting for its heartbeat to expire. The main thread is
+        inside the kernel and holds no Redis connection, so writing from here is
+        safe; the supervisor then starts a fresh, already warm process.
+        """
+        message = (
+            f"piblade.worker.HardTimeout: job {job.id} ran {timeout}s + {HARD_TIMEOUT_GRACE:g}s grace "
+            "without returning to Python (a kernel that does not work in chunks?); its worker process was restarted"
+        )
+        log.critical(message)
+        try:
+            from rq.utils import now
+
+            job.ended_at = now()
+            self.worker.handle_job_failure(job, queue, exc_string=message, execution=execution)
+        except Exception:  # noqa: BLE001 - the heartbeat expiry still catches it
+            log.exception("could not record the hard timeout of job %s", job.id)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BladeWorker(SimpleWorker):
@@ -339,7 +357,7 @@ class BladeWorker(SimpleWorker):
             self._keeper = _KeepAlive(self)
             self._keeper.start()
         execution = self.prepare_execution(job)
-        self._keeper.watch(job, execution)
+        self._keeper.watch(job, execution, queue)
         try:
             self.perform_job(job, queue, execution)
         finally:
@@ -481,6 +499,6 @@ def run_workers(config: WorkerConfig, target: Any) -> int:
     registry = load_registry()
     warm_up(registry)
     sys.stdout.flush()
-    if config.processes == 1:
-        return _serve(config, target)
+    # Even one process runs under the supervisor: a process killed by a hard
+    # timeout or a crash is replaced by a warm fork within a second.
     return Supervisor(config, target).run()

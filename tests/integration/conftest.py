@@ -107,7 +107,8 @@ class WorkerPool:
 
 
 def start_workers(
-    server: RedisServer, tmp: Path, processes: int = 2, node: str = "testnode", queues: str = "default"
+    server: RedisServer, tmp: Path, processes: int = 2, node: str = "testnode", queues: str = "default",
+    env: dict[str, str] | None = None,
 ) -> WorkerPool:
     from piblade.dispatch import workers_on
 
@@ -118,7 +119,7 @@ def start_workers(
         proc = subprocess.Popen(
             [sys.executable, "-m", "piblade", "worker", "--processes", str(processes), "--queues", queues,
              "--data-dir", str(data), "--node", node],
-            env=worker_env(server, tmp / "state"),
+            env={**worker_env(server, tmp / "state"), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -180,3 +180,33 @@ def test_a_paused_node_takes_no_new_jobs_until_it_recovers(
         assert dispatch.wait(conn, record.id, timeout=30).state == "finished"
     finally:
         pool.stop()
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_job_stuck_past_its_timeout_is_failed_and_its_worker_replaced(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path, retries: int
+) -> None:
+    pool = start_workers(redis_server, tmp_path, processes=1, node="stuck",
+                         env={"PIBLADE_HARD_TIMEOUT_GRACE": "2"})
+    (first,) = [w.name for w in BaseWorker.all(connection=conn) if w.name.startswith("stuck.")]
+    try:
+        record = dispatch.submit(conn, registry, "test-stuck", {"seconds": "60"}, timeout=1, retries=retries)
+        task = runs.task_id(record.id, 0)
+        started = time.monotonic()
+        if retries:
+            # The first attempt is failed and re-queued at once; the replacement worker gets stuck again.
+            deadline = time.monotonic() + 30
+            while int(conn.hget(f"rq:job:{task}", "retries_left") or 1) > 0:
+                assert time.monotonic() < deadline, "the stuck attempt was not retried"
+                time.sleep(0.2)
+        status = dispatch.wait(conn, record.id, timeout=40)
+        assert status.state == "failed"
+        assert "HardTimeout" in status.failures[0].traceback
+        assert time.monotonic() - started < 40  # far sooner than the 60 s the job wanted
+        deadline = time.monotonic() + 30
+        while not [w for w in BaseWorker.all(connection=conn) if w.name.startswith("stuck.") and w.name != first]:
+            assert time.monotonic() < deadline, "the supervisor did not start a new worker process"
+            time.sleep(0.2)
+        assert pool.proc.poll() is None  # the supervisor itself lives on
+    finally:
+        pool.stop()

@@ -55,3 +55,18 @@ def flaky_task(ctx: TaskContext, marker: str) -> str:
         path.write_text("attempted")
         raise RuntimeError("first attempt fails")
     return "second attempt ok"
+
+
+@job(
+    "test-stuck",
+    summary="block SIGALRM and sleep: like a long nopython kernel (tests)",
+    params=[Param("seconds", float, 60.0, min=0.0, max=600.0)],
+)
+def stuck_task(ctx: TaskContext, seconds: float) -> None:
+    import signal as _signal
+
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGALRM})
+    try:
+        time.sleep(seconds)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGALRM})
