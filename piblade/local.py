@@ -224,12 +224,12 @@ def up(
     write_private(paths.state_file, config.to_json())
     log = (paths.log_dir / "daemon.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "piblade", "local", "run"],
+        [sys.executable, "-m", "piblade", "local", "run", "--root", str(paths.root)],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "PIBLADE_STATE_DIR": str(paths.root.parent)},
+        env={**os.environ, "PIBLADE_STATE_DIR": str(state_dir())},
         close_fds=True,
     )
     log.close()

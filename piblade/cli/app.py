@@ -48,15 +48,19 @@ def _register() -> None:
         inventory_cmd,
         jobs_cmd,
         local_cmd,
+        nas_cmd,
         provision_cmd,
         status_cmd,
         submit_cmd,
+        testbed_cmd,
         worker_cmd,
     )
 
     app.add_typer(inventory_cmd.app, name="inventory")
     app.add_typer(jobs_cmd.app, name="jobs")
     app.add_typer(local_cmd.app, name="local")
+    app.add_typer(nas_cmd.app, name="nas")
+    app.add_typer(testbed_cmd.app, name="testbed")
     submit_cmd.register(app)
     status_cmd.register(app)
     dashboard_cmd.register(app)

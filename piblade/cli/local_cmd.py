@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from piblade.cli.common import JsonOption
@@ -61,8 +63,9 @@ def status(as_json: bool = JsonOption) -> None:
 
 
 @app.command("run", hidden=True)
-def run() -> None:
+def run(root: Path = typer.Option(None, "--root", help="State directory of this cluster.")) -> None:
     """The daemon behind `local up` (internal)."""
     from piblade import local
 
-    raise typer.Exit(local.Daemon(local.LocalPaths.default()).run())
+    paths = local.LocalPaths(root) if root else local.LocalPaths.default()
+    raise typer.Exit(local.Daemon(paths).run())

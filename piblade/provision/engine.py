@@ -51,6 +51,13 @@ class HostResult:
     error: str | None = None
     hint: str | None = None
     seconds: float = 0.0
+    #: Services that steps of this run asked to restart (carried into a later stage).
+    notified: frozenset[str] = frozenset()
+
+    def then(self, later: HostResult) -> HostResult:
+        """This stage's result followed by a later stage's, on the same host."""
+        return HostResult(self.name, self.steps + later.steps, self.facts or later.facts, self.notes + later.notes,
+                          later.error, later.hint, later.seconds, self.notified | later.notified)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
@@ -143,10 +150,14 @@ def parse_apply(output: str, count: int) -> tuple[int, int | None, str]:
     return done, failed, "\n".join(tail)
 
 
-def restarts(steps: list[Step], decisions: list[Change | None]) -> list[Change]:
+def notified_by(steps: list[Step], decisions: list[Change | None]) -> frozenset[str]:
+    return frozenset(name.removesuffix(".service") for step, ch in zip(steps, decisions, strict=True) if ch
+                     for name in step.notify)
+
+
+def restarts(steps: list[Step], decisions: list[Change | None], earlier: frozenset[str] = frozenset()) -> list[Change]:
     """Services to restart: notified by a step that changed, and not being started in this run anyway."""
-    notified = {name.removesuffix(".service") for step, ch in zip(steps, decisions, strict=True) if ch
-                for name in step.notify}
+    notified = notified_by(steps, decisions) | earlier
     out = []
     for step, ch in zip(steps, decisions, strict=True):
         if isinstance(step, Service) and step.unit.removesuffix(".service") in notified:
@@ -183,7 +194,10 @@ def connect_and_gather(run: HostRun, accept_new: bool, emit: EventFn) -> None:
         )
 
 
-def converge(run: HostRun, steps: list[Step], notes: list[str], *, check: bool, emit: EventFn) -> HostResult:
+def converge(
+    run: HostRun, steps: list[Step], notes: list[str], *, check: bool, emit: EventFn,
+    earlier: frozenset[str] = frozenset(),
+) -> HostResult:
     """Probe every step, then (unless check) apply what differs. Returns the host's result."""
     assert run.session is not None
     session = run.session
@@ -191,11 +205,12 @@ def converge(run: HostRun, steps: list[Step], notes: list[str], *, check: bool, 
     probe = session.script(probe_script(steps))
     outputs = split_probes(probe.stdout, len(steps))
     decisions = [step.decide(out) for step, out in zip(steps, outputs, strict=True)]
-    changes = [c for c in decisions if c is not None] + restarts(steps, decisions)
+    notified = notified_by(steps, decisions) | earlier
+    changes = [c for c in decisions if c is not None] + restarts(steps, decisions, earlier)
     results = [StepResult(step.name, "ok") for step, c in zip(steps, decisions, strict=True) if c is None]
     if check or not changes:
         results += [StepResult(c.step, "changed", c.summary, c.diff) for c in changes]
-        return _result(run, results, notes)
+        return _result(run, results, notes, notified=notified)
     uploads = [u for c in changes for u in c.uploads]
     stage = None
     if uploads:
@@ -218,13 +233,15 @@ def converge(run: HostRun, steps: list[Step], notes: list[str], *, check: bool, 
         elif i == failed:
             results.append(StepResult(change.step, "failed", change.summary, change.diff, output.strip()))
     error = None if failed is None else f"{changes[failed].step}: {output.strip().splitlines()[-1] if output.strip() else 'failed'}"
-    return _result(run, results, notes, error)
+    return _result(run, results, notes, error, notified=notified)
 
 
-def _result(run: HostRun, steps: list[StepResult], notes: list[str], error: str | None = None) -> HostResult:
+def _result(run: HostRun, steps: list[StepResult], notes: list[str], error: str | None = None,
+            notified: frozenset[str] = frozenset()) -> HostResult:
     accepted = tuple(f"trusted new host key {k}" for k in (run.session.accepted if run.session else []))
+    run.session.accepted.clear() if run.session else None
     return HostResult(run.node.name, tuple(steps), run.facts, tuple(notes) + accepted, error,
-                      seconds=time.monotonic() - run.started)
+                      seconds=time.monotonic() - run.started, notified=notified)
 
 
 @dataclass(slots=True)

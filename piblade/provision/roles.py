@@ -160,7 +160,8 @@ def services(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse)
     for unit in units:
         steps.append(File(f"/etc/systemd/system/{unit}.service", render(f"{unit}.service.j2", v),
                           notify=(unit,), tags=tags))
-    steps += [Service(f"{unit}.service", tags=tags) for unit in units]
+    # The worker reads and writes the share: it starts once the mount can work.
+    steps += [Service(f"{unit}.service", tags=tags, after_nas=unit == "piblade-worker") for unit in units]
     return steps
 
 
@@ -170,7 +171,7 @@ def workers(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str
     v = template_vars(node, ctx)
     mount = node.settings.mount
     unit = mount_unit_name(mount)
-    steps: list[Step] = [Directory(mount, "root", "root", "755", tags=tags)]
+    steps: list[Step] = [Directory(mount, "root", "root", "755", mount_point=True, tags=tags)]
     if ctx.cluster.nas is None:
         return steps, "mount: none (the inventory has no nas node)"
     if facts.cifs:
@@ -179,7 +180,7 @@ def workers(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str
             File(f"{CONFIG_DIR}/nas.cred", render("nas.cred.j2", v), "root", "root", "600", secret=True,
                  notify=(unit,), tags=tags),
             File(f"/etc/systemd/system/{unit}", render("nas-cifs.mount.j2", v), notify=(unit,), tags=tags),
-            Service(unit, tags=tags),
+            Service(unit, tags=tags, after_nas=True),
         ]
         return steps, f"mount: cifs //{v['piblade_nas_address']}/{v['piblade_share']} at {mount}"
     steps += [
@@ -188,7 +189,7 @@ def workers(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str
              notify=(unit,), tags=tags),
         File(f"{CONFIG_DIR}/nas_known_hosts", ctx.nas_host_keys.encode(), notify=(unit,), tags=tags),
         File(f"/etc/systemd/system/{unit}", render("nas-sshfs.mount.j2", v), notify=(unit,), tags=tags),
-        Service(unit, tags=tags),
+        Service(unit, tags=tags, after_nas=True),
     ]
     return steps, f"mount: sshfs (FUSE; this kernel has no cifs) {v['piblade_nas_address']}:{v['piblade_nas_path']} at {mount}"
 

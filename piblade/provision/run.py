@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from piblade.errors import PibladeError
 from piblade.inventory import Cluster
 from piblade.local import LocalPaths
 from piblade.provision import roles
+from piblade.provision.steps import Step
 from piblade.provision.engine import (
     EventFn,
     HostResult,
@@ -120,13 +122,30 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
     wheelhouses = Wheelhouses(state_dir() / "wheelhouse", log=cluster_paths(cluster).log_dir / "wheelhouse.log")
     private_dir(cluster_paths(cluster).log_dir)
 
+    # Workers mount the NAS share: they do everything else in parallel with the
+    # NAS node, and wait for it only for the steps that need it ready.
+    nas_name = cluster.nas.name if cluster.nas is not None else None
+    nas_done = threading.Event()
+    if nas_name not in {r.node.name for r in ready} or options.check:
+        nas_done.set()
+
+    def stages(run: HostRun, steps: list[Step], notes: list[str]) -> HostResult:
+        later = [s for s in steps if s.after_nas] if not nas_done.is_set() else []
+        first = [s for s in steps if s not in later]
+        result = converge(run, first, notes, check=options.check, emit=emit)
+        if later and not result.error:
+            emit(run.node.name, "waiting for the NAS node")
+            nas_done.wait(timeout=3600)
+            result = result.then(converge(run, later, [], check=options.check, emit=emit, earlier=result.notified))
+        return result
+
     def phase_converge(run: HostRun) -> HostResult:
         assert run.facts is not None
         try:
             emit(run.node.name, "planning")
             wheelhouse = wheelhouses.get(run.facts)
             steps, notes = roles.plan(run.node, run.facts, ctx, wheelhouse)
-            result = converge(run, roles.filter_tags(steps, options.tags), notes, check=options.check, emit=emit)
+            result = stages(run, roles.filter_tags(steps, options.tags), notes)
         except PibladeError as exc:
             result = HostResult(run.node.name, facts=run.facts, error=exc.message, hint=exc.hint,
                                 seconds=time.monotonic() - run.started)
@@ -136,6 +155,8 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
         finally:
             if run.session is not None:
                 run.session.close()
+            if run.node.name == nas_name:
+                nas_done.set()
         emit(run.node.name, "failed" if result.failed else "done")
         return result
 

@@ -54,6 +54,8 @@ class Step:
 
     tags: frozenset[str] = field(default=frozenset(), kw_only=True)
     notify: tuple[str, ...] = field(default=(), kw_only=True)
+    #: Runs only once the NAS node has converged (mounting its share needs it ready).
+    after_nas: bool = field(default=False, kw_only=True)
 
     @property
     def name(self) -> str:
@@ -153,6 +155,9 @@ class Directory(Step):
     owner: str = "root"
     group: str = "root"
     mode: str = "755"
+    #: A mount point: created when missing, but once something is mounted there its
+    #: owner and mode are the mounted filesystem's, not ours to change.
+    mount_point: bool = False
 
     @property
     def name(self) -> str:
@@ -164,7 +169,7 @@ class Directory(Step):
     def decide(self, output: str) -> Change | None:
         want = f"{self.owner}:{self.group}:{self.mode}"
         have = output.strip()
-        if have == want:
+        if have == want or (self.mount_point and have != "missing"):
             return None
         summary = f"create {self.path}" if have == "missing" else f"fix {self.path} ({have} -> {want})"
         return Change(self.name, summary, f"install -d -o {q(self.owner)} -g {q(self.group)} -m {self.mode} {q(self.path)}")
@@ -197,7 +202,7 @@ class File(Step):
         p = q(self.path)
         text = f"if [ -f {p} ]; then sha256sum < {p} | cut -d' ' -f1; stat -c '%U:%G:%a:%s' {p}; "
         if not self.secret:
-            text += f"[ $(stat -c %s {p}) -le {DIFF_LIMIT} ] && base64 -w0 < {p}; "
+            text += f"[ $(stat -c %s {p}) -le {DIFF_LIMIT} ] && base64 -w0 < {p} && echo; "
         return text + "else echo missing; fi"
 
     def decide(self, output: str) -> Change | None:
@@ -297,7 +302,7 @@ class SambaUser(Step):
         stage = _stage_name(self.marker)
         script = (
             f'pw=$(cat "$STAGE/{stage}") && printf "%s\\n%s\\n" "$pw" "$pw" | smbpasswd -s -a {q(self.user)} >/dev/null'
-            f" && smbpasswd -e {q(self.user)} >/dev/null && install -d -m 700 /etc/piblade"
+            f" && smbpasswd -e {q(self.user)} >/dev/null"
             f" && echo {digest} > {q(self.marker)} && chmod 600 {q(self.marker)}"
         )
         summary = "create" if lines[:1] != ["present"] else "set the password of"

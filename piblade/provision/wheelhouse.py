@@ -18,6 +18,9 @@ from pathlib import Path
 
 from piblade.errors import PibladeError
 
+#: Bumped when what goes into a wheelhouse changes, so cached ones are rebuilt.
+FORMAT = "2"
+
 PLATFORMS = {
     "x86_64": ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"),
     "aarch64": ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64",
@@ -63,6 +66,48 @@ def _manifest(wheels: list[Path]) -> str:
     return digest.hexdigest()[:24]
 
 
+def _conditional_requirements(wheel: Path) -> set[str]:
+    """Requirements of a wheel that depend on the Python version (``; python_version < …``)."""
+    import zipfile
+
+    found = set()
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None)
+        if meta is None:
+            return found
+        for line in archive.read(meta).decode(errors="replace").splitlines():
+            if not line.startswith("Requires-Dist:") or ";" not in line:
+                continue
+            requirement, marker = line.removeprefix("Requires-Dist:").split(";", 1)
+            if "python_version" in marker or "python_full_version" in marker:
+                if "extra ==" not in marker:
+                    found.add(requirement.strip().replace(" ", ""))
+    return found
+
+
+def _add_conditional(directory: Path, platform_args: list[str], python: str, out) -> None:  # type: ignore[no-untyped-def]
+    """Fetch dependencies that only some Python versions need.
+
+    pip picks wheel *tags* for the node's Python but evaluates environment
+    markers against the controller's own interpreter: a controller on 3.11.7
+    skips ``async-timeout; python_full_version < "3.11.3"``, which a node on
+    Debian's 3.11.2 needs. Downloading every such dependency is harmless (pip
+    on the node installs only what its markers select).
+    """
+    seen: set[str] = set()
+    for _ in range(3):
+        wanted = set().union(*(_conditional_requirements(w) for w in directory.glob("*.whl"))) - seen
+        if not wanted:
+            return
+        seen |= wanted
+        base = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *platform_args,
+                "--python-version", python, "--implementation", "cp", "-d", str(directory)]
+        if subprocess.run([*base, *sorted(wanted)], stdout=out, stderr=out).returncode != 0:
+            # Some are for other Python versions only (no wheel for this one): take what exists.
+            for requirement in sorted(wanted):
+                subprocess.run([*base, requirement], stdout=out, stderr=out)
+
+
 def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wheelhouse:
     """Return the wheelhouse for ``arch``/``python``, building it if piblade's source changed."""
     if arch not in PLATFORMS:
@@ -72,7 +117,7 @@ def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wh
         )
     root = project_root()
     version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
-    key = f"{arch}-py{python}-{source_hash(root)}"
+    key = f"{arch}-py{python}-{FORMAT}{source_hash(root)}"
     target = cache / key
     manifest_file = target / "MANIFEST"
     if manifest_file.exists():
@@ -93,6 +138,7 @@ def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wh
              "--implementation", "cp", "-d", str(building), *requirements],
             check=True, stdout=out, stderr=out,
         )
+        _add_conditional(building, platform_args, python, out)
     except subprocess.CalledProcessError as exc:
         raise PibladeError(
             f"building the {arch} wheelhouse failed ({' '.join(exc.cmd[:4])} …)",

@@ -111,6 +111,9 @@ def test_user_directory_and_samba_user() -> None:
     assert SystemUser("piblade", "/h").decide("").summary == "create system user piblade"
     assert Directory("/srv/x", "piblade", "piblade", "2775").decide("piblade:piblade:2775") is None
     assert Directory("/srv/x").decide("missing").summary == "create /srv/x"
+    mount_point = Directory("/mnt/nas", mount_point=True)
+    assert mount_point.decide("piblade:piblade:2775") is None  # the share is mounted there: leave it
+    assert mount_point.decide("missing").summary == "create /mnt/nas"
     samba = SambaUser("piblade", "s3cret")
     assert samba.decide("present\n" + hashlib.sha256(b"s3cret").hexdigest()) is None
     change = samba.decide("present\n" + "0" * 64)
@@ -129,12 +132,16 @@ def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
     assert change is not None and [u.name for u in change.uploads] == ["b-2-py3-none-any.whl"]
 
 
-def test_probe_and_apply_scripts_round_trip() -> None:
-    steps = [Packages(("sh",)), Directory("/nonexistent-piblade-test")]
+def test_probe_and_apply_scripts_round_trip(tmp_path: Path) -> None:
+    existing = tmp_path / "present.conf"
+    existing.write_bytes(b"no newline at the end")
+    steps = [Packages(("sh",)), File(str(existing), b"other"), Directory("/nonexistent-piblade-test")]
     script = probe_script(steps)
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
-    outputs = split_probes(out, 2)
-    assert outputs[1].strip() == "missing"
+    outputs = split_probes(out, 3)
+    assert outputs[2].strip() == "missing"
+    change = steps[1].decide(outputs[1])
+    assert change is not None and "-no newline at the end" in change.diff
 
     changes = [Directory("/a").decide("missing"), Directory("/b").decide("missing")]
     ok = parse_apply("@@step 0\n@@step 1\n@@done\n", 2)

@@ -1,0 +1,53 @@
+"""The e2e tier: one nspawn testbed (a NAS node and two worker nodes) for the whole session.
+
+It needs root, Linux, systemd-nspawn and debootstrap (`make test` installs the
+Debian packages). Nothing is skipped: without them every e2e test fails and says
+how to get them. The first run builds the node image (≈1 min, cached under the
+state dir); later sessions start the testbed in a few seconds. The testbed is
+always taken down at the end, also when a test fails or the run is interrupted
+(Ctrl-C); one left by a killed run is removed by the next `up`.
+
+The ``testbed`` fixture is a :class:`piblade.testbed.Testbed`: ``testbed.info()``
+has the nodes, key, known_hosts and inventory; ``testbed.run(node, cmd)`` runs a
+command over SSH; ``kill``/``stop``/``start`` power a node. A test that powers a
+node off need not power it on again; a test that needs every node running asks
+for ``every_node_up`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from piblade.testbed import Testbed, TestbedError, check_host
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[Testbed]:
+    try:
+        check_host()
+    except TestbedError as exc:
+        pytest.fail(
+            f"the e2e tests need the nspawn testbed, and {exc}. {exc.hint}. "
+            "`make test` installs the Debian packages; run it as root on Linux.",
+            pytrace=False,
+        )
+    bed = Testbed(inventory=ROOT / "inventory" / "testbed.yml")
+    try:
+        bed.up(workers=2)
+        yield bed
+    finally:
+        bed.down()
+
+
+@pytest.fixture
+def every_node_up(testbed: Testbed) -> Testbed:
+    """The session's testbed with every node running: boots again any node an earlier test powered off."""
+    for node in testbed.status().nodes:
+        if not node.running:
+            testbed.start(node.name)
+    return testbed
