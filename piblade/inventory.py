@@ -113,6 +113,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("piblade_redis_bind", "str", None, "Address Redis listens on; unset means the controller's address."),
     Setting("piblade_share", "str", "piblade", "Samba share name; read from the NAS node."),
     Setting("piblade_nas_path", "str", "/srv/piblade", "Directory on the NAS node's disk that the share exports."),
+    Setting("piblade_nas_device", "str", None, "The NAS node's data disk as LABEL=... or UUID=...; mounted at "
+            "piblade_nas_path with nofail, so the Pi still boots when the disk is missing. Unset: a plain directory."),
     Setting("piblade_mount", "str", "/mnt/piblade", "Where this node mounts the share."),
     Setting("piblade_health_interval", "float", 5.0, "Seconds between health heartbeats from this node.",
             min=0, min_exclusive=True),
@@ -136,6 +138,7 @@ class NodeSettings:
     redis_bind: str | None = None
     share: str = "piblade"
     nas_path: str = "/srv/piblade"
+    nas_device: str | None = None
     mount: str = "/mnt/piblade"
     health_interval: float = 5.0
     max_temp: float = 80.0

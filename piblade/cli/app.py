@@ -65,6 +65,7 @@ def _register() -> None:
     status_cmd.register(app)
     dashboard_cmd.register(app)
     provision_cmd.register(app)
+    provision_cmd.register_wheelhouse(app)
     worker_cmd.register(app)
     agent_cmd.register(app)
 

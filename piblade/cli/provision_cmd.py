@@ -130,3 +130,24 @@ def _recap(results, check: bool, diff: bool) -> None:  # type: ignore[no-untyped
     total_failed = sum(r.failed for r in results)
     console.print(f"{len(results)} host(s): {sum(r.ok for r in results)} ok, {total_changed} "
                   f"{'would change' if check else 'changed'}, {total_failed} failed")
+
+
+def register_wheelhouse(app: typer.Typer) -> None:
+    @app.command()
+    def wheelhouse(
+        arch: str = typer.Option("aarch64", "--arch", help="Node architecture: aarch64 (Raspberry Pi) or x86_64."),
+        python: str = typer.Option("3.11", "--python", help="Python version of the nodes (major.minor)."),
+        as_json: bool = typer.Option(False, "--json", help="Print directory, manifest and wheels as JSON."),
+    ) -> None:
+        """Build (or reuse) the wheelhouse that provisioning pushes to nodes; the Ansible roles use it too."""
+        from piblade.provision.wheelhouse import build
+        from piblade.state import state_dir
+
+        with err_console.status(f"building the {arch} wheelhouse for Python {python}"):
+            house = build(state_dir() / "wheelhouse", arch, python)
+        if as_json:
+            print_json({"directory": str(house.directory), "manifest": house.manifest,
+                        "requirement": house.requirement, "wheels": [w.name for w in house.wheels]})
+        else:
+            size = sum(w.stat().st_size for w in house.wheels) / 2**20
+            console.print(f"{house.directory}: {len(house.wheels)} wheels, {size:.0f} MiB, manifest {house.manifest}")

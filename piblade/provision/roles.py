@@ -20,6 +20,7 @@ from piblade.provision.facts import NodeFacts
 from piblade.provision.steps import (
     Directory,
     File,
+    FstabLine,
     Hostname,
     Packages,
     SambaUser,
@@ -103,6 +104,7 @@ def template_vars(node: Node, ctx: Context) -> dict[str, Any]:
         "piblade_mount_unit": mount_unit_name(s.mount),
         "piblade_share": nas.settings.share if nas else s.share,
         "piblade_nas_path": nas.settings.nas_path if nas else s.nas_path,
+        "piblade_nas_device": nas.settings.nas_device if nas else None,
         "piblade_nas_address": nas.address if nas else "",
         "piblade_smb_password": ctx.secrets.smb_password,
     }
@@ -121,6 +123,20 @@ def common(node: Node, facts: NodeFacts, ctx: Context) -> list[Step]:
         # Containers take their clock from the host; a Pi has no RTC and needs NTP.
         steps += [Packages(("systemd-timesyncd",), tags=tags), Service("systemd-timesyncd", tags=tags)]
     return steps
+
+
+def nas_disk(node: Node, ctx: Context) -> tuple[list[Step], str]:
+    """The data disk (by LABEL= or UUID=) mounted at the share's path, if the inventory names one."""
+    path, device = node.settings.nas_path, node.settings.nas_device
+    if not device:
+        return [], f"data: directory {path} (set piblade_nas_device to mount a USB disk there)"
+    tags = frozenset({"nas", "disk"})
+    steps: list[Step] = [
+        Directory(path, mount_point=True, tags=tags),
+        FstabLine(path, render("nas-disk.fstab.j2", template_vars(node, ctx)).decode().strip(), tags=tags),
+        Service(mount_unit_name(path), enabled=False, tags=tags),
+    ]
+    return steps, f"data: {device} mounted at {path} (nofail)"
 
 
 def nas(node: Node, facts: NodeFacts, ctx: Context) -> list[Step]:
@@ -175,14 +191,17 @@ def workers(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str
     if ctx.cluster.nas is None:
         return steps, "mount: none (the inventory has no nas node)"
     if facts.cifs:
+        # An fstab entry with x-systemd.automount: mounted on first use, and a Pi whose NAS is
+        # away still boots (nofail). systemd generates the .mount/.automount units from it.
+        automount = unit.removesuffix(".mount") + ".automount"
         steps += [
             Packages(("cifs-utils",), tags=tags),
             File(f"{CONFIG_DIR}/nas.cred", render("nas.cred.j2", v), "root", "root", "600", secret=True,
-                 notify=(unit,), tags=tags),
-            File(f"/etc/systemd/system/{unit}", render("nas-cifs.mount.j2", v), notify=(unit,), tags=tags),
-            Service(unit, tags=tags, after_nas=True),
+                 notify=(automount,), tags=tags),
+            FstabLine(mount, render("nas-cifs.fstab.j2", v).decode().strip(), notify=(automount,), tags=tags),
+            Service(automount, enabled=False, tags=tags, after_nas=True),
         ]
-        return steps, f"mount: cifs //{v['piblade_nas_address']}/{v['piblade_share']} at {mount}"
+        return steps, f"mount: cifs //{v['piblade_nas_address']}/{v['piblade_share']} at {mount} (automount)"
     steps += [
         Packages(("sshfs", "fuse3"), tags=tags),
         File(f"{CONFIG_DIR}/nas_key", ctx.secrets.mount_key_private.encode(), "root", "root", "600", secret=True,
@@ -199,7 +218,9 @@ def plan(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse) -> 
     notes: list[str] = []
     steps = common(node, facts, ctx)
     if "nas" in node.roles:
-        steps += nas(node, facts, ctx)
+        disk_steps, note = nas_disk(node, ctx)
+        steps += disk_steps + nas(node, facts, ctx)
+        notes.append(note)
     if "workers" in node.roles:
         mount_steps, note = workers(node, facts, ctx)
         steps += mount_steps

@@ -241,6 +241,38 @@ class File(Step):
 
 
 @dataclass(frozen=True, slots=True)
+class FstabLine(Step):
+    """The /etc/fstab entry for one mount point, exactly this line (any other entry for it is replaced).
+
+    fstab is what Raspberry Pi OS users read and edit, and systemd's fstab
+    generator turns options like ``x-systemd.automount`` into the right units.
+    """
+
+    mount_point: str
+    line: str
+
+    @property
+    def name(self) -> str:
+        return f"fstab {self.mount_point}"
+
+    def probe(self) -> str:
+        return f"awk -v mp={q(self.mount_point)} '$1 !~ /^#/ && $2 == mp' /etc/fstab 2>/dev/null"
+
+    def decide(self, output: str) -> Change | None:
+        have = [" ".join(line.split()) for line in output.splitlines() if line.strip()]
+        if have == [" ".join(self.line.split())]:
+            return None
+        script = (
+            f"tmp=$(mktemp) && awk -v mp={q(self.mount_point)} '$1 ~ /^#/ || $2 != mp' /etc/fstab > \"$tmp\""
+            f" && printf '%s\\n' {q(self.line)} >> \"$tmp\" && install -m 644 \"$tmp\" /etc/fstab"
+            " && rm -f \"$tmp\" && systemctl daemon-reload"
+        )
+        diff = "".join(f"-{line}\n" for line in have) + f"+{self.line}\n"
+        return Change(self.name, f"{'update' if have else 'add'} the /etc/fstab entry for {self.mount_point}",
+                      script, diff=f"--- /etc/fstab\n+++ /etc/fstab\n{diff}")
+
+
+@dataclass(frozen=True, slots=True)
 class Service(Step):
     """A systemd unit enabled and running. Restarts when a step that notifies it changed."""
 

@@ -206,10 +206,11 @@ def test_worker_plan_on_a_pi_mounts_cifs(ctx: roles.Context) -> None:
     node = ctx.cluster.node("w1")
     steps, notes = roles.plan(node, parse_facts(PI_FACTS), ctx, _wheelhouse())
     names = [s.name for s in steps]
-    assert "file /etc/systemd/system/mnt-nas.mount" in names
-    assert notes == ["mount: cifs //10.199.0.10/data at /mnt/nas"]
-    mount = next(s for s in steps if s.name == "file /etc/systemd/system/mnt-nas.mount")
-    assert b"Type=cifs" in mount.content and b"seal" in mount.content and b"x-systemd.automount" in mount.content
+    assert notes == ["mount: cifs //10.199.0.10/data at /mnt/nas (automount)"]
+    fstab = next(s for s in steps if s.name == "fstab /mnt/nas")
+    assert fstab.line.startswith("//10.199.0.10/data /mnt/nas cifs credentials=/etc/piblade/nas.cred,vers=3.1.1,seal,")
+    assert fstab.line.endswith(",x-systemd.automount,_netdev,nofail 0 0")
+    assert next(s for s in steps if s.name == "service mnt-nas.automount").after_nas
     cred = next(s for s in steps if s.name == "file /etc/piblade/nas.cred")
     assert cred.secret and cred.mode == "600" and b"password=smbpw" in cred.content
     env = next(s for s in steps if s.name == "file /etc/piblade/piblade.env")
@@ -237,6 +238,40 @@ def test_nas_plan_has_a_samba_share_without_guests(ctx: roles.Context) -> None:
     assert keys.startswith(b'restrict,command="internal-sftp" ssh-ed25519')
     assert "service piblade-worker.service" not in [s.name for s in steps]
     assert "service piblade-agent.service" in [s.name for s in steps]
+
+
+def test_nas_disk_is_mounted_by_label_with_nofail(ctx: roles.Context) -> None:
+    from dataclasses import replace
+
+    node = ctx.cluster.node("nas1")
+    without, notes = roles.plan(node, parse_facts(PI_FACTS), ctx, _wheelhouse())
+    assert notes == ["data: directory /srv/data (set piblade_nas_device to mount a USB disk there)"]
+    assert not [s for s in without if s.name.startswith("fstab")]
+    disk = replace(node, settings=replace(node.settings, nas_device="LABEL=usb1"))
+    cluster = replace(ctx.cluster, nodes=tuple(disk if n.name == "nas1" else n for n in ctx.cluster.nodes))
+    steps, notes = roles.plan(disk, parse_facts(PI_FACTS), replace(ctx, cluster=cluster), _wheelhouse())
+    names = [s.name for s in steps]
+    fstab = next(s for s in steps if s.name == "fstab /srv/data")
+    assert fstab.line == "LABEL=usb1 /srv/data auto defaults,noatime,nofail,x-systemd.device-timeout=10s 0 2"
+    # mounted before the share's directory gets its owner, and before Samba exports it
+    assert names.index("fstab /srv/data") < names.index("service srv-data.mount") < names.index("service smbd")
+    assert notes == ["data: LABEL=usb1 mounted at /srv/data (nofail)"]
+
+
+def test_fstab_line_replaces_only_its_mount_point(tmp_path: Path) -> None:
+    from piblade.provision.steps import FstabLine
+
+    fstab = tmp_path / "fstab"
+    fstab.write_text("# keep /mnt/nas\nUUID=1 / ext4 defaults 0 1\n//old/x /mnt/nas cifs guest 0 0\n")
+    step = FstabLine("/mnt/nas", "//nas/data /mnt/nas cifs credentials=/c,_netdev 0 0")
+    probe = step.probe().replace("/etc/fstab", str(fstab))
+    change = step.decide(subprocess.run(["sh", "-c", probe], capture_output=True, text=True).stdout)
+    assert change is not None and "-//old/x /mnt/nas cifs guest 0 0" in change.diff
+    script = change.script.replace("/etc/fstab", str(fstab)).replace(" && systemctl daemon-reload", "")
+    subprocess.run(["sh", "-c", script], check=True)
+    assert fstab.read_text() == ("# keep /mnt/nas\nUUID=1 / ext4 defaults 0 1\n"
+                                 "//nas/data /mnt/nas cifs credentials=/c,_netdev 0 0\n")
+    assert step.decide(subprocess.run(["sh", "-c", probe], capture_output=True, text=True).stdout) is None
 
 
 def test_tags_filter_steps(ctx: roles.Context) -> None:
