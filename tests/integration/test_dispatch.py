@@ -210,3 +210,28 @@ def test_a_job_stuck_past_its_timeout_is_failed_and_its_worker_replaced(
         assert pool.proc.poll() is None  # the supervisor itself lives on
     finally:
         pool.stop()
+
+
+def test_cancel_stops_waiting_tasks_and_retry_brings_them_back(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path
+) -> None:
+    pool = start_workers(redis_server, tmp_path, processes=1, node="cancel")
+    try:
+        record = dispatch.submit(conn, registry, "test-sleep", {"count": "12", "seconds": "0.4"})
+        first = runs.task_id(record.id, 0)
+        deadline = time.monotonic() + 30
+        while conn.hget(f"rq:job:{first}", "status") not in (b"started", b"finished"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        result = dispatch.cancel(conn, record.id)
+        assert result["canceled"] >= 9 and result["running"] <= 1
+        status = dispatch.wait(conn, record.id, timeout=30)
+        assert status.state == "failed"  # a canceled run is over, and not a success
+        assert status.counts.get("canceled") == result["canceled"]
+        assert status.reduce_state is None  # the reduce never ran
+        assert dispatch.retry(conn, record.id) == result["canceled"]
+        final = dispatch.wait(conn, record.id, timeout=60)
+        assert final.state == "finished", final.to_dict()
+        assert final.result == {"tasks": 12, "sum": sum(range(12))}
+    finally:
+        pool.stop()
