@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 
 from piblade import runs
-from piblade.errors import NotFound, PibladeError
+from piblade.errors import BadParameter, NotFound, PibladeError
 from piblade.registry import Registry
 from piblade.runs import RunRecord
 from piblade.worker import RESULT_TTL, BladeJob
@@ -63,25 +63,113 @@ def submit(
         timeout=timeout or spec.timeout,
         retries=retries,
     )
-    retry = Retry(max=retries) if retries else None
+    _enqueue_run(conn, spec.task_path, spec.name, record, plan)
+    return record
+
+
+def _enqueue_run(conn: redis.Redis, task_path: str, name: str, record: RunRecord, plan: list[dict[str, Any]]) -> None:
+    """The run record and every task in one transaction: a run is fully enqueued or not at all."""
+    retry = Retry(max=record.retries) if record.retries else None
     datas = [
         Queue.prepare_data(
-            spec.task_path,
+            task_path,
             kwargs=task,
-            job_id=runs.task_id(run_id, index),
+            job_id=runs.task_id(record.id, index),
             timeout=record.timeout,
             result_ttl=RESULT_TTL,
             failure_ttl=RESULT_TTL,
             retry=retry,
-            description=f"{spec.name} {index + 1}/{record.total}",
+            description=f"{name} {index + 1}/{record.total}",
             meta=_meta(record, index, "task"),
         )
         for index, task in enumerate(plan)
     ]
     with conn.pipeline(transaction=True) as pipe:
         runs.save_run(pipe, record)
-        _queue(conn, queue).enqueue_many(datas, pipeline=pipe)
+        _queue(conn, record.queue).enqueue_many(datas, pipeline=pipe)
         pipe.execute()
+
+
+def plan_over(registry: Registry, job_name: str, raw_params: Mapping[str, Any], paths: list[str]) -> list[dict[str, Any]]:
+    """One task per file: the job's validated parameters with ``path`` set to that file. Pure, no I/O.
+
+    Refuses, before anything is enqueued, a job without a ``path`` parameter,
+    a ``path`` given as a parameter too, an empty file list, and a job whose
+    split would turn one file into several tasks.
+    """
+    check_over(registry, job_name, raw_params)
+    spec = registry.get(job_name)
+    if not paths:
+        raise BadParameter(f"{spec.name}: --over matched no files", hint="`piblade nas ls DIR` shows what is there")
+    plan: list[dict[str, Any]] = []
+    for path in paths:
+        tasks = spec.plan(spec.validate({**raw_params, "path": path}))
+        if len(tasks) != 1:
+            raise BadParameter(
+                f"{spec.name} splits each file into {len(tasks)} tasks; --over runs one task per file",
+                hint="set the job's fan-out parameter to 1 (for summary: --param parts=1)",
+            )
+        plan.append(tasks[0])
+    return plan
+
+
+def check_over(registry: Registry, job_name: str, raw_params: Mapping[str, Any]) -> None:
+    """The checks of :func:`plan_over` that need no file list: run before touching the NAS."""
+    spec = registry.get(job_name)
+    if not any(p.name == "path" for p in spec.params):
+        over = sorted(s.name for s in registry if any(p.name == "path" for p in s.params))
+        raise BadParameter(
+            f"{spec.name} has no `path` parameter, so it cannot run --over files",
+            hint="jobs that can: " + (", ".join(over) or "none registered"),
+        )
+    if "path" in raw_params:
+        raise BadParameter(
+            f"{spec.name}: give the files either with --over or with --param path=..., not both",
+            hint="--over sets path to each matching file",
+        )
+    for name, value in raw_params.items():
+        spec.param(name).parse(spec.name, value)
+
+
+def submit_over(
+    conn: redis.Redis,
+    registry: Registry,
+    job_name: str,
+    raw_params: Mapping[str, Any],
+    paths: list[str],
+    *,
+    pattern: str,
+    queue: str = "default",
+    timeout: int | None = None,
+    retries: int = 0,
+) -> RunRecord:
+    """Fan a job out over files on the share: one task per path (share paths), one run record.
+
+    The worker resolves each ``path`` under its data root (its mount of the
+    share). The record's params are the common parameters plus ``over``
+    (the pattern); the reduce, if the job has one, runs after every file.
+    """
+    spec = registry.get(job_name)
+    plan = plan_over(registry, job_name, raw_params, paths)
+    if timeout is not None and timeout <= 0:
+        raise PibladeError(f"--timeout must be positive, not {timeout}")
+    if retries < 0:
+        raise PibladeError(f"--retries must be 0 or more, not {retries}")
+    common = {k: v for k, v in spec.validate({**raw_params, "path": paths[0]}).items() if k != "path"}
+    run_id = runs.new_run_id()
+    record = RunRecord(
+        id=run_id,
+        job=spec.name,
+        params={**common, "over": pattern},
+        total=len(plan),
+        queue=queue,
+        created=time.time(),
+        output=f"runs/{run_id}" if spec.writes_output else "",
+        has_reduce=spec.reduce is not None,
+        timeout=timeout or spec.timeout,
+        retries=retries,
+    )
+    _enqueue_run(conn, spec.task_path, spec.name, record, plan)
     return record
 
 

@@ -20,13 +20,15 @@ check() {
     openssh-client) have ssh && have ssh-keygen ;;  # the controller's side of the testbed's SSH
     iproute2)     have ip ;;  # the testbed's bridge
     openssh-server) [ -x /usr/sbin/sshd ] ;;  # a real sshd on loopback for the SSH tests
+    samba)        [ -x /usr/sbin/smbd ] && have pdbedit ;;  # a real smbd on loopback for the NAS tests
+    smbclient)    have smbclient ;;  # Samba's own client: the baseline of bench/nas.py
     *) return 1 ;;
   esac
 }
 
 case "${1:-}" in
   base) wanted=(python3-venv redis-server) ;;
-  test) wanted=(python3-venv redis-server redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server) ;;
+  test) wanted=(python3-venv redis-server redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba smbclient) ;;
   *) echo "usage: $0 base|test" >&2; exit 2 ;;
 esac
 

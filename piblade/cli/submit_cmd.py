@@ -61,6 +61,39 @@ def render_status(status: Any, inventory: Path | None) -> None:
         console.print(f"output: {where}")
 
 
+#: Where `submit --input DIR` puts DIR on the share: inputs/<DIR's name>/.
+INPUTS_DIR = "inputs"
+
+
+def resolve_over(inventory: Path | None, over: str | None, input_dir: Path | None, *, quiet: bool) -> tuple[str, list[str]]:
+    """Upload ``input_dir`` (if given) and expand the glob on the share; return (pattern, share paths).
+
+    The share is the one `piblade nas` would use (see piblade.nas); the SMB
+    session lives only for this call, in this process.
+    """
+    from piblade.cli.nas_cmd import human, transfer_progress
+    from piblade.nas import open_share, pattern, transfer
+    from piblade.nas.paths import join, pattern_parts
+
+    base = ""
+    if input_dir is not None:
+        base = join(INPUTS_DIR, input_dir.resolve().name)
+    full = join(base, over or "**")
+    pattern_parts(full)  # refuse '..' before connecting
+    with open_share(inventory=inventory) as share:
+        if input_dir is not None:
+            plan = transfer.plan_put(share, input_dir, base)
+            with transfer_progress("upload", plan.bytes_to_copy, quiet or not plan.to_copy) as progress:
+                report = transfer.run_put(share, plan, progress)
+            if not quiet:
+                err_console.print(f"uploaded {input_dir} to {base}/ on {share.description}: {report.copied} file(s) "
+                                  f"({human(report.bytes)}), {report.skipped} already there", markup=False)
+        paths = [e.path for e in pattern.expand(share, full)]
+    if not quiet:
+        err_console.print(f"{full}: {len(paths)} file(s) on the share", markup=False)
+    return full, paths
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def submit(
@@ -70,20 +103,33 @@ def register(app: typer.Typer) -> None:
         timeout: int = typer.Option(None, "--timeout", help="Seconds each task may run (default: the job's)."),
         retries: int = typer.Option(0, "--retries", help="Re-run a failed or lost task up to N times."),
         wait_: bool = typer.Option(False, "--wait", "-w", help="Wait, show progress, print the result."),
+        over: str = typer.Option(None, "--over", help="Run once per file on the share matching this glob "
+                                 "(e.g. 'photos/**/*.jpg'); the job's `path` is set to each file."),
+        input_dir: Path = typer.Option(None, "--input", help="Upload this local directory to "
+                                       "inputs/<its name>/ on the share first; --over is then relative to it "
+                                       "(default: every file in it).", file_okay=False, exists=True),
         as_json: bool = JsonOption,
         inventory: Path = InventoryOption,
     ) -> None:
-        """Submit a job; a fan-out job becomes one task per tile/part, enqueued in one batch."""
+        """Submit a job; a fan-out job becomes one task per tile/part (or per file with --over), enqueued in one batch."""
         from piblade import dispatch
         from piblade.registry import load_registry
 
         registry = load_registry()
         params = parse_params(param)
-        # Validate before touching Redis: a bad parameter never needs a running cluster.
-        spec = registry.get(job)
-        spec.plan(spec.validate(params))
-        conn = open_redis(inventory)
-        record = dispatch.submit(conn, registry, job, params, queue=queue, timeout=timeout, retries=retries)
+        if over is not None or input_dir is not None:
+            # Refuse a job that cannot run over files before uploading or touching Redis.
+            dispatch.check_over(registry, job, params)
+            conn = open_redis(inventory)
+            pattern, paths = resolve_over(inventory, over, input_dir, quiet=as_json)
+            record = dispatch.submit_over(conn, registry, job, params, paths, pattern=pattern, queue=queue,
+                                          timeout=timeout, retries=retries)
+        else:
+            # Validate before touching Redis: a bad parameter never needs a running cluster.
+            spec = registry.get(job)
+            spec.plan(spec.validate(params))
+            conn = open_redis(inventory)
+            record = dispatch.submit(conn, registry, job, params, queue=queue, timeout=timeout, retries=retries)
         if dispatch.workers_on(conn, queue) == 0:
             err_console.print(f"[yellow]warning:[/] no worker listens on queue {queue!r}; the tasks wait until one does")
         if not wait_:
