@@ -2,8 +2,9 @@
 
 Boots a fresh testbed (NAS + 2 workers; the image is cached), times
 `piblade provision` twice, and — once `ansible/site.yml` exists — resets the
-testbed and times `ansible-playbook` for the same roles in the same run, printing
-the ratios. The first run is timed twice: as a whole, and without the wheelhouse
+testbed and times `ansible-playbook` (this venv's, with ansible/ansible.cfg) for
+the same roles in the same run, printing the ratios. The first run is timed
+twice: as a whole, and without the wheelhouse
 install (pushing ~100 MiB of wheels and `pip install` into a fresh venv), which
 is the part no tool can avoid.
 Usage (root): python bench/provision.py
@@ -12,9 +13,12 @@ Usage (root): python bench/provision.py
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +28,31 @@ sys.path.insert(0, str(ROOT))
 from piblade.testbed import Testbed  # noqa: E402
 
 
-def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
     started = time.perf_counter()
-    run = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    run = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env)
     return time.perf_counter() - started, run
+
+
+def ansible_playbook_command() -> str | None:
+    """The ansible-playbook installed next to this Python (the test extra), else one on PATH."""
+    here = Path(sys.executable).parent / "ansible-playbook"
+    return str(here) if here.exists() else shutil.which("ansible-playbook")
+
+
+def ansible_playbook(command: str, inventory: Path, *extra: str) -> tuple[float, int]:
+    """Seconds for one run, as a user runs it (ansible/ansible.cfg), and the hosts' total changed count.
+
+    Each run gets its own SSH ControlPath directory: no run reuses the connections of the one
+    before, as piblade's runs do not either.
+    """
+    with tempfile.TemporaryDirectory(prefix="piblade-bench-cp-") as control:
+        env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible" / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": control}
+        seconds, run = timed([command, "-i", str(inventory), "ansible/site.yml", *extra], env=env)
+    if run.returncode:
+        raise SystemExit(f"ansible-playbook failed:\n{run.stdout[-4000:]}\n{run.stderr}")
+    return seconds, sum(int(n) for n in re.findall(r"\bchanged=(\d+)", run.stdout))
 
 
 def piblade_provision(inventory: Path, *extra: str) -> tuple[float, dict]:  # type: ignore[type-arg]
@@ -55,11 +80,14 @@ def main() -> None:
         testbed.down()
         info = testbed.up(workers=2)
         results["first_no_venv"], _ = piblade_provision(inventory, "--tags", "common,nas,samba,workers,mount,controller")
-        if (ROOT / "ansible" / "site.yml").exists() and shutil.which("ansible-playbook"):
-            testbed.down()
+        command = ansible_playbook_command()
+        if (ROOT / "ansible" / "site.yml").exists() and command:
+            testbed.down()  # fresh nodes, and no cluster Redis: the same start as piblade's first run
             info = testbed.up(workers=2)
-            results["ansible_first"], run = timed(["ansible-playbook", "-i", str(inventory), "ansible/site.yml"])
-            results["ansible_rerun"], run = timed(["ansible-playbook", "-i", str(inventory), "ansible/site.yml"])
+            results["ansible_first"], _ = ansible_playbook(command, inventory)
+            results["ansible_rerun"], changed = ansible_playbook(command, inventory)
+            assert changed == 0, f"ansible-playbook re-run changed {changed}"
+            results["ansible_rerun_check"], _ = ansible_playbook(command, inventory, "--check")
     finally:
         testbed.down()
 
@@ -73,6 +101,8 @@ def main() -> None:
               f"({results['ansible_first'] / results['first']:.1f}x piblade)")
         print(f"ansible-playbook, no-change re-run:           {results['ansible_rerun']:6.2f} s "
               f"({results['ansible_rerun'] / results['rerun']:.1f}x piblade)")
+        print(f"ansible-playbook --check, no changes:         {results['ansible_rerun_check']:6.2f} s "
+              f"({results['ansible_rerun_check'] / results['rerun_check']:.1f}x piblade)")
     else:
         print("ansible-playbook: not measured (ansible/site.yml is issue 6)")
 

@@ -375,11 +375,17 @@ class VenvInstall(Step):
         present = set(lines[1:])
         uploads = tuple(Upload(w.name, local=w) for w in self.wheels if w.name not in present)
         wh, venv = q(self.wheelhouse), q(self.venv)
-        moves = "".join(f' && mv "$STAGE/{u.name}" {wh}/' for u in uploads)
+        moves = "".join(f' && install -m 644 -o root -g root "$STAGE/{u.name}" {wh}/' for u in uploads)
+        own = next((w.name for w in self.wheels if w.name.startswith("piblade-")), None)
+        # New code keeps piblade's version number, so pip would call it "already
+        # satisfied": piblade's own wheel is always reinstalled.
+        reinstall = (f" && {venv}/bin/pip install -q --no-index --no-deps --force-reinstall {wh}/{q(own)}"
+                     if own else "")
         script = (
             f"install -d -m 755 {wh}{moves}"
             f" && ([ -x {venv}/bin/python ] || {q(self.python)} -m venv {venv})"
             f" && {venv}/bin/pip install -q --no-index --find-links {wh} --upgrade {q(self.requirement)}"
+            f"{reinstall}"
             f" && echo {self.manifest} > {q(self.marker)}"
         )
         mib = sum(u.size for u in uploads) / 2**20

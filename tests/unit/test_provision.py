@@ -130,6 +130,12 @@ def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
     assert step.decide("m1\na-1-py3-none-any.whl") is None
     change = step.decide("none\na-1-py3-none-any.whl")
     assert change is not None and [u.name for u in change.uploads] == ["b-2-py3-none-any.whl"]
+    assert 'install -m 644 -o root -g root "$STAGE/b-2-py3-none-any.whl" /opt/wh/' in change.script
+    (tmp_path / "piblade-0.1.0-py3-none-any.whl").write_bytes(b"new code, same version")
+    own = VenvInstall("/opt/v", "/opt/wh", (*wheels, tmp_path / "piblade-0.1.0-py3-none-any.whl"), "m2",
+                      "piblade==0.1.0").decide("m1")
+    assert own is not None
+    assert "--no-deps --force-reinstall /opt/wh/piblade-0.1.0-py3-none-any.whl" in own.script
 
 
 def test_probe_and_apply_scripts_round_trip(tmp_path: Path) -> None:

@@ -1,0 +1,163 @@
+"""`ansible-playbook ansible/site.yml` on the nspawn testbed reaches exactly the state `piblade provision` reaches.
+
+One scenario, in order (each test builds on the previous one), on fresh nodes:
+piblade provisions, and ansible-playbook then finds nothing to change; fresh nodes again,
+ansible-playbook provisions them, the node state equals piblade's file for file, `piblade
+provision --check` finds nothing to change, a job runs on the Ansible-provisioned workers,
+and after `piblade provision` a second ansible-playbook run changes nothing.
+
+The module starts from fresh, unprovisioned nodes and leaves fresh ones behind, so it does not
+depend on the e2e modules before it, nor they on it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+NODES = ("tb-nas", "tb-w1", "tb-w2")
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+
+# What a node's provisioned state is made of: users, hostname, every file piblade manages (owner,
+# group, mode, SHA-256), the venv, the Samba users, the mount, and the services' state.
+SNAPSHOT = r"""
+echo "== users"; getent passwd piblade; getent group piblade; id piblade
+echo "== hostname"; cat /etc/hostname; hostname; ls /etc/machine-info 2>&1
+echo "== files"
+for p in /etc/piblade /var/lib/piblade /opt/piblade/wheelhouse /srv/piblade /etc/samba/smb.conf /etc/fstab /etc/systemd/system; do
+  [ -e "$p" ] || { echo "missing $p"; continue; }
+  find "$p" \( -path /var/lib/piblade/numba-cache -o -path '/srv/piblade/*' \) -prune -o -printf '%p %u:%g:%m %y ' \
+    -exec sh -c '[ -f "$1" ] && sha256sum < "$1" | cut -c1-16 || echo -' _ {} \;
+done | sort
+echo "== NAS host key types pinned for sshfs (the keys are new with every testbed)"
+cut -d' ' -f1,2 /etc/piblade/nas_known_hosts 2>&1
+echo "== mount"; stat -c '%n %F %U:%G:%a' /mnt/piblade 2>&1; findmnt -n -o SOURCE,FSTYPE /mnt/piblade
+echo "== venv"; find /opt/piblade/venv -maxdepth 1 -printf '%p %u:%g:%m %y\n' | sort
+cat /opt/piblade/venv/.piblade-wheelhouse
+/opt/piblade/venv/bin/pip freeze 2>/dev/null
+find /opt/piblade/venv -not -name '*.pyc' -printf '%P %u:%g:%m\n' | sort | sha256sum
+echo "== samba"; pdbedit -L 2>/dev/null
+echo "== units"
+for u in smbd piblade-agent piblade-worker mnt-piblade.mount systemd-timesyncd; do
+  echo "$u $(systemctl is-enabled $u 2>/dev/null) $(systemctl is-active $u 2>/dev/null)"
+done
+"""
+
+
+def piblade(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "piblade", *args], check=False, capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def provision_json(inventory: Path, *extra: str) -> dict[str, dict[str, Any]]:
+    run = piblade("provision", "-i", str(inventory), "--json", *extra)
+    assert run.stdout, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
+    return {h["host"]: h for h in json.loads(run.stdout)["hosts"]}
+
+
+def ansible_playbook(inventory: Path) -> dict[str, dict[str, int]]:
+    """Run the playbook as a user would (with ansible/ansible.cfg); the PLAY RECAP per host."""
+    with tempfile.TemporaryDirectory(prefix="piblade-ansible-cp-") as control:
+        env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible" / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+               # New nodes behind old addresses: never reuse an SSH master of an earlier testbed.
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": control}
+        run = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
+                              "ansible/site.yml"], check=False, capture_output=True, text=True, timeout=1200,
+                             env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr
+    recap = {m[0]: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m[1:]), strict=True))
+             for m in RECAP.findall(run.stdout)}
+    assert set(recap) == {"controller", *NODES}, run.stdout[-3000:]
+    return recap
+
+
+def snapshot(testbed, node: str) -> str:  # type: ignore[no-untyped-def]
+    run = testbed.run(node, "sudo sh -s", input=SNAPSHOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    # The NAS host keys are new with every testbed: the key types are compared instead (above).
+    text = re.sub(r"^(/etc/piblade/nas_known_hosts \S+ f) \w+$", r"\1 (new keys)", text, flags=re.MULTILINE)
+    # piblade moves the wheels it uploaded (as the SSH user) into place and so leaves them owned
+    # by that user (pi:pi); the roles install them as root:root. Only ownership differs.
+    return re.sub(r"^(/opt/piblade/wheelhouse/\S+\.whl) pi:pi:", r"\1 root:root:", text, flags=re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def fresh(testbed) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """The session's testbed with fresh, unprovisioned nodes (and no cluster Redis); fresh again afterwards."""
+    testbed.down()
+    testbed.up(workers=2)
+    yield testbed
+    testbed.down()
+    testbed.up(workers=2)
+
+
+@pytest.fixture(scope="module")
+def inventory(fresh) -> Path:  # type: ignore[no-untyped-def]
+    return Path(fresh.info().inventory)
+
+
+@pytest.fixture(scope="module")
+def piblade_state() -> dict[str, str]:
+    """Each node's state as `piblade provision` leaves fresh nodes (filled by the first test)."""
+    return {}
+
+
+def test_ansible_finds_nothing_to_change_after_piblade(fresh, inventory: Path, piblade_state: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    first = provision_json(inventory)
+    assert all(first[n]["changed"] > 0 for n in NODES), first
+    piblade_state.update({n: snapshot(fresh, n) for n in NODES})
+    recap = ansible_playbook(inventory)
+    assert {h: (r["changed"], r["failed"]) for h, r in recap.items()} == dict.fromkeys(recap, (0, 0)), recap
+
+
+def test_ansible_provisions_fresh_nodes_to_exactly_piblades_state(fresh, inventory: Path,  # type: ignore[no-untyped-def]
+                                                                 piblade_state: dict[str, str]) -> None:
+    fresh.down()  # also stops the cluster's Redis: the controller role starts it again
+    fresh.up(workers=2)
+    recap = ansible_playbook(inventory)
+    assert all(r["failed"] == 0 and r["changed"] > 0 for r in recap.values()), recap
+    for node in NODES:
+        state = snapshot(fresh, node)
+        diff = "".join(difflib.unified_diff(piblade_state[node].splitlines(True), state.splitlines(True),
+                                            "piblade provision", "ansible-playbook"))
+        assert not diff, f"{node}:\n{diff}"
+
+
+def test_piblade_check_finds_nothing_to_change_after_ansible(inventory: Path) -> None:
+    report = provision_json(inventory, "--check")
+    assert {h: r["changed"] for h, r in report.items()} == dict.fromkeys(("controller", *NODES), 0), report
+    assert any("sshfs" in note for note in report["tb-w1"]["notes"])
+
+
+def test_a_job_runs_on_the_ansible_provisioned_workers(fresh, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+    run = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=400", "-p", "height=240",
+                  "-p", "tiles=24", "--wait", "--json", timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    status = json.loads(run.stdout)
+    assert status["state"] == "finished"
+    assert set(status["nodes"]) == {"tb-w1", "tb-w2"}  # both workers took tiles
+    png = f"/srv/piblade/{status['output']}/mandelbrot.png"
+    assert fresh.run("tb-nas", f"sudo test -s {png} && echo present").stdout.strip() == "present"
+
+
+def test_ansible_changes_nothing_after_piblade_provision(inventory: Path) -> None:
+    report = provision_json(inventory)
+    assert {h: r["changed"] for h, r in report.items()} == dict.fromkeys(report, 0), report
+    recap = ansible_playbook(inventory)
+    assert {h: (r["changed"], r["failed"]) for h, r in recap.items()} == dict.fromkeys(recap, (0, 0)), recap
