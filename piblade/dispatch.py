@@ -50,19 +50,7 @@ def submit(
         raise PibladeError(f"--timeout must be positive, not {timeout}")
     if retries < 0:
         raise PibladeError(f"--retries must be 0 or more, not {retries}")
-    run_id = runs.new_run_id()
-    record = RunRecord(
-        id=run_id,
-        job=spec.name,
-        params=params,
-        total=len(plan),
-        queue=queue,
-        created=time.time(),
-        output=f"runs/{run_id}" if spec.writes_output else "",
-        has_reduce=spec.reduce is not None,
-        timeout=timeout or spec.timeout,
-        retries=retries,
-    )
+    record = _new_record(spec, params, len(plan), queue, timeout, retries)
     _enqueue_run(conn, spec.task_path, spec.name, record, plan)
     return record
 
@@ -156,12 +144,21 @@ def submit_over(
     if retries < 0:
         raise PibladeError(f"--retries must be 0 or more, not {retries}")
     common = {k: v for k, v in spec.validate({**raw_params, "path": paths[0]}).items() if k != "path"}
+    record = _new_record(spec, {**common, "over": pattern}, len(plan), queue, timeout, retries)
+    _enqueue_run(conn, spec.task_path, spec.name, record, plan)
+    return record
+
+
+def _new_record(
+    spec: Any, params: dict[str, Any], total: int, queue: str, timeout: int | None, retries: int
+) -> RunRecord:
+    """The record of a new run: its output directory (if the job writes one), timeout and retries."""
     run_id = runs.new_run_id()
-    record = RunRecord(
+    return RunRecord(
         id=run_id,
         job=spec.name,
-        params={**common, "over": pattern},
-        total=len(plan),
+        params=params,
+        total=total,
         queue=queue,
         created=time.time(),
         output=f"runs/{run_id}" if spec.writes_output else "",
@@ -169,8 +166,6 @@ def submit_over(
         timeout=timeout or spec.timeout,
         retries=retries,
     )
-    _enqueue_run(conn, spec.task_path, spec.name, record, plan)
-    return record
 
 
 def _meta(record: RunRecord, index: int, phase: str) -> dict[str, Any]:
