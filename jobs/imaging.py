@@ -25,10 +25,8 @@ This module must not import Numba at module level.
 from __future__ import annotations
 
 import math
-import os
 import posixpath
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from piblade.errors import BadParameter
+from piblade.outputs import replace_into
 from piblade.registry import REQUIRED, Param, TaskContext, job
 
 OPS = ("grayscale", "blur", "edges", "resize")
@@ -219,15 +218,8 @@ def save(array: np.ndarray, path: Path) -> None:
         raise BadParameter(f"image: cannot tell the image format of {path.name!r} from its extension")
     picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     options: dict[str, Any] = {"quality": 95} if fmt == "JPEG" else {}
-    try:
-        with open(tmp, "wb") as fh:
-            picture.save(fh, format=fmt, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_into(path, lambda fh: picture.save(fh, format=fmt, **options))
 
 
 # --------------------------------------------------------------------------- worker side

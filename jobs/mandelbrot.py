@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from piblade.errors import BadParameter
+from piblade.outputs import replace_into
 from piblade.registry import Param, TaskContext, job
 
 IMAGE_NAME = "mandelbrot.png"
@@ -176,22 +175,6 @@ def _tile_path(output_dir: Path, index: int) -> Path:
     return output_dir / TILES_DIR / f"tile-{index:05d}.npy"
 
 
-def _tmp_name(path: Path) -> Path:
-    """A temporary sibling of ``path``, unique to this attempt (duplicates may run at once)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _replace_into(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- worker side
 
 
@@ -270,7 +253,7 @@ def reduce(ctx: TaskContext, params: Mapping[str, Any], results: list[Any]) -> d
         image.paste(Image.fromarray(lut[counts]), (0, y0))
         band = []
 
-    _replace_into(out_dir / IMAGE_NAME, lambda fh: image.save(fh, format="PNG"))
+    replace_into(out_dir / IMAGE_NAME, lambda fh: image.save(fh, format="PNG"))
     summary = {
         "image": IMAGE_NAME,
         "width": width,
@@ -278,7 +261,7 @@ def reduce(ctx: TaskContext, params: Mapping[str, Any], results: list[Any]) -> d
         "tiles": len(tasks),
         "mean_iter": total / (width * height),
     }
-    _replace_into(summary_path, lambda fh: fh.write(json.dumps(summary).encode()))
+    replace_into(summary_path, lambda fh: fh.write(json.dumps(summary).encode()))
     shutil.rmtree(out_dir / TILES_DIR, ignore_errors=True)
     return summary
 
@@ -320,5 +303,5 @@ def task(
         counts = counts.astype(np.uint16)
     path = _tile_path(Path(ctx.output_dir), index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_into(path, lambda fh: np.save(fh, counts, allow_pickle=False))
+    replace_into(path, lambda fh: np.save(fh, counts, allow_pickle=False))
     return {"tile": index, "box": [x0, y0, x1, y1], "pixels": int(counts.size)}

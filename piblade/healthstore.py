@@ -94,14 +94,6 @@ def pause_reason(conn: redis.Redis, node: str) -> str | None:
     return value.decode() if value else None
 
 
-def forget(conn: redis.Redis, node: str) -> None:
-    """Remove a node from the index (e.g. it left the inventory)."""
-    pipe = conn.pipeline(transaction=False)
-    pipe.hdel(NODES_KEY, node)
-    pipe.delete(SAMPLE_KEY.format(node), HISTORY_KEY.format(node), PAUSE_KEY.format(node))
-    pipe.execute()
-
-
 def pauses(conn: redis.Redis, names: list[str]) -> dict[str, str | None]:
     """Pause reason per node in one round trip (``None``: the node may take jobs)."""
     if not names:

@@ -45,11 +45,6 @@ def reduce_id(run_id: str) -> str:
     return f"{run_id}-reduce"
 
 
-def run_of_task(job_id: str) -> str:
-    """The run id a task id belongs to."""
-    return job_id.rsplit("-", 1)[0]
-
-
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     id: str

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from piblade.errors import PibladeError
 from piblade.inventory import Cluster, Node
-from piblade.provision import roles
 from piblade.provision.facts import FACTS_SCRIPT, NodeFacts, parse_facts
 from piblade.provision.ssh import Session, SshTarget
 from piblade.provision.steps import Change, Service, Step
@@ -238,8 +237,10 @@ def converge(
 
 def _result(run: HostRun, steps: list[StepResult], notes: list[str], error: str | None = None,
             notified: frozenset[str] = frozenset()) -> HostResult:
-    accepted = tuple(f"trusted new host key {k}" for k in (run.session.accepted if run.session else []))
-    run.session.accepted.clear() if run.session else None
+    accepted: tuple[str, ...] = ()
+    if run.session is not None:  # report each newly trusted key once, not again in a later stage
+        accepted = tuple(f"trusted new host key {k}" for k in run.session.accepted)
+        run.session.accepted.clear()
     return HostResult(run.node.name, tuple(steps), run.facts, tuple(notes) + accepted, error,
                       seconds=time.monotonic() - run.started, notified=notified)
 

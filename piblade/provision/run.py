@@ -19,7 +19,6 @@ from piblade.provision.engine import (
     EventFn,
     HostResult,
     HostRun,
-    StepResult,
     Wheelhouses,
     connect_and_gather,
     converge,
@@ -164,12 +163,3 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
         assert result is not None
         results[run.node.name] = result
     return [results[n.name] for n in selected if n.name in results]
-
-
-def summary_line(results: list[HostResult]) -> StepResult:
-    """Totals across hosts (for the recap's last line)."""
-    ok = sum(r.ok for r in results)
-    changed = sum(r.changed for r in results)
-    failed = sum(r.failed for r in results)
-    return StepResult("total", "failed" if failed else ("changed" if changed else "ok"),
-                      f"ok={ok} changed={changed} failed={failed}")
