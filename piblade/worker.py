@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -245,7 +246,7 @@ class BladeWorker(SimpleWorker):
             self._last_pause_check = time.monotonic()
             try:
                 self._pause = pause_reason(self.connection, _runtime.node)
-            except Exception:  # noqa: BLE001 - Redis trouble is handled by the dequeue path
+            except (RedisError, OSError):  # Redis trouble is handled (and logged) by the dequeue path
                 self._pause = None
         return self._pause
 
@@ -296,7 +297,10 @@ class BladeWorker(SimpleWorker):
                     serializer=self.serializer,
                     death_penalty_class=self.death_penalty_class,
                 )
-            except Exception:  # noqa: BLE001 - RQ's own path below handles and logs errors
+            except (RedisError, OSError):
+                # RQ's own path below retries and logs. Catch nothing wider: a
+                # stop signal arrives here as RQ's StopRequested (an Exception),
+                # and swallowing it left a worker running after its supervisor.
                 result = None
             if result is not None:
                 job, queue = result
@@ -425,6 +429,26 @@ def _serve(config: WorkerConfig, target: Any) -> int:
     return 0
 
 
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Ask the kernel for a SIGTERM when the supervisor dies, however it dies.
+
+    Without it a worker outlives a supervisor killed with SIGKILL (by the OOM
+    killer, say) and keeps taking jobs under a service that systemd believes
+    stopped. SIGTERM is RQ's warm shutdown: the job in hand still finishes.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
+
+
 class Supervisor:
     """Forks N warm worker processes and restarts any that dies.
 
@@ -440,18 +464,26 @@ class Supervisor:
         self.restarts: list[float] = []
 
     def _spawn(self, slot: int) -> None:
+        # A stop signal between fork() and the bookkeeping below would reach a
+        # supervisor that does not know its new child yet, and the child would
+        # never be told to stop: hold the signals until both sides are set up.
+        parent = os.getpid()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             code = 1
             try:
+                _stop_with_parent(parent)
                 code = _serve(self.config, self.target)
             except Exception:  # noqa: BLE001
                 log.exception("worker process crashed")
             finally:
                 os._exit(code)
         self.children[pid] = slot
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     def _forward(self, signum: int, frame: Any) -> None:
         self.stopping = True

@@ -97,13 +97,51 @@ class WorkerPool:
     log: Path
 
     def stop(self) -> None:
+        """Stop the supervisor as systemd would (SIGTERM), and fail if any worker outlives it.
+
+        The pool runs in its own session, so its process group holds every
+        worker it forked. A straggler would take jobs from later tests (on the
+        same Redis) with the wrong registry and data directory.
+        """
+        slow = False
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                slow = True
                 self.proc.kill()
                 self.proc.wait()
+        left = self.reap_group(timeout=10)
+        assert not slow, f"the worker supervisor ignored SIGTERM for 30 s; log: {self.log}"
+        assert not left, f"worker processes {left} outlived their supervisor; log: {self.log}"
+
+    def reap_group(self, timeout: float) -> list[int]:
+        """Wait for the pool's processes to exit; SIGKILL and return those that did not."""
+        left = wait_for_group_to_exit(self.proc.pid, timeout)
+        if left:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return left
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group, read from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def wait_for_group_to_exit(pgid: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def start_workers(
@@ -143,4 +181,3 @@ def workers(redis_server: RedisServer, conn: redis.Redis, tmp_path: Path) -> Ite
     pool = start_workers(redis_server, tmp_path)
     yield pool
     pool.stop()
-    os.killpg(pool.proc.pid, signal.SIGKILL) if pool.proc.poll() is None else None

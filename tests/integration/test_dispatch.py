@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,13 @@ from piblade import dispatch, runs
 from piblade.errors import BadParameter, UnknownJob
 from piblade.registry import load_registry
 from piblade.worker import BladeJob
-from tests.integration.conftest import TEST_JOBS, RedisServer, WorkerPool, start_workers
+from tests.integration.conftest import (
+    TEST_JOBS,
+    RedisServer,
+    WorkerPool,
+    start_workers,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +243,58 @@ def test_cancel_stops_waiting_tasks_and_retry_brings_them_back(
         assert final.result == {"tasks": 12, "sum": sum(range(12))}
     finally:
         pool.stop()
+
+
+# A worker that swallowed its stop signal outlived its supervisor and took the
+# next tests' jobs; this script stops it at the worst moment, inside a dequeue.
+STOP_DURING_DEQUEUE = """
+import os, signal, sys
+from rq import Queue
+from rq.serializers import JSONSerializer
+from piblade.redisconn import connect, target_from_env
+from piblade.worker import BladeJob, BladeWorker
+
+class SignalledQueue(Queue):
+    @classmethod
+    def dequeue_any(cls, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # systemd stops the service right now
+        return super().dequeue_any(*args, **kwargs)
+
+conn = connect(target_from_env())
+queue = SignalledQueue("stop-test", connection=conn, job_class=BladeJob, serializer=JSONSerializer)
+worker = BladeWorker([queue], connection=conn, queue_class=SignalledQueue, name="stop-test.1")
+worker.work(burst=False, logging_level="WARNING", with_scheduler=False)
+print("stopped cleanly")
+"""
+
+
+def test_a_stop_signal_during_a_dequeue_stops_the_worker(redis_server: RedisServer, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", STOP_DURING_DEQUEUE],
+        env=worker_env(redis_server, tmp_path / "state"), capture_output=True, text=True, timeout=60, check=False,
+    )
+    # Swallowed, the worker would block on the queue forever (and the run hit the timeout).
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped cleanly" in proc.stdout
+
+
+def test_workers_stop_when_their_supervisor_is_killed_and_finish_the_job_in_hand(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path
+) -> None:
+    pool = start_workers(redis_server, tmp_path, processes=1, node="orphan")
+    record = dispatch.submit(conn, registry, "test-sleep", {"seconds": "2"})
+    task = runs.task_id(record.id, 0)
+    deadline = time.monotonic() + 30
+    while conn.hget(f"rq:job:{task}", "status") != b"started":
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.02)
+    # The OOM killer takes the supervisor only; its worker must not live on unsupervised.
+    pool.proc.kill()
+    pool.proc.wait()
+    left = pool.reap_group(timeout=20)
+    assert not left, f"worker processes {left} outlived their supervisor"
+    # The worker's warm shutdown finished the job it had started, and the
+    # reduce step waits on the queue for the next worker: nothing is lost.
+    assert conn.hget(f"rq:job:{task}", "status") == b"finished"
+    status = dispatch.run_status(conn, record.id)
+    assert status.done == 1 and status.reduce_state == "queued", status.to_dict()
