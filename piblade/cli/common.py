@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import redis
 import typer
 
 from piblade.errors import ClusterError
-from piblade.redisconn import RedisTarget, connect, target_from_env
+
+if TYPE_CHECKING:  # redis-py costs ~50 ms to import; commands that never talk to Redis skip it
+    import redis
+
+    from piblade.redisconn import RedisTarget
 
 InventoryOption = typer.Option(
     None, "--inventory", "-i", help="Inventory of the cluster to use (default: the local cluster).", envvar="PIBLADE_INVENTORY"
@@ -18,6 +22,8 @@ JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 def resolve_target(inventory: Path | None) -> RedisTarget:
     """Which Redis to talk to: PIBLADE_REDIS_URL, else the inventory's controller, else the local cluster."""
+    from piblade.redisconn import RedisTarget, target_from_env
+
     from_env = target_from_env()
     if from_env is not None:
         return from_env
@@ -46,4 +52,6 @@ def resolve_target(inventory: Path | None) -> RedisTarget:
 
 
 def open_redis(inventory: Path | None) -> redis.Redis:
+    from piblade.redisconn import connect
+
     return connect(resolve_target(inventory))

@@ -373,7 +373,10 @@ class VenvInstall(Step):
         if lines and lines[0] == self.manifest:
             return None
         present = set(lines[1:])
-        uploads = tuple(Upload(w.name, local=w) for w in self.wheels if w.name not in present)
+        # A wheel's name pins its content, except piblade's own: new code keeps
+        # the version number, so that wheel is pushed every time.
+        uploads = tuple(Upload(w.name, local=w) for w in self.wheels
+                        if w.name not in present or w.name.startswith("piblade-"))
         wh, venv = q(self.wheelhouse), q(self.venv)
         moves = "".join(f' && install -m 644 -o root -g root "$STAGE/{u.name}" {wh}/' for u in uploads)
         own = next((w.name for w in self.wheels if w.name.startswith("piblade-")), None)

@@ -7,6 +7,7 @@ worker nodes and writes to the NAS → status → a worker loses power mid-run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -62,6 +63,26 @@ def test_second_provision_changes_nothing(inventory: Path) -> None:
     report = provision_json(inventory)
     assert report["returncode"] == 0
     assert {h["host"]: h["changed"] for h in report["hosts"]} == dict.fromkeys(hosts(report), 0)
+
+
+def test_new_piblade_code_reaches_a_node_that_has_an_older_wheel_of_the_same_version(
+    testbed, inventory: Path  # type: ignore[no-untyped-def]
+) -> None:
+    # As after a `git pull` on the controller: the node holds a piblade wheel with
+    # the same file name (the version did not change) but other contents.
+    wheel = "/opt/piblade/wheelhouse/piblade-*-py3-none-any.whl"
+    testbed.run("tb-w1", f"echo 'older code' | sudo tee -a {wheel} >/dev/null; "
+                         "echo old-manifest | sudo tee /opt/piblade/venv/.piblade-wheelhouse >/dev/null")
+    report = provision_json(inventory, "--limit", "tb-w1")
+    assert report["returncode"] == 0, report["stderr"]
+    assert "piblade in /opt/piblade/venv" in {c["step"] for c in hosts(report)["tb-w1"]["changes"]}
+    from piblade.provision.wheelhouse import build
+    from piblade.state import state_dir
+
+    ours = next(w for w in build(state_dir() / "wheelhouse", "x86_64", "3.11").wheels if w.name.startswith("piblade-"))
+    on_node = testbed.run("tb-w1", f"sha256sum /opt/piblade/wheelhouse/{ours.name}").stdout.split()[0]
+    assert on_node == hashlib.sha256(ours.read_bytes()).hexdigest()
+    assert hosts(provision_json(inventory, "--limit", "tb-w1"))["tb-w1"]["changed"] == 0
 
 
 def test_check_finds_exactly_a_hand_made_drift(testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]

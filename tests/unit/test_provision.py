@@ -132,9 +132,12 @@ def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
     assert change is not None and [u.name for u in change.uploads] == ["b-2-py3-none-any.whl"]
     assert 'install -m 644 -o root -g root "$STAGE/b-2-py3-none-any.whl" /opt/wh/' in change.script
     (tmp_path / "piblade-0.1.0-py3-none-any.whl").write_bytes(b"new code, same version")
+    # The node still has the old piblade wheel under the same name: it is pushed anyway.
     own = VenvInstall("/opt/v", "/opt/wh", (*wheels, tmp_path / "piblade-0.1.0-py3-none-any.whl"), "m2",
-                      "piblade==0.1.0").decide("m1")
+                      "piblade==0.1.0").decide("m1\na-1-py3-none-any.whl\nb-2-py3-none-any.whl\n"
+                                               "piblade-0.1.0-py3-none-any.whl")
     assert own is not None
+    assert [u.name for u in own.uploads] == ["piblade-0.1.0-py3-none-any.whl"]
     assert "--no-deps --force-reinstall /opt/wh/piblade-0.1.0-py3-none-any.whl" in own.script
 
 
