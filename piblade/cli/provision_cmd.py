@@ -138,16 +138,21 @@ def register_wheelhouse(app: typer.Typer) -> None:
         arch: str = typer.Option("aarch64", "--arch", help="Node architecture: aarch64 (Raspberry Pi) or x86_64."),
         python: str = typer.Option("3.11", "--python", help="Python version of the nodes (major.minor)."),
         as_json: bool = typer.Option(False, "--json", help="Print directory, manifest and wheels as JSON."),
+        as_archive: bool = typer.Option(False, "--archive", help="Also pack the wheels into one tar (for Ansible)."),
     ) -> None:
         """Build (or reuse) the wheelhouse that provisioning pushes to nodes; the Ansible roles use it too."""
-        from piblade.provision.wheelhouse import build
+        from piblade.provision.wheelhouse import archive, build
         from piblade.state import state_dir
 
         with err_console.status(f"building the {arch} wheelhouse for Python {python}"):
             house = build(state_dir() / "wheelhouse", arch, python)
+            tar = archive(house) if as_archive else None
         if as_json:
             print_json({"directory": str(house.directory), "manifest": house.manifest,
-                        "requirement": house.requirement, "wheels": [w.name for w in house.wheels]})
+                        "requirement": house.requirement, "wheels": [w.name for w in house.wheels],
+                        **({"archive": str(tar)} if tar else {})})
         else:
             size = sum(w.stat().st_size for w in house.wheels) / 2**20
             console.print(f"{house.directory}: {len(house.wheels)} wheels, {size:.0f} MiB, manifest {house.manifest}")
+            if tar:
+                console.print(f"archive: {tar}")

@@ -13,7 +13,7 @@ from piblade.provision import roles
 from piblade.provision.engine import apply_script, parse_apply, probe_script, restarts, split_probes
 from piblade.provision.facts import parse_facts
 from piblade.provision.steps import Directory, File, Packages, SambaUser, Service, SystemUser, VenvInstall
-from piblade.provision.wheelhouse import Wheelhouse
+from piblade.provision.wheelhouse import Wheelhouse, archive
 
 PI_FACTS = """arch=aarch64
 kernel=6.6.51+rpt-rpi-2712
@@ -292,3 +292,31 @@ def test_tags_filter_steps(ctx: roles.Context) -> None:
 def test_mount_unit_names_follow_systemd_escaping() -> None:
     assert roles.mount_unit_name("/mnt/piblade") == "mnt-piblade.mount"
     assert roles.mount_unit_name("/srv/nas-data/") == "srv-nas\\x2ddata.mount"
+
+
+def test_wheelhouse_archive_holds_every_wheel_as_root_0644_and_is_made_once(tmp_path: Path) -> None:
+    import tarfile
+    import threading
+
+
+    house_dir = tmp_path / "x86_64-py3.11-3abc"
+    house_dir.mkdir()
+    wheels = []
+    for i, name in enumerate(("numpy-2.3.0-cp311-manylinux.whl", "piblade-0.1.0-py3-none-any.whl")):
+        (house_dir / name).write_bytes(bytes([i]) * (1000 + i))
+        (house_dir / name).chmod(0o600)
+        wheels.append(house_dir / name)
+    house = Wheelhouse(house_dir, tuple(wheels), "m", "piblade==0.1.0")
+    made: list[Path] = []
+    threads = [threading.Thread(target=lambda: made.append(archive(house))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(made) == {house_dir / "wheels.tar"}
+    with tarfile.open(house_dir / "wheels.tar") as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == [w.name for w in wheels]  # plain names: unarchive into the wheelhouse
+        assert {(m.mode, m.uid, m.gid, m.uname) for m in members} == {(0o644, 0, 0, "root")}
+        assert [tar.extractfile(m).read() for m in members] == [w.read_bytes() for w in wheels]  # type: ignore[union-attr]
+    assert not list(house_dir.glob(".*partial"))
