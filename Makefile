@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench packages test-packages install clean
+.PHONY: demo test lint bench packages test-packages install clean
 
 # Debian packages first (a fresh Debian has no python3-venv), then the venv.
 packages:
@@ -25,8 +25,12 @@ install: $(STAMP)
 demo: packages install
 	@bash scripts/demo.sh
 
-test: packages test-packages install
+# Lint first (a second): a lint error fails the suite before ten minutes of tests.
+test: packages test-packages install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
 
 bench: packages test-packages install
 	@for b in bench/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -9,17 +9,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from piblade import local  # noqa: E402
-from piblade.redisconn import RedisTarget, connect  # noqa: E402
+from piblade import local
+from piblade.redisconn import RedisTarget, connect
 
 
 @contextmanager

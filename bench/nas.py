@@ -80,8 +80,7 @@ def run(server: SambaServer, work: Path) -> None:
     auth.chmod(0o600)
     big = work / "big.bin"
     with open(big, "wb") as fh:
-        for _ in range(BIG // (16 * MiB)):
-            fh.write(os.urandom(16 * MiB))
+        fh.writelines(os.urandom(16 * MiB) for _ in range(BIG // (16 * MiB)))
     small = work / "small"
     small.mkdir()
     for i in range(SMALL_COUNT):

@@ -117,7 +117,7 @@ def main() -> None:
           f"first {blade[0] * 1000:7.1f} ms, worst {max(blade) * 1000:7.1f} ms")
     print(f"ratio piblade / bare kernel:      {statistics.median(blade) / kernel:7.2f}x (worst {max(blade) / kernel:.2f}x)")
     print(f"ratio plain RQ / piblade:         {statistics.median(plain) / statistics.median(blade):7.1f}x")
-    print(f"idle piblade worker RSS:          " + ", ".join(f"{r:.0f} MiB" for r in idle_rss)
+    print("idle piblade worker RSS:          " + ", ".join(f"{r:.0f} MiB" for r in idle_rss)
           + " (--processes 1: one process)")
     print("--processes 2, RSS / PSS:          " + ", ".join(f"{r:.0f}/{p:.0f} MiB" for r, p in shared)
           + f" (supervisor, then workers); total PSS {sum(p for _, p in shared):.0f} MiB")

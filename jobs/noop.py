@@ -28,4 +28,3 @@ def split(params: Mapping[str, Any]) -> list[dict[str, Any]]:
 )
 def task(ctx: TaskContext, *, i: int) -> None:
     """Return immediately."""
-    return None

@@ -303,7 +303,7 @@ def task(
     ctx: TaskContext,
     *,
     path: str,
-    format: str,  # noqa: A002 - the parameter's public name
+    format: str,  # shadows the builtin: it is the parameter's public name
     column: int,
     part: int,
     parts: int,

@@ -106,7 +106,7 @@ class BladeJob(Job):
 
     def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
         """Never call out to URLs found in a job: that would let Redis writers make us fetch anything."""
-        return None
+        return
 
     def _execute(self) -> Any:
         spec, phase = self.registry.by_callable(self.func_name)
@@ -184,7 +184,7 @@ class _KeepAlive(threading.Thread):
                 self._give_up(job, execution, queue, timeout)
             try:
                 self.worker.maintain_heartbeats(job, execution)
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the job
+            except Exception:
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)
 
     def _give_up(self, job: Job, execution: Any, queue: Queue, timeout: int) -> None:
@@ -205,7 +205,7 @@ class _KeepAlive(threading.Thread):
 
             job.ended_at = now()
             self.worker.handle_job_failure(job, queue, exc_string=message, execution=execution)
-        except Exception:  # noqa: BLE001 - the heartbeat expiry still catches it
+        except Exception:
             log.exception("could not record the hard timeout of job %s", job.id)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -478,7 +478,7 @@ class Supervisor:
             try:
                 _stop_with_parent(parent)
                 code = _serve(self.config, self.target)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("worker process crashed")
             finally:
                 os._exit(code)

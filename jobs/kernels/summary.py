@@ -38,10 +38,8 @@ def chunk_stats(values, edges, hist):  # pragma: no cover - compiled
             continue
         count += 1
         total += v
-        if v < vmin:
-            vmin = v
-        if v > vmax:
-            vmax = v
+        vmin = min(vmin, v)
+        vmax = max(vmax, v)
         if nbins > 0:
             if v < lo:
                 below += 1

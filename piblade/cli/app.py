@@ -99,7 +99,7 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - last resort: keep the traceback, say where
+    except Exception as exc:  # last resort: keep the traceback, say where
         import click
 
         if isinstance(exc, click.exceptions.ClickException):

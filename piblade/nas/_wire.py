@@ -90,7 +90,7 @@ def _drain(inflight: collections.deque[Any], recv: Callable[[Any], Any]) -> None
     while inflight:
         try:
             recv(inflight.popleft()[0])
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - the first failure is what gets raised; these are its echoes
             pass
 
 

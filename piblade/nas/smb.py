@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import smbclient
 from smbclient._io import SMBFileIO, SMBFileTransaction, set_info
@@ -104,7 +104,7 @@ class SmbShare:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> SmbShare:
+    def __enter__(self) -> Self:
         self.open()
         return self
 

@@ -159,9 +159,10 @@ def restarts(steps: list[Step], decisions: list[Change | None], earlier: frozens
     notified = notified_by(steps, decisions) | earlier
     out = []
     for step, ch in zip(steps, decisions, strict=True):
-        if isinstance(step, Service) and step.unit.removesuffix(".service") in notified:
-            if ch is None or "start" not in ch.summary:
-                out.append(step.restart())
+        if not isinstance(step, Service) or step.unit.removesuffix(".service") not in notified:
+            continue
+        if ch is None or "start" not in ch.summary:
+            out.append(step.restart())
     return out
 
 

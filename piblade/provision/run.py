@@ -14,7 +14,6 @@ from piblade.errors import PibladeError
 from piblade.inventory import Cluster
 from piblade.local import LocalPaths
 from piblade.provision import roles
-from piblade.provision.steps import Step
 from piblade.provision.engine import (
     EventFn,
     HostResult,
@@ -25,6 +24,7 @@ from piblade.provision.engine import (
     run_parallel,
     target_for,
 )
+from piblade.provision.steps import Step
 from piblade.state import ensure_secret, private_dir, read_secret, state_dir, write_private
 
 
@@ -85,7 +85,7 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
     """Bring every selected node to its role's state. Returns one result per host, inventory order."""
     unknown = options.limit - {n.name for n in cluster.nodes}
     if unknown:
-        cluster.node(sorted(unknown)[0])  # raises NotFound with a did-you-mean
+        cluster.node(min(unknown))  # raises NotFound with a did-you-mean
     selected = [n for n in cluster.nodes if not options.limit or n.name in options.limit]
     known_hosts = known_hosts_file(cluster)
     secrets = load_secrets(cluster)

@@ -25,6 +25,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import paramiko
 from fabric import Connection
@@ -193,7 +194,7 @@ class Session:
         self._conn = conn
         return self
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> Self:
         return self.open() if self._conn is None else self
 
     def __exit__(self, *exc: object) -> None:

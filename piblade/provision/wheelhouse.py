@@ -83,9 +83,8 @@ def _conditional_requirements(wheel: Path) -> set[str]:
             if not line.startswith("Requires-Dist:") or ";" not in line:
                 continue
             requirement, marker = line.removeprefix("Requires-Dist:").split(";", 1)
-            if "python_version" in marker or "python_full_version" in marker:
-                if "extra ==" not in marker:
-                    found.add(requirement.strip().replace(" ", ""))
+            if ("python_version" in marker or "python_full_version" in marker) and "extra ==" not in marker:
+                found.add(requirement.strip().replace(" ", ""))
     return found
 
 

@@ -52,7 +52,7 @@ def test_first_provision_brings_every_node_up(inventory: Path) -> None:
     by_host = hosts(report)
     assert report["returncode"] == 0, json.dumps(report, indent=1)
     assert set(by_host) == {"controller", "tb-nas", "tb-w1", "tb-w2"}
-    for name, host in by_host.items():
+    for host in by_host.values():
         assert host["failed"] == 0, host
         assert host["changed"] > 0, host
     assert any("sshfs" in note for note in by_host["tb-w1"]["notes"])  # the testbed kernel has no cifs
