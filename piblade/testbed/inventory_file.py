@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from piblade.testbed.node import CONTROLLER_ADDRESS, TestbedNode
+from piblade.testbed.node import CONTROLLER_ADDRESS, CONTROLLER_NAME, TestbedNode
 
 CLUSTER_NAME = "testbed"
 REDIS_PORT = 6390  # not 6379, so a Redis the developer runs on this machine is left alone
@@ -28,7 +28,7 @@ def render_inventory(nodes: tuple[TestbedNode, ...], *, key: Path, known_hosts: 
                 "piblade_known_hosts": str(known_hosts),
             },
             "children": {
-                "controller": {"hosts": {"controller": {
+                "controller": {"hosts": {CONTROLLER_NAME: {
                     "ansible_host": CONTROLLER_ADDRESS,
                     "ansible_connection": "local",
                     "piblade_redis_port": REDIS_PORT,

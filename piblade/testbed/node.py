@@ -36,6 +36,8 @@ BRIDGE = "pibr0"
 NETWORK = ipaddress.ip_network("10.199.0.0/24")
 CONTROLLER_ADDRESS = "10.199.0.1"
 NAME_PREFIX = "tb-"
+# Not "controller": Ansible warns when a host is named like its group.
+CONTROLLER_NAME = f"{NAME_PREFIX}ctl"
 NAS_NAME = f"{NAME_PREFIX}nas"
 WORKER_PREFIX = f"{NAME_PREFIX}w"
 MAX_WORKERS = 20
@@ -136,7 +138,7 @@ def network_file(node: TestbedNode) -> str:
 
 
 def hosts_file(node: TestbedNode, nodes: tuple[TestbedNode, ...]) -> str:
-    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", f"{CONTROLLER_ADDRESS}\tcontroller"]
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", f"{CONTROLLER_ADDRESS}\t{CONTROLLER_NAME} controller"]
     lines += [f"{n.address}\t{n.name}" for n in nodes]
     if node not in nodes:
         lines.append(f"{node.address}\t{node.name}")

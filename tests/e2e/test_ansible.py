@@ -82,7 +82,7 @@ def ansible_playbook(inventory: Path) -> dict[str, dict[str, int]]:
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr
     recap = {m[0]: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m[1:]), strict=True))
              for m in RECAP.findall(run.stdout)}
-    assert set(recap) == {"controller", *NODES}, run.stdout[-3000:]
+    assert set(recap) == {"tb-ctl", *NODES}, run.stdout[-3000:]
     return recap
 
 
@@ -141,7 +141,7 @@ def test_ansible_provisions_fresh_nodes_to_exactly_piblades_state(fresh, invento
 
 def test_piblade_check_finds_nothing_to_change_after_ansible(inventory: Path) -> None:
     report = provision_json(inventory, "--check")
-    assert {h: r["changed"] for h, r in report.items()} == dict.fromkeys(("controller", *NODES), 0), report
+    assert {h: r["changed"] for h, r in report.items()} == dict.fromkeys(("tb-ctl", *NODES), 0), report
     assert any("sshfs" in note for note in report["tb-w1"]["notes"])
 
 

@@ -51,7 +51,7 @@ def test_first_provision_brings_every_node_up(inventory: Path) -> None:
     report = provision_json(inventory)
     by_host = hosts(report)
     assert report["returncode"] == 0, json.dumps(report, indent=1)
-    assert set(by_host) == {"controller", "tb-nas", "tb-w1", "tb-w2"}
+    assert set(by_host) == {"tb-ctl", "tb-nas", "tb-w1", "tb-w2"}
     for host in by_host.values():
         assert host["failed"] == 0, host
         assert host["changed"] > 0, host
@@ -118,7 +118,7 @@ def test_status_shows_every_node_up(inventory: Path) -> None:
             break
         time.sleep(1)
     assert run.returncode == 0, run.stdout
-    assert {n["name"]: n["up"] for n in data["nodes"]} == {"controller": True, "tb-nas": True, "tb-w1": True,
+    assert {n["name"]: n["up"] for n in data["nodes"]} == {"tb-ctl": True, "tb-nas": True, "tb-w1": True,
                                                            "tb-w2": True}
 
 

@@ -77,7 +77,7 @@ def test_the_generated_inventory_is_a_valid_piblade_inventory(tmp_path: Path) ->
     cluster = parse_inventory(render_inventory(plan_nodes(3), key=key, known_hosts=known), source="testbed.yml")
     assert cluster.name == "testbed"
     assert (cluster.controller.name, cluster.controller.address, cluster.controller.is_local) == (
-        "controller", "10.199.0.1", True)
+        "tb-ctl", "10.199.0.1", True)
     assert (cluster.controller.settings.redis_port, cluster.controller.settings.redis_bind) == (6390, "10.199.0.1")
     assert cluster.nas is not None and (cluster.nas.name, cluster.nas.address) == ("tb-nas", "10.199.0.10")
     assert [w.name for w in cluster.workers] == ["tb-w1", "tb-w2", "tb-w3"]
@@ -150,7 +150,7 @@ def test_inventory_file_describes_the_running_testbed(every_node_up: Testbed) ->
     cluster = load_inventory(info.inventory)
     assert cluster.name == "testbed"
     assert {n.name: n.address for n in cluster.nodes} == {
-        "controller": "10.199.0.1", **{n.name: n.address for n in info.nodes}}
+        "tb-ctl": "10.199.0.1", **{n.name: n.address for n in info.nodes}}
     assert cluster.nas is not None and cluster.nas.settings.known_hosts == str(info.known_hosts)
     assert info.key.stat().st_mode & 0o777 == 0o600
 
