@@ -48,7 +48,10 @@ class NodeFacts:
         )
 
     def summary(self) -> str:
-        return f"{self.model}, {self.arch}, {self.mem_mib} MiB, {self.os}"
+        board = self.model
+        if board == "unknown":  # no device tree or DMI name: say what it runs in, if anything
+            board = f"{self.virtualization} guest" if self.virtualization != "none" else "unknown board"
+        return f"{board}, {self.arch}, {self.mem_mib} MiB, {self.os}"
 
 
 def parse_facts(output: str) -> NodeFacts:

@@ -391,9 +391,10 @@ class VenvInstall(Step):
             f"{reinstall}"
             f" && echo {self.manifest} > {q(self.marker)}"
         )
-        mib = sum(u.size for u in uploads) / 2**20
-        return Change(self.name, f"install {self.requirement} ({len(uploads)} wheels, {mib:.0f} MiB to push)",
-                      script, uploads)
+        size = sum(u.size for u in uploads)
+        amount = f"{size / 2**20:.0f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
+        wheels = f"{len(uploads)} wheel{'' if len(uploads) == 1 else 's'}"
+        return Change(self.name, f"install {self.requirement} ({wheels}, {amount} to push)", script, uploads)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ def test_facts_of_a_testbed_node() -> None:
     facts = parse_facts(NSPAWN_FACTS)
     assert not facts.cifs and facts.fuse
     assert facts.virtualization == "systemd-nspawn"
+    assert facts.summary() == "systemd-nspawn guest, x86_64, 24000 MiB, Debian GNU/Linux 12 (bookworm)"
 
 
 def test_facts_script_runs_here_and_parses() -> None:
@@ -138,6 +139,7 @@ def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
                                                "piblade-0.1.0-py3-none-any.whl")
     assert own is not None
     assert [u.name for u in own.uploads] == ["piblade-0.1.0-py3-none-any.whl"]
+    assert own.summary == "install piblade==0.1.0 (1 wheel, 0 KiB to push)"
     assert "--no-deps --force-reinstall /opt/wh/piblade-0.1.0-py3-none-any.whl" in own.script
 
 
