@@ -105,9 +105,8 @@ class Agent:
             interval=self.config.interval,
             role=self.config.role,
             pause=sample.paused,
+            history_len=self.config.history_len,
         )
-        if self.config.history_len is not None:
-            healthstore.trim_history(self.client, self.config.node, self.config.history_len)
         return sample
 
     def run(self, *, handle_signals: bool = True) -> int:

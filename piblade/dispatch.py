@@ -410,16 +410,27 @@ def task_status(conn: redis.Redis, job_id: str) -> dict[str, Any]:
 
 
 def cancel(conn: redis.Redis, run_id: str) -> dict[str, int]:
-    """Cancel every task that has not started; running ones finish (they are short by design)."""
+    """Cancel every task that has not started; running ones finish (they are short by design).
+
+    Workers keep dequeuing while this runs. A queued task is taken off the
+    queue list first (LREM, atomic against a worker's dequeue) and canceled only
+    if it was still there, so the counts returned are what really happened.
+    """
     record = runs.load_run(conn, run_id)
     ids = record.all_job_ids
-    canceled = running = 0
-    for job_id, state in zip(ids, _statuses(conn, ids), strict=True):
-        if state in ("queued", "deferred", "scheduled"):
-            BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer).cancel()
-            canceled += 1
-        elif state == "started":
-            running += 1
+    states = _statuses(conn, ids)
+    queue_key = _queue(conn, record.queue).key
+    queued = [j for j, s in zip(ids, states, strict=True) if s == "queued"]
+    pipe = conn.pipeline(transaction=False)
+    for job_id in queued:
+        pipe.lrem(queue_key, 1, job_id)
+    taken = {j for j, removed in zip(queued, pipe.execute(), strict=True) if removed}
+    waiting = taken | {j for j, s in zip(ids, states, strict=True) if s in ("deferred", "scheduled")}
+    for job_id in waiting:
+        BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer).cancel()
+    canceled = len(waiting)
+    # Started now: started at the snapshot, or dequeued between it and the LREM.
+    running = sum(s == "started" for s in _statuses(conn, [j for j in ids if j not in waiting]))
     # A canceled task never finishes, so the reduce must not start from retries either.
     conn.set(runs.REDUCE_LOCK_KEY.format(run_id), 1, ex=runs.RUN_TTL)
     return {"canceled": canceled, "running": running}

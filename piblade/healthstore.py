@@ -49,13 +49,20 @@ def publish(
     interval: float,
     role: str = "",
     pause: str | None = None,
+    history_len: int | None = None,
 ) -> None:
-    """One heartbeat: current sample, history entry, node index, pause flag — one round trip."""
+    """One heartbeat: current sample, history entry, node index, pause flag — one round trip.
+
+    The history is trimmed approximately (cheap: Redis drops whole stream nodes
+    of ~100 entries), or to exactly ``history_len`` entries in the same XADD for
+    an agent told to keep a short history.
+    """
     payload = json.dumps(sample, separators=(",", ":"))
     ttl = ttl_for(interval)
     pipe = conn.pipeline(transaction=False)
     pipe.set(SAMPLE_KEY.format(node), payload, ex=ttl)
-    pipe.xadd(HISTORY_KEY.format(node), {"j": payload}, maxlen=history_length(interval), approximate=True)
+    pipe.xadd(HISTORY_KEY.format(node), {"j": payload}, maxlen=history_len or history_length(interval),
+              approximate=history_len is None)
     pipe.hset(NODES_KEY, node, json.dumps({"role": role, "interval": interval, "last_seen": time.time()}))
     if pause:
         pipe.set(PAUSE_KEY.format(node), pause, ex=ttl)
@@ -100,12 +107,3 @@ def pauses(conn: redis.Redis, names: list[str]) -> dict[str, str | None]:
         return {}
     raw = conn.mget([PAUSE_KEY.format(n) for n in names])
     return {n: (r.decode() if r else None) for n, r in zip(names, raw, strict=True)}
-
-
-def trim_history(conn: redis.Redis, node: str, maxlen: int) -> None:
-    """Cut a node's history to exactly ``maxlen`` entries.
-
-    :func:`publish` trims approximately (cheap, but Redis only drops whole
-    stream nodes of ~100 entries); this is for agents told to keep a short history.
-    """
-    conn.xtrim(HISTORY_KEY.format(node), maxlen=maxlen, approximate=False)

@@ -26,7 +26,7 @@ from piblade.testbed import Testbed, TestbedError, check_host
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # down before the other tiers run: its nodes share the CPUs
 def testbed() -> Iterator[Testbed]:
     try:
         check_host()
@@ -51,3 +51,30 @@ def every_node_up(testbed: Testbed) -> Testbed:
         if not node.running:
             testbed.start(node.name)
     return testbed
+
+
+def wait_for_workers(inventory: Path, nodes: set[str], timeout: float = 240) -> None:
+    """Block until every one of ``nodes`` has a worker registered with the cluster Redis.
+
+    Provisioning starts the worker services but does not wait for them: on fresh
+    nodes they first compile every Numba kernel, on the same two cores as the
+    rest of the testbed. A fan-out submitted before that runs on whichever node
+    was ready first.
+    """
+    import time
+
+    from rq.worker import BaseWorker
+
+    from piblade.cli.common import open_redis
+
+    conn = open_redis(inventory)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready = {w.name.split(".", 1)[0] for w in BaseWorker.all(connection=conn)}
+            if nodes <= ready:
+                return
+            assert time.monotonic() < deadline, f"no worker registered from {sorted(nodes - ready)} in {timeout:.0f} s"
+            time.sleep(0.5)
+    finally:
+        conn.close()

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import wait_for_workers
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +148,7 @@ def test_piblade_check_finds_nothing_to_change_after_ansible(inventory: Path) ->
 
 
 def test_a_job_runs_on_the_ansible_provisioned_workers(fresh, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
     run = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=400", "-p", "height=240",
                   "-p", "tiles=24", "--wait", "--json", timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import wait_for_workers
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +101,7 @@ def test_check_finds_exactly_a_hand_made_drift(testbed, inventory: Path) -> None
 
 
 def test_a_fan_out_runs_on_the_worker_nodes_and_lands_on_the_nas(testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
     run = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=400", "-p", "height=240",
                   "-p", "tiles=24", "--wait", "--json", timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -123,30 +126,29 @@ def test_status_shows_every_node_up(inventory: Path) -> None:
 
 
 def test_a_worker_that_loses_power_loses_no_tile(testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+    from rq.serializers import JSONSerializer
+
     from piblade.cli.common import resolve_target
-    from piblade.dispatch import run_status
     from piblade.redisconn import connect
+    from piblade.runs import load_run
+    from piblade.worker import BladeJob
 
     conn = connect(resolve_target(inventory))
+    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
     submitted = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=1600", "-p", "height=1000",
                         "-p", "max_iter=4000", "-p", "tiles=40", "--retries", "2", "--json")
     assert submitted.returncode == 0, submitted.stderr
     run_id = json.loads(submitted.stdout)["run"]
-    deadline = time.monotonic() + 120
-    while run_status(conn, run_id, details=False).counts.get("started", 0) < 2:
-        assert time.monotonic() < deadline, "the tiles never started"
-        time.sleep(0.2)
-    from rq.serializers import JSONSerializer
-
-    from piblade.runs import load_run
-    from piblade.worker import BladeJob
 
     def started_on_w1() -> list[str]:
         ids = load_run(conn, run_id).task_ids
         jobs = BladeJob.fetch_many(ids, connection=conn, serializer=JSONSerializer)
         return [j.id for j in jobs if j and j.get_status() == "started" and (j.worker_name or "").startswith("tb-w1.")]
 
-    in_flight = started_on_w1()
+    deadline = time.monotonic() + 120
+    while not (in_flight := started_on_w1()):
+        assert time.monotonic() < deadline, "tb-w1 never started a tile"
+        time.sleep(0.2)
     testbed.kill("tb-w1")
     killed = time.monotonic()
 

@@ -85,6 +85,9 @@ def worker_env(server: RedisServer, state: Path) -> dict[str, str]:
         PIBLADE_REDIS_PASSWORD_FILE=str(server.target.password_file),
         PIBLADE_JOB_MODULES=TEST_JOBS,
         PIBLADE_STATE_DIR=str(state),
+        # One Numba cache for the session: each pool compiling every kernel afresh
+        # cost ~20 s of CPU, on the same two cores as the test's own deadlines.
+        NUMBA_CACHE_DIR=str(server.paths.root.parent / "numba-cache"),
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
     )
     return env
@@ -144,11 +147,25 @@ def wait_for_group_to_exit(pgid: int, timeout: float) -> list[int]:
     return left
 
 
+_started_pools: list[WorkerPool] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_every_pool() -> Iterator[None]:
+    """Stop the pools a test started, also when it failed before its own cleanup.
+
+    A pool left running takes the next tests' jobs from the shared Redis.
+    """
+    yield
+    while _started_pools:
+        _started_pools.pop().stop()
+
+
 def start_workers(
     server: RedisServer, tmp: Path, processes: int = 2, node: str = "testnode", queues: str = "default",
     env: dict[str, str] | None = None,
 ) -> WorkerPool:
-    from piblade.dispatch import workers_on
+    from rq.worker import BaseWorker
 
     data = tmp / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -163,10 +180,12 @@ def start_workers(
             start_new_session=True,
         )
     pool = WorkerPool(proc, data, log)
+    _started_pools.append(pool)
     client = connect(server.target)
     deadline = time.monotonic() + 120
     try:
-        while workers_on(client, queues.split(",")[0]) < processes:
+        # Count this pool's own workers: a pool killed earlier stays registered for a while.
+        while sum(w.name.startswith(f"{node}.") for w in BaseWorker.all(connection=client)) < processes:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pool.stop()
                 pytest.fail(f"workers did not start:\n{log.read_text()[-3000:]}")

@@ -84,7 +84,7 @@ def test_unreachable_ngrok_fails_by_the_deadline(silent_server: str) -> None:
     with pytest.raises(tunnel.TunnelError) as err:
         tunnel.open_tunnel("http://127.0.0.1:9", options, "fake-authtoken-for-tests")
     took = time.monotonic() - started
-    assert 2.9 <= took < 5.0, took
+    assert 2.9 <= took < 8.0, took  # by the deadline, not at some later network timeout
     assert "could not reach ngrok within 3 s" in err.value.message
 
 
@@ -93,7 +93,7 @@ def test_refused_connection_fails_fast(refusing_addr: str) -> None:
     started = time.monotonic()
     with pytest.raises(tunnel.TunnelError) as err:
         tunnel.open_tunnel("http://127.0.0.1:9", options, "fake-authtoken-for-tests")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8  # well before the 10 s deadline
     assert "could not open the ngrok tunnel" in err.value.message
 
 
@@ -175,7 +175,7 @@ def test_cli_tunnel_without_authtoken_says_so_and_serves_locally(
         assert events.readline().startswith(b"retry:")
         started = time.monotonic()
         _stop(proc)
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 6  # not held until the stream ends
         assert proc.returncode == 0
         events.close()
     finally:
@@ -196,7 +196,7 @@ def test_cli_tunnel_unreachable_fails_by_the_deadline_and_serves_locally(
     try:
         _wait_for_text(log, "opening the ngrok tunnel", proc, timeout=20)
         took = _wait_for_text(log, "could not reach ngrok within 3 s", proc, timeout=8)
-        assert took < 5, took
+        assert took < 7, took
         assert f"the dashboard is still serving on {url}/" in log.read_text()
         token = (tmp_path / "state" / "dashboard.token").read_text().strip()
         assert _get(url + "/api/nodes", token) == 200

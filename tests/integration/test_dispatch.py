@@ -225,7 +225,7 @@ def test_cancel_stops_waiting_tasks_and_retry_brings_them_back(
 ) -> None:
     pool = start_workers(redis_server, tmp_path, processes=1, node="cancel")
     try:
-        record = dispatch.submit(conn, registry, "test-sleep", {"count": "12", "seconds": "0.4"})
+        record = dispatch.submit(conn, registry, "test-sleep", {"count": "12", "seconds": "0.8"})
         first = runs.task_id(record.id, 0)
         deadline = time.monotonic() + 30
         while conn.hget(f"rq:job:{first}", "status") not in (b"started", b"finished"):
@@ -282,7 +282,7 @@ def test_workers_stop_when_their_supervisor_is_killed_and_finish_the_job_in_hand
     redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path
 ) -> None:
     pool = start_workers(redis_server, tmp_path, processes=1, node="orphan")
-    record = dispatch.submit(conn, registry, "test-sleep", {"seconds": "2"})
+    record = dispatch.submit(conn, registry, "test-sleep", {"seconds": "6"})
     task = runs.task_id(record.id, 0)
     deadline = time.monotonic() + 30
     while conn.hget(f"rq:job:{task}", "status") != b"started":
