@@ -12,9 +12,20 @@ code 1; anything else is a bug and keeps its traceback.
     │   └── UnregisteredCallable  a queued job names code that is not a registered job
     ├── ClusterError
     │   ├── RedisUnavailable    the queue server does not answer or refuses our password
-    │   └── LocalClusterError   `piblade local` could not start or stop something
+    │   ├── LocalClusterError   `piblade local` could not start or stop something
+    │   └── TestbedError        the virtual cluster cannot boot here (piblade.testbed.system)
     ├── NotFound                a job or run id that does not exist
-    └── SecretError             a secrets file is missing or readable by others
+    ├── SecretError             a secrets file is missing or readable by others
+    ├── SshError                a node cannot be reached or logged into (piblade.provision.ssh)
+    │   ├── HostKeyUnknown      not in known_hosts yet: `piblade trust NODE`
+    │   └── HostKeyChanged      a different key than known_hosts says: refused, always
+    ├── NasError                the share refused or failed an operation (piblade.nas.errors:
+    │                           unreachable, auth, share or path not found, exists, disk full, ...)
+    ├── TunnelError             ngrok could not be reached or refused us (piblade.tunnel)
+    └── DashboardError          the dashboard cannot start (piblade.dashboard.server)
+
+The subclasses outside this module live next to the code that raises them, so a
+module that never touches SMB or SSH does not import them.
 """
 
 from __future__ import annotations
