@@ -24,6 +24,9 @@ from piblade.errors import PibladeError
 
 #: Bumped when what goes into a wheelhouse changes, so cached ones are rebuilt.
 FORMAT = "2"
+#: Wheelhouses kept per architecture and Python: two checkouts (or a branch
+#: switch) each keep theirs instead of deleting the other's on every build.
+KEEP = 3
 
 PLATFORMS = {
     "x86_64": ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"),
@@ -141,6 +144,15 @@ def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wh
     return build(cache, arch, python)
 
 
+def prune(cache: Path, prefix: str, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recently built wheelhouses named ``prefix…``; return the deleted."""
+    built = sorted((d for d in cache.glob(f"{prefix}*") if (d / "MANIFEST").exists()),
+                   key=lambda d: (d / "MANIFEST").stat().st_mtime, reverse=True)
+    for stale in built[keep:]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return built[keep:]
+
+
 def archive(house: Wheelhouse) -> Path:
     """The wheelhouse as one uncompressed tar (wheels are zip files already), made once.
 
@@ -195,6 +207,5 @@ def _build_into(cache: Path, root: Path, key: str, arch: str, python: str, log: 
             out.close()  # type: ignore[union-attr]
     wheels = sorted(building.glob("*.whl"))
     (building / "MANIFEST").write_text(_manifest(wheels) + "\n")
-    for stale in cache.glob(f"{arch}-py{python}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     building.rename(target)
+    prune(cache, f"{arch}-py{python}-", keep=KEEP)

@@ -13,7 +13,7 @@ from piblade.provision import roles
 from piblade.provision.engine import apply_script, parse_apply, probe_script, restarts, split_probes
 from piblade.provision.facts import parse_facts
 from piblade.provision.steps import Directory, File, Packages, SambaUser, Service, SystemUser, VenvInstall
-from piblade.provision.wheelhouse import Wheelhouse, archive
+from piblade.provision.wheelhouse import Wheelhouse, archive, prune
 
 PI_FACTS = """arch=aarch64
 kernel=6.6.51+rpt-rpi-2712
@@ -322,3 +322,19 @@ def test_wheelhouse_archive_holds_every_wheel_as_root_0644_and_is_made_once(tmp_
         assert {(m.mode, m.uid, m.gid, m.uname) for m in members} == {(0o644, 0, 0, "root")}
         assert [tar.extractfile(m).read() for m in members] == [w.read_bytes() for w in wheels]  # type: ignore[union-attr]
     assert not list(house_dir.glob(".*partial"))
+
+
+def test_wheelhouse_prune_keeps_the_newest_of_one_platform_only(tmp_path: Path) -> None:
+    import os
+
+    for age, name in enumerate(["x86_64-py3.11-2aaa", "x86_64-py3.11-2bbb", "x86_64-py3.11-2ccc",
+                                "x86_64-py3.11-2ddd", "aarch64-py3.11-2eee"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "MANIFEST").write_text("m\n")
+        os.utime(tmp_path / name / "MANIFEST", (1000 - age, 1000 - age))  # later in the list: older
+    (tmp_path / ".x86_64-py3.11-2fff.building").mkdir()  # another run's build in progress
+    deleted = prune(tmp_path, "x86_64-py3.11-", keep=3)
+    assert [d.name for d in deleted] == ["x86_64-py3.11-2ddd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".x86_64-py3.11-2fff.building", "aarch64-py3.11-2eee",
+        "x86_64-py3.11-2aaa", "x86_64-py3.11-2bbb", "x86_64-py3.11-2ccc"]
