@@ -25,12 +25,13 @@ install: $(STAMP)
 demo: packages install
 	@bash scripts/demo.sh
 
-# Lint first (a second): a lint error fails the suite before ten minutes of tests.
+# Lint and type-check first (seconds): an error fails the suite before minutes of tests.
 test: packages test-packages install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: packages test-packages install
 	@for b in bench/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -25,6 +25,8 @@ from typing import Any
 
 import redis
 
+from piblade.redisconn import text
+
 SAMPLE_KEY = "piblade:health:{}"
 HISTORY_KEY = "piblade:health:{}:history"
 PAUSE_KEY = "piblade:health:{}:pause"
@@ -73,7 +75,7 @@ def publish(
 
 def nodes(conn: redis.Redis) -> dict[str, dict[str, Any]]:
     """Every node that ever sent a heartbeat: name → {role, interval, last_seen}."""
-    return {k.decode(): json.loads(v) for k, v in conn.hgetall(NODES_KEY).items()}
+    return {text(k): json.loads(v) for k, v in conn.hgetall(NODES_KEY).items()}
 
 
 def current(conn: redis.Redis, names: list[str] | None = None) -> dict[str, dict[str, Any] | None]:
@@ -88,17 +90,17 @@ def current(conn: redis.Redis, names: list[str] | None = None) -> dict[str, dict
 def history(conn: redis.Redis, node: str, seconds: float = HISTORY_SECONDS, limit: int = 2000) -> list[dict[str, Any]]:
     """Samples of the last ``seconds``, oldest first, thinned to at most ``limit`` points."""
     start_ms = int((time.time() - seconds) * 1000)
-    entries = conn.xrange(HISTORY_KEY.format(node), min=str(start_ms), max="+")
+    entries = conn.xrange(HISTORY_KEY.format(node), min=str(start_ms), max="+") or []
     if len(entries) > limit:
         step = math.ceil(len(entries) / limit)
         entries = entries[::step]
-    return [json.loads(fields[b"j"]) for _, fields in entries]
+    return [json.loads(fields[b"j"]) for _, fields in entries if fields]
 
 
 def pause_reason(conn: redis.Redis, node: str) -> str | None:
     """Why workers on ``node`` should not take new jobs now, or None."""
     value = conn.get(PAUSE_KEY.format(node))
-    return value.decode() if value else None
+    return text(value) if value else None
 
 
 def pauses(conn: redis.Redis, names: list[str]) -> dict[str, str | None]:
@@ -106,4 +108,4 @@ def pauses(conn: redis.Redis, names: list[str]) -> dict[str, str | None]:
     if not names:
         return {}
     raw = conn.mget([PAUSE_KEY.format(n) for n in names])
-    return {n: (r.decode() if r else None) for n, r in zip(names, raw, strict=True)}
+    return {n: (text(r) if r else None) for n, r in zip(names, raw, strict=True)}

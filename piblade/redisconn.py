@@ -113,3 +113,8 @@ def connect(target: RedisTarget, *, timeout: float = 10.0) -> redis.Redis:
 def acl_line(username: str, password_sha256: str, rules: str) -> str:
     """One ``users.acl`` line. The file stores only the SHA-256 of the password."""
     return f"user {username} on #{password_sha256} {rules}"
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text: piblade's clients return bytes, redis-py's types allow str too."""
+    return value.decode() if isinstance(value, bytes) else value

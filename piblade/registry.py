@@ -16,7 +16,7 @@ import importlib
 import math
 import os
 import pkgutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,7 +287,7 @@ class Registry:
                 hint="only functions declared with @piblade.registry.job run on workers",
             ) from None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[JobSpec]:
         return iter(sorted(self.jobs.values(), key=lambda s: s.name))
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.typing import EncodableT
 
 from piblade.errors import NotFound
+from piblade.redisconn import text
 
 RUN_KEY = "piblade:run:{}"
 DONE_KEY = "piblade:run:{}:done"
@@ -83,8 +86,8 @@ class RunRecord:
         }
 
     @classmethod
-    def from_hash(cls, run_id: str, raw: dict[bytes, bytes]) -> RunRecord:
-        data = {k.decode(): v.decode() for k, v in raw.items()}
+    def from_hash(cls, run_id: str, raw: Mapping[bytes | str, bytes | str]) -> RunRecord:
+        data = {text(k): text(v) for k, v in raw.items()}
         return cls(
             id=run_id,
             job=data["job"],
@@ -102,7 +105,8 @@ class RunRecord:
 def save_run(pipe: redis.client.Pipeline, run: RunRecord) -> None:
     """Queue the writes of a run record on ``pipe`` (the caller executes it with the tasks)."""
     key = RUN_KEY.format(run.id)
-    pipe.hset(key, mapping=run.to_hash())
+    mapping: dict[EncodableT, EncodableT] = dict(run.to_hash().items())
+    pipe.hset(key, mapping=mapping)
     pipe.expire(key, RUN_TTL)
     pipe.zadd(RUNS_INDEX, {run.id: run.created})
     pipe.zremrangebyrank(RUNS_INDEX, 0, -RUNS_KEPT - 1)
@@ -116,7 +120,7 @@ def load_run(conn: redis.Redis, run_id: str) -> RunRecord:
 
 
 def recent_runs(conn: redis.Redis, limit: int = 20) -> list[RunRecord]:
-    ids = [i.decode() for i in conn.zrevrange(RUNS_INDEX, 0, limit - 1)]
+    ids = [text(i) for i in conn.zrevrange(RUNS_INDEX, 0, limit - 1) if isinstance(i, bytes | str)]
     pipe = conn.pipeline(transaction=False)
     for run_id in ids:
         pipe.hgetall(RUN_KEY.format(run_id))

@@ -93,15 +93,15 @@ class BladeJob(Job):
     # RQ would import these names and call them; piblade never sets them, so a
     # job that carries them was written by someone else and they are ignored.
     @property
-    def success_callback(self) -> None:  # type: ignore[override]
+    def success_callback(self) -> None:
         return None
 
     @property
-    def failure_callback(self) -> None:  # type: ignore[override]
+    def failure_callback(self) -> None:
         return None
 
     @property
-    def stopped_callback(self) -> None:  # type: ignore[override]
+    def stopped_callback(self) -> None:
         return None
 
     def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
@@ -109,7 +109,7 @@ class BladeJob(Job):
         return
 
     def _execute(self) -> Any:
-        spec, phase = self.registry.by_callable(self.func_name)
+        spec, phase = self.registry.by_callable(self.func_name or "")
         if self.args:
             raise UnregisteredCallable(f"refused {self.func_name}: piblade jobs take keyword arguments only")
         meta = self.meta or {}
@@ -187,7 +187,7 @@ class _KeepAlive(threading.Thread):
             except Exception:
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)
 
-    def _give_up(self, job: Job, execution: Any, queue: Queue, timeout: int) -> None:
+    def _give_up(self, job: Job, execution: Any, queue: Queue, timeout: float) -> None:
         """The job is stuck where SIGALRM cannot reach (nopython code): record it, then end the process.
 
         Recording through RQ's own failure handler applies the job's retries at
@@ -505,9 +505,10 @@ class Supervisor:
                 break
             except InterruptedError:
                 continue
-            slot = self.children.pop(pid, None)
-            if slot is None or self.stopping:
+            if pid not in self.children or self.stopping:
+                self.children.pop(pid, 0)
                 continue
+            slot = self.children.pop(pid)
             if self.config.burst and os.waitstatus_to_exitcode(status) == 0:
                 continue
             now = time.monotonic()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.live import Live
@@ -11,8 +13,14 @@ from rich.table import Table
 
 from piblade.cli.output import console, err_console, print_json
 
+if TYPE_CHECKING:
+    import paramiko
 
-def _inventory(path: Path | None):  # type: ignore[no-untyped-def]
+    from piblade.inventory import Cluster
+    from piblade.provision.engine import HostResult
+
+
+def _inventory(path: Path | None) -> Cluster:
     from piblade.cli.inventory_cmd import resolve_inventory
 
     return resolve_inventory(path)
@@ -87,7 +95,8 @@ def register(app: typer.Typer) -> None:
         target = target_for(node, cluster, known)
         key = scan_host_key(target)
         existing = paramiko.HostKeys(str(known)) if known.exists() else paramiko.HostKeys()
-        have = (existing.lookup(target.host_key_name) or {}).get(key.get_name())
+        known_keys: Mapping[str, paramiko.PKey] = existing.lookup(target.host_key_name) or {}
+        have = known_keys.get(key.get_name())
         if have is not None:
             if have.asbytes() == key.asbytes():
                 console.print(f"{host} ({target.host_key_name}) is already trusted: {key.get_name()} {fingerprint(key)}")
@@ -103,7 +112,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"added to {known}")
 
 
-def _recap(results, check: bool, diff: bool) -> None:  # type: ignore[no-untyped-def]
+def _recap(results: list[HostResult], check: bool, diff: bool) -> None:
     for result in results:
         for step in result.steps:
             if step.status == "ok":

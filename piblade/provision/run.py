@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def nas_host_keys(cluster: Cluster, known_hosts: Path) -> str:
         return ""
     keys = paramiko.HostKeys(str(known_hosts))
     name = nas.address if nas.port == 22 else f"[{nas.address}]:{nas.port}"
-    found = keys.lookup(name) or {}
+    found: Mapping[str, paramiko.PKey] = keys.lookup(name) or {}
     return "".join(f"{nas.address} {kind} {key.get_base64()}\n" for kind, key in sorted(found.items()))
 
 

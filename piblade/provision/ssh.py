@@ -161,7 +161,7 @@ class Session:
         self._conn: Connection | None = None
         self._sftp: paramiko.SFTPClient | None = None
 
-    def open(self) -> Session:
+    def open(self) -> Self:
         target = self.target
         kwargs: dict[str, object] = {"sock": _socket(target, self.timeout), "banner_timeout": self.timeout,
                                      "auth_timeout": self.timeout}

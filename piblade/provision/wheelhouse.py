@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from piblade.errors import PibladeError
 
@@ -77,7 +78,7 @@ def _conditional_requirements(wheel: Path) -> set[str]:
     """Requirements of a wheel that depend on the Python version (``; python_version < …``)."""
     import zipfile
 
-    found = set()
+    found: set[str] = set()
     with zipfile.ZipFile(wheel) as archive:
         meta = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None)
         if meta is None:
@@ -91,7 +92,7 @@ def _conditional_requirements(wheel: Path) -> set[str]:
     return found
 
 
-def _add_conditional(directory: Path, platform_args: list[str], python: str, out) -> None:  # type: ignore[no-untyped-def]
+def _add_conditional(directory: Path, platform_args: list[str], python: str, out: int | IO[bytes]) -> None:
     """Fetch dependencies that only some Python versions need.
 
     pip picks wheel *tags* for the node's Python but evaluates environment
