@@ -417,23 +417,25 @@ def cancel(conn: redis.Redis, run_id: str) -> dict[str, int]:
     if it was still there, so the counts returned are what really happened.
     """
     record = runs.load_run(conn, run_id)
+    # First: a canceled task never finishes, so the reduce must not start, not
+    # even from a last task that finishes while this runs.
+    conn.set(runs.REDUCE_LOCK_KEY.format(run_id), 1, ex=runs.RUN_TTL)
     ids = record.all_job_ids
     states = _statuses(conn, ids)
     queue_key = _queue(conn, record.queue).key
     queued = [j for j, s in zip(ids, states, strict=True) if s == "queued"]
     pipe = conn.pipeline(transaction=False)
     for job_id in queued:
-        pipe.lrem(queue_key, 1, job_id)
+        pipe.lrem(queue_key, 0, job_id)
     taken = {j for j, removed in zip(queued, pipe.execute(), strict=True) if removed}
     waiting = taken | {j for j, s in zip(ids, states, strict=True) if s in ("deferred", "scheduled")}
     for job_id in waiting:
         BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer).cancel()
-    canceled = len(waiting)
-    # Started now: started at the snapshot, or dequeued between it and the LREM.
-    running = sum(s == "started" for s in _statuses(conn, [j for j in ids if j not in waiting]))
-    # A canceled task never finishes, so the reduce must not start from retries either.
-    conn.set(runs.REDUCE_LOCK_KEY.format(run_id), 1, ex=runs.RUN_TTL)
-    return {"canceled": canceled, "running": running}
+    # In a worker's hands: started, or dequeued and about to start ("queued" but no
+    # longer on the queue list), which includes those dequeued after the snapshot.
+    rest = [j for j in ids if j not in waiting]
+    running = sum(s in ("started", "queued") for s in _statuses(conn, rest))
+    return {"canceled": len(waiting), "running": running}
 
 
 def retry(conn: redis.Redis, run_id: str) -> int:

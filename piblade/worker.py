@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, WorkerStatus
 
 from piblade import runs
 from piblade.errors import UnregisteredCallable
@@ -307,6 +307,10 @@ class BladeWorker(SimpleWorker):
                 self.reorder_queues(reference_queue=queue)
                 job.redis_server_version = self.get_redis_server_version()
                 return result
+        if self._stop_requested:
+            # A stop that arrived while RQ still thought this worker busy only set
+            # the flag; RQ's blocking dequeue below would never look at it.
+            return None
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         if result is not None and self.pause_reason():
             # The node became hot while this worker was blocked on the queue:
@@ -366,6 +370,9 @@ class BladeWorker(SimpleWorker):
             self.perform_job(job, queue, execution)
         finally:
             self._keeper.clear()
+            # Idle again for RQ's stop handling (a SIGTERM now must stop at once);
+            # the Redis copy of the state is written on the next idle wait.
+            self._state = WorkerStatus.IDLE
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         super().handle_job_success(job, queue, *args, **kwargs)
@@ -483,6 +490,11 @@ class Supervisor:
             finally:
                 os._exit(code)
         self.children[pid] = slot
+        if self.stopping:
+            # The mask holds only for this thread: after a parallel kernel warmed
+            # up, Numba's pool threads can take the signal, and Python then runs
+            # _forward here before this child was in self.children.
+            os.kill(pid, signal.SIGTERM)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     def _forward(self, signum: int, frame: Any) -> None:

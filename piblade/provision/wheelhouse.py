@@ -8,8 +8,10 @@ hash of piblade's source, so an unchanged re-run does no building at all.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -137,6 +139,8 @@ def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wh
     target = cache / key
     manifest_file = target / "MANIFEST"
     if manifest_file.exists():
+        with contextlib.suppress(OSError):  # last use, for prune(): a used wheelhouse is kept
+            os.utime(manifest_file)
         wheels = tuple(sorted(target.glob("*.whl")))
         return Wheelhouse(target, wheels, manifest_file.read_text().strip(), f"piblade=={version}")
     with _locked(cache):
@@ -146,7 +150,7 @@ def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wh
 
 
 def prune(cache: Path, prefix: str, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` most recently built wheelhouses named ``prefix…``; return the deleted."""
+    """Delete all but the ``keep`` most recently used wheelhouses named ``prefix…``; return the deleted."""
     built = sorted((d for d in cache.glob(f"{prefix}*") if (d / "MANIFEST").exists()),
                    key=lambda d: (d / "MANIFEST").stat().st_mtime, reverse=True)
     for stale in built[keep:]:

@@ -157,8 +157,13 @@ def _stop_every_pool() -> Iterator[None]:
     A pool left running takes the next tests' jobs from the shared Redis.
     """
     yield
+    errors = []
     while _started_pools:
-        _started_pools.pop().stop()
+        try:
+            _started_pools.pop().stop()
+        except AssertionError as exc:  # stop the others first, then report
+            errors.append(str(exc))
+    assert not errors, "; ".join(errors)
 
 
 def start_workers(

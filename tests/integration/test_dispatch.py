@@ -252,14 +252,21 @@ import os, signal, sys
 from rq import Queue
 from rq.serializers import JSONSerializer
 from piblade.redisconn import connect, target_from_env
+from piblade.registry import load_registry
 from piblade.worker import BladeJob, BladeWorker
+
+calls = 0
 
 class SignalledQueue(Queue):
     @classmethod
     def dequeue_any(cls, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)  # systemd stops the service right now
+        global calls
+        calls += 1
+        if calls == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGTERM)  # systemd stops the service right now
         return super().dequeue_any(*args, **kwargs)
 
+load_registry()
 conn = connect(target_from_env())
 queue = SignalledQueue("stop-test", connection=conn, job_class=BladeJob, serializer=JSONSerializer)
 worker = BladeWorker([queue], connection=conn, queue_class=SignalledQueue, name="stop-test.1")
@@ -268,14 +275,22 @@ print("stopped cleanly")
 """
 
 
-def test_a_stop_signal_during_a_dequeue_stops_the_worker(redis_server: RedisServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("after_a_job", [False, True], ids=["idle", "after-a-job"])
+def test_a_stop_signal_during_a_dequeue_stops_the_worker(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path, after_a_job: bool
+) -> None:
+    if after_a_job:  # one task (no reduce) first: RQ still counts the worker busy after it
+        record = dispatch.submit(conn, registry, "test-fail", {}, queue="stop-test")
     proc = subprocess.run(
-        [sys.executable, "-c", STOP_DURING_DEQUEUE],
+        [sys.executable, "-c", STOP_DURING_DEQUEUE, "2" if after_a_job else "1"],
         env=worker_env(redis_server, tmp_path / "state"), capture_output=True, text=True, timeout=60, check=False,
     )
-    # Swallowed, the worker would block on the queue forever (and the run hit the timeout).
+    # Swallowed, or only noted as "stop after this job", the signal left the
+    # worker blocked on the empty queue for good (and this run hit its timeout).
     assert proc.returncode == 0, proc.stderr
     assert "stopped cleanly" in proc.stdout
+    if after_a_job:
+        assert dispatch.run_status(conn, record.id).counts == {"failed": 1}
 
 
 def test_workers_stop_when_their_supervisor_is_killed_and_finish_the_job_in_hand(
