@@ -16,6 +16,9 @@ for ``every_node_up`` instead.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +81,25 @@ def wait_for_workers(inventory: Path, nodes: set[str], timeout: float = 240) -> 
             time.sleep(0.5)
     finally:
         conn.close()
+
+
+def piblade(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """The piblade CLI as a user runs it (wide output, so tables do not wrap)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "piblade", *args], check=False, capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def fan_out_on_both_workers(bed: Testbed, inventory: Path) -> None:
+    """A mandelbrot fan-out through the cluster: tiles on both workers, the PNG on the NAS."""
+    import json
+
+    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
+    run = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=400", "-p", "height=240",
+                  "-p", "tiles=24", "--wait", "--json", timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    status = json.loads(run.stdout)
+    assert status["state"] == "finished"
+    assert set(status["nodes"]) == {"tb-w1", "tb-w2"}  # both workers took tiles
+    png = f"/srv/piblade/{status['output']}/mandelbrot.png"
+    assert bed.run("tb-nas", f"sudo test -s {png} && echo present").stdout.strip() == "present"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import wait_for_workers
+from tests.e2e.conftest import fan_out_on_both_workers, piblade
 
 pytestmark = pytest.mark.e2e
 
@@ -57,12 +57,6 @@ for u in smbd piblade-agent piblade-worker mnt-piblade.mount systemd-timesyncd; 
   echo "$u $(systemctl is-enabled $u 2>/dev/null) $(systemctl is-active $u 2>/dev/null)"
 done
 """
-
-
-def piblade(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "piblade", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
 
 
 def provision_json(inventory: Path, *extra: str) -> dict[str, dict[str, Any]]:
@@ -145,15 +139,7 @@ def test_piblade_check_finds_nothing_to_change_after_ansible(inventory: Path) ->
 
 
 def test_a_job_runs_on_the_ansible_provisioned_workers(fresh, inventory: Path) -> None:  # type: ignore[no-untyped-def]
-    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
-    run = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=400", "-p", "height=240",
-                  "-p", "tiles=24", "--wait", "--json", timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    status = json.loads(run.stdout)
-    assert status["state"] == "finished"
-    assert set(status["nodes"]) == {"tb-w1", "tb-w2"}  # both workers took tiles
-    png = f"/srv/piblade/{status['output']}/mandelbrot.png"
-    assert fresh.run("tb-nas", f"sudo test -s {png} && echo present").stdout.strip() == "present"
+    fan_out_on_both_workers(fresh, inventory)
 
 
 def test_ansible_changes_nothing_after_piblade_provision(inventory: Path) -> None:

@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import wait_for_workers
+from tests.e2e.conftest import fan_out_on_both_workers, piblade, wait_for_workers
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def piblade(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "piblade", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
 
 
 def provision_json(inventory: Path, *extra: str) -> dict[str, Any]:
@@ -101,15 +91,7 @@ def test_check_finds_exactly_a_hand_made_drift(testbed, inventory: Path) -> None
 
 
 def test_a_fan_out_runs_on_the_worker_nodes_and_lands_on_the_nas(testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
-    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
-    run = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=400", "-p", "height=240",
-                  "-p", "tiles=24", "--wait", "--json", timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    status = json.loads(run.stdout)
-    assert status["state"] == "finished"
-    assert set(status["nodes"]) == {"tb-w1", "tb-w2"}  # both workers took tiles
-    png = f"/srv/piblade/{status['output']}/mandelbrot.png"
-    assert testbed.run("tb-nas", f"sudo test -s {png} && echo present").stdout.strip() == "present"
+    fan_out_on_both_workers(testbed, inventory)
 
 
 def test_status_shows_every_node_up(inventory: Path) -> None:
