@@ -140,18 +140,15 @@ def _lean_ok(fd: Any) -> bool:
 
 
 def write_from(fd: Any, source: BinaryIO, size: int, progress: Progress) -> int:
-    """Write ``size`` bytes from ``source`` to the open file ``fd`` from offset 0."""
-    if _lean_ok(fd):
-        return _write_lean(fd, source, size, progress)
-    return _write_generic(fd, source, size, progress)
+    """Write ``size`` bytes from ``source`` to the open file ``fd`` from offset 0.
 
-
-def _write_generic(fd: Any, source: BinaryIO, size: int, progress: Progress) -> int:
+    Up to DEPTH WRITE requests are in flight; each is filled from ``source``
+    and sent by the lean sender (our own encryption, no copies) when the
+    session allows it, else by smbprotocol's own message building.
+    """
     conn = fd.connection
-    sid = fd.tree_connect.session.session_id
-    tid = fd.tree_connect.tree_connect_id
     chunk = min(CHUNK, conn.max_write_size)
-    buffer = bytearray(chunk)
+    send = _lean_sender(fd, chunk) if _lean_ok(fd) else _generic_sender(fd, chunk)
     inflight: collections.deque[tuple[Any, int]] = collections.deque()
     offset = done = 0
     try:
@@ -161,12 +158,7 @@ def _write_generic(fd: Any, source: BinaryIO, size: int, progress: Progress) -> 
                 if not n:
                     break
                 charge = (n - 1) // CREDIT_BYTES + 1
-                view = memoryview(buffer)[:n]
-                if _fill(source, view) != n:
-                    raise ShortTransfer("the local file became shorter while being sent")
-                msg, _ = fd.write(bytes(view), offset=offset, send=False)
-                request = conn.send(msg, sid=sid, tid=tid, credit_request=_credit_request(conn, charge))
-                inflight.append((request, n))
+                inflight.append((send(source, offset, n, charge), n))
                 offset += n
             request, n = inflight.popleft()
             written = fd._write_response(request)
@@ -179,7 +171,30 @@ def _write_generic(fd: Any, source: BinaryIO, size: int, progress: Progress) -> 
     return done
 
 
-def _write_lean(fd: Any, source: BinaryIO, size: int, progress: Progress) -> int:
+Sender = Callable[[BinaryIO, int, int, int], Any]  # (source, offset, length, credit charge) -> request
+
+
+def _fill_exactly(source: BinaryIO, view: memoryview) -> None:
+    if _fill(source, view) != len(view):
+        raise ShortTransfer("the local file became shorter while being sent")
+
+
+def _generic_sender(fd: Any, chunk: int) -> Sender:
+    conn = fd.connection
+    sid = fd.tree_connect.session.session_id
+    tid = fd.tree_connect.tree_connect_id
+    buffer = bytearray(chunk)
+
+    def send(source: BinaryIO, offset: int, n: int, charge: int) -> Any:
+        view = memoryview(buffer)[:n]
+        _fill_exactly(source, view)
+        msg, _ = fd.write(bytes(view), offset=offset, send=False)
+        return conn.send(msg, sid=sid, tid=tid, credit_request=_credit_request(conn, charge))
+
+    return send
+
+
+def _lean_sender(fd: Any, chunk: int) -> Sender:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     conn = fd.connection
@@ -188,35 +203,18 @@ def _write_lean(fd: Any, source: BinaryIO, size: int, progress: Progress) -> int
     tid = fd.tree_connect.tree_connect_id
     aead = AESGCM(session.encryption_key)
     sock, sock_lock = conn.transport._sock, conn.transport._sock_lock
-    chunk = min(CHUNK, conn.max_write_size)
     # One buffer per request in flight plus the one being filled: the encryptor copies out of it.
     buffers = [bytearray(_PREFIX + chunk) for _ in range(DEPTH + 1)]
-    inflight: collections.deque[tuple[Any, int]] = collections.deque()
-    offset = done = turn = 0
-    try:
-        while offset < size or inflight:
-            while offset < size and len(inflight) < DEPTH:
-                n = _next_size(conn, min(chunk, size - offset), bool(inflight))
-                if not n:
-                    break
-                charge = (n - 1) // CREDIT_BYTES + 1
-                buffer = buffers[turn]
-                turn = (turn + 1) % len(buffers)
-                view = memoryview(buffer)
-                if _fill(source, view[_PREFIX : _PREFIX + n]) != n:
-                    raise ShortTransfer("the local file became shorter while being sent")
-                request = _send_lean(conn, aead, sock, sock_lock, view, n, offset, charge, fd.file_id, sid, tid)
-                inflight.append((request, n))
-                offset += n
-            request, n = inflight.popleft()
-            written = fd._write_response(request)
-            if written != n:
-                raise ShortTransfer(f"the server wrote {written} of {n} bytes")
-            done += n
-            progress(n)
-    finally:
-        _drain(inflight, fd._write_response)
-    return done
+    turn = 0
+
+    def send(source: BinaryIO, offset: int, n: int, charge: int) -> Any:
+        nonlocal turn
+        view = memoryview(buffers[turn])
+        turn = (turn + 1) % len(buffers)
+        _fill_exactly(source, view[_PREFIX : _PREFIX + n])
+        return _send_lean(conn, aead, sock, sock_lock, view, n, offset, charge, fd.file_id, sid, tid)
+
+    return send
 
 
 def _send_lean(
