@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ import traceback
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from piblade import __version__
 from piblade.cli.output import err_console
@@ -83,35 +85,81 @@ def _crash_log(exc: BaseException) -> Path | None:
         return None
 
 
+def _click_exception_classes() -> tuple[type[BaseException], ...]:
+    """Click's exception bases, whichever click the installed typer raises.
+
+    typer 0.29 vendors click as ``typer._click`` and raises its classes, which are not
+    ``click.exceptions.*``; older typers raise the real click's. A boundary that knew only one
+    reported every usage error of the other as a crash, so both are looked up (either may be absent).
+    """
+    classes: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            exceptions = importlib.import_module(module)
+        except ImportError:
+            continue
+        classes.append(exceptions.ClickException)
+    return tuple(classes)
+
+
+def _usage_line(exc: BaseException) -> str | None:
+    """The command's usage, from the click context a usage error carries (None without one)."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return None
+    try:
+        usage = ctx.get_usage().strip()
+        return f"{usage}  (see '{ctx.command_path} --help')"
+    except Exception:  # noqa: BLE001 -- a usage line is a courtesy: never let it hide the error itself
+        return None
+
+
+def report_error(exc: BaseException) -> int:
+    """Say what went wrong in the user's terms and return the exit code.
+
+    piblade's own errors: one red line, the hint, exit 1. Usage errors (a command or option that
+    does not exist, a missing or malformed argument): one line, the usage, exit 2. Anything else
+    is a bug: the traceback goes to crash.log and the user is told where it is.
+    """
+    if isinstance(exc, PibladeError):
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err_console.print(f"[yellow]hint:[/] {exc.hint}")
+        return 1
+    if isinstance(exc, typer.Exit):
+        return exc.exit_code
+    if isinstance(exc, typer.Abort):
+        err_console.print("aborted")
+        return 130
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if isinstance(exc, _click_exception_classes()):
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `piblade nas` alone: the help is the answer
+            exc.show()  # type: ignore[attr-defined]
+            return 2
+        message = exc.format_message()  # type: ignore[attr-defined]
+        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+        usage = _usage_line(exc)
+        if usage:
+            err_console.print(usage, markup=False, soft_wrap=True)
+        return int(getattr(exc, "exit_code", 2))
+    if type(exc).__name__ == "Exit" and isinstance(getattr(exc, "exit_code", None), int):  # click's own Exit
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    path = _crash_log(exc)
+    err_console.print(f"[bold red]piblade crashed:[/] {type(exc).__name__}: {exc}")
+    if path:
+        err_console.print(f"the traceback is in {path}; please attach it to a bug report")
+    if os.environ.get("PIBLADE_DEBUG"):
+        raise exc
+    return 2
+
+
 def main() -> None:
     _register()
     try:
         rc = app(standalone_mode=False)
-    except PibladeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}")
-        if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {exc.hint}")
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # last resort: keep the traceback, say where
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        path = _crash_log(exc)
-        err_console.print(f"[bold red]piblade crashed:[/] {type(exc).__name__}: {exc}")
-        if path:
-            err_console.print(f"the traceback is in {path}; please attach it to a bug report")
-        if os.environ.get("PIBLADE_DEBUG"):
-            raise
-        sys.exit(2)
+    except BaseException as exc:  # noqa: BLE001 -- the one error boundary: every exit goes through it
+        sys.exit(report_error(exc))
     sys.exit(rc if isinstance(rc, int) else 0)
