@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint bench packages test-packages install clean
+.PHONY: demo test lint bench lock packages test-packages install install-test clean
 
 # Debian packages first (a fresh Debian has no python3-venv), then the venv.
 packages:
@@ -14,26 +15,46 @@ packages:
 test-packages:
 	@bash scripts/ensure-packages.sh test
 
-$(STAMP): pyproject.toml | packages
+# Installs come from the lock files only (exact versions, hashes); pyproject.toml keeps the ranges
+# for people who `pip install piblade`. piblade itself goes in without build isolation, so the build
+# uses the locked setuptools instead of downloading whatever is newest.
+define install_locked
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(1)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+endef
+
+# What running piblade needs (make demo): no test tools on a Pi or a newcomer's laptop.
+$(STAMP): requirements.lock pyproject.toml | packages
+	$(call install_locked,requirements.lock)
+	@rm -f $(TEST_STAMP)
 	@touch $(STAMP)
 
+# make test adds the test and tunnel extras.
+$(TEST_STAMP): requirements-test.lock pyproject.toml | packages
+	$(call install_locked,requirements-test.lock)
+	@touch $(STAMP) $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 demo: packages install
 	@bash scripts/demo.sh
 
 # Lint and type-check first (seconds): an error fails the suite before minutes of tests.
-test: packages test-packages install lint
+test: packages test-packages install-test lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install-test
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: packages test-packages install
+# Refresh the lock files from pyproject.toml's ranges (needs the test install, which has uv).
+lock: install-test
+	@bash scripts/lock.sh
+
+bench: packages test-packages install-test
 	@for b in bench/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -2,8 +2,11 @@
 
 For each (architecture, Python version) the controller downloads binary wheels
 of every dependency for that platform (aarch64 for real Pis) and builds
-piblade's own wheel once. The result is cached under the state dir, keyed by a
-hash of piblade's source, so an unchanged re-run does no building at all.
+piblade's own wheel once. The versions and hashes come from ``requirements.lock``,
+the same file ``make demo``/``make test`` install from, so a Pi runs exactly what
+CI tested: the lock is universal, and each node gets the lines whose markers hold
+for its architecture and Python. The result is cached under the state dir, keyed
+by a hash of piblade's source and the lock, so an unchanged re-run builds nothing.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from piblade.errors import PibladeError
 
 #: Bumped when what goes into a wheelhouse changes, so cached ones are rebuilt.
-FORMAT = "2"
+FORMAT = "3"
+#: The lock file, beside pyproject.toml: the one place where versions are decided.
+LOCK = "requirements.lock"
 #: Wheelhouses kept per architecture and Python: two checkouts (or a branch
 #: switch) each keep theirs instead of deleting the other's on every build.
 KEEP = 3
@@ -59,7 +63,7 @@ def project_root() -> Path:
 def source_hash(root: Path) -> str:
     """A hash of everything that goes into piblade's wheel (code, jobs, templates, metadata)."""
     digest = hashlib.sha256()
-    files = [root / "pyproject.toml"]
+    files = [root / "pyproject.toml", root / LOCK]
     for package in ("piblade", "jobs"):
         files += sorted(p for p in (root / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in files:
@@ -76,45 +80,64 @@ def _manifest(wheels: list[Path]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _conditional_requirements(wheel: Path) -> set[str]:
-    """Requirements of a wheel that depend on the Python version (``; python_version < …``)."""
-    import zipfile
+@dataclass(frozen=True, slots=True)
+class LockedRequirement:
+    """One ``name==version ; marker`` entry of the lock, with the hashes of every file of it."""
 
-    found: set[str] = set()
-    with zipfile.ZipFile(wheel) as archive:
-        meta = next((n for n in archive.namelist() if n.endswith(".dist-info/METADATA")), None)
-        if meta is None:
-            return found
-        for line in archive.read(meta).decode(errors="replace").splitlines():
-            if not line.startswith("Requires-Dist:") or ";" not in line:
-                continue
-            requirement, marker = line.removeprefix("Requires-Dist:").split(";", 1)
-            if ("python_version" in marker or "python_full_version" in marker) and "extra ==" not in marker:
-                found.add(requirement.strip().replace(" ", ""))
-    return found
+    line: str  # the requirement as written, without hashes
+    marker: str | None
+    hashes: tuple[str, ...]
 
 
-def _add_conditional(directory: Path, platform_args: list[str], python: str, out: int | IO[bytes]) -> None:
-    """Fetch dependencies that only some Python versions need.
+def read_lock(text: str) -> list[LockedRequirement]:
+    """Parse a hashed requirements file as ``uv pip compile --generate-hashes`` writes it."""
+    entries: list[LockedRequirement] = []
+    logical = ""
+    for raw in [*text.splitlines(), ""]:
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        if logical.strip():
+            tokens = logical.split()
+            hashes = tuple(t.removeprefix("--hash=") for t in tokens if t.startswith("--hash="))
+            requirement = " ".join(t for t in tokens if not t.startswith("--hash="))
+            spec, _, marker = requirement.partition(";")
+            entries.append(LockedRequirement(spec.strip(), marker.strip() or None, hashes))
+        logical = ""
+    return entries
 
-    pip picks wheel *tags* for the node's Python but evaluates environment
-    markers against the controller's own interpreter: a controller on 3.11.7
-    skips ``async-timeout; python_full_version < "3.11.3"``, which a node on
-    Debian's 3.11.2 needs. Downloading every such dependency is harmless (pip
-    on the node installs only what its markers select).
+
+def node_environment(arch: str, python: str) -> dict[str, str]:
+    """PEP 508 marker values of a Linux node running CPython ``python`` (``3.11.2``) on ``arch``."""
+    return {
+        "implementation_name": "cpython", "platform_python_implementation": "CPython",
+        "platform_machine": arch, "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+        "python_version": ".".join(python.split(".")[:2]), "python_full_version": python,
+        "implementation_version": python,
+    }
+
+
+def requirements_for(lock_text: str, arch: str, python: str) -> str:
+    """The lock's entries that a node of ``arch`` with ``python`` installs, hashes kept, markers resolved.
+
+    pip evaluates markers against the interpreter it runs in, not the ``--python-version`` it
+    downloads for (a controller on 3.11.7 would skip ``async-timeout; python_full_version <
+    "3.11.3"``, which Debian's 3.11.2 needs): so the markers are decided here, for the node.
     """
-    seen: set[str] = set()
-    for _ in range(3):
-        wanted = set().union(*(_conditional_requirements(w) for w in directory.glob("*.whl"))) - seen
-        if not wanted:
-            return
-        seen |= wanted
-        base = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *platform_args,
-                "--python-version", python, "--implementation", "cp", "-d", str(directory)]
-        if subprocess.run([*base, *sorted(wanted)], stdout=out, stderr=out).returncode != 0:
-            # Some are for other Python versions only (no wheel for this one): take what exists.
-            for requirement in sorted(wanted):
-                subprocess.run([*base, requirement], stdout=out, stderr=out)
+    from packaging.markers import Marker
+
+    # A node known only by major.minor may run any patch release: take what any of them needs
+    # (pip on the node installs only what its own markers select from the wheelhouse).
+    versions = [python] if python.count(".") == 2 else [f"{python}.0", f"{python}.99"]
+    environments = [node_environment(arch, version) for version in versions]
+    lines = []
+    for entry in read_lock(lock_text):
+        if entry.marker and not any(Marker(entry.marker).evaluate(env) for env in environments):
+            continue
+        lines.append(" ".join([entry.line, *(f"--hash={h}" for h in entry.hashes)]))
+    return "\n".join(lines) + "\n"
 
 
 @contextmanager
@@ -192,16 +215,20 @@ def _build_into(cache: Path, root: Path, key: str, arch: str, python: str, log: 
     out = log.open("ab") if log else subprocess.DEVNULL
     try:
         pip = [sys.executable, "-m", "pip"]
-        subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(building), str(root)],
+        subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(building), str(root)],
                        check=True, stdout=out, stderr=out)
-        requirements = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+        lock = root / LOCK
+        if not lock.exists():
+            raise PibladeError(f"{lock} is missing", hint="run `make lock` in the piblade checkout")
+        requirements = building / "requirements.txt"
+        requirements.write_text(requirements_for(lock.read_text(), arch, python))
         platform_args = [arg for tag in PLATFORMS[arch] for arg in ("--platform", tag)]
         subprocess.run(
-            [*pip, "download", "-q", "--only-binary=:all:", *platform_args, "--python-version", python,
-             "--implementation", "cp", "-d", str(building), *requirements],
+            [*pip, "download", "-q", "--no-deps", "--require-hashes", "--only-binary=:all:", *platform_args,
+             "--python-version", python, "--implementation", "cp", "-d", str(building), "-r", str(requirements)],
             check=True, stdout=out, stderr=out,
         )
-        _add_conditional(building, platform_args, python, out)
+        requirements.unlink()
     except subprocess.CalledProcessError as exc:
         raise PibladeError(
             f"building the {arch} wheelhouse failed ({' '.join(exc.cmd[:4])} …)",
