@@ -117,23 +117,27 @@ def _debootstrap(target: Path, cache: Path, log: Path, progress: Progress) -> No
     with log.open("w") as out:
         out.write(" ".join(argv) + "\n")
         out.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                out.write(line)
-                if line.startswith("I: "):
-                    elapsed = time.monotonic() - started
-                    progress(f"building the node image (once, ≈1 min; log {log}): {line[3:].strip()} [{elapsed:.0f} s]")
-            code = proc.wait()
-        except BaseException:
-            proc.terminate()
+        # The with-block closes the pipe: an unclosed one is a ResourceWarning (an error under pytest's
+        # filterwarnings) that showed only on a machine's first image build.
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace") as proc:
             try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    out.write(line)
+                    if line.startswith("I: "):
+                        elapsed = time.monotonic() - started
+                        progress(f"building the node image (once, ≈1 min; log {log}): {line[3:].strip()} "
+                                 f"[{elapsed:.0f} s]")
+                code = proc.wait()
+            except BaseException:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise
     if code != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise TestbedError(

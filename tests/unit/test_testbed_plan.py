@@ -5,6 +5,7 @@ No root and no nspawn needed; the booted testbed is tested in tests/e2e/test_tes
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,22 @@ def test_the_image_is_rebuilt_exactly_when_its_recipe_changes() -> None:
     assert image_key() == image_key(tuple(reversed(PACKAGES)))
     assert image_key() != image_key((*PACKAGES, "vim"))
     assert image_key() != image_key(fmt=999)
+
+
+def test_the_image_build_closes_the_pipe_of_its_debootstrap(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A pipe left open was a ResourceWarning, an error here, and only on a machine's first image build."""
+    import gc
+
+    from piblade.testbed import image
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "debootstrap"  # stands in for the download: prints progress lines like the real one
+    fake.write_text("#!/bin/sh\necho 'I: Retrieving Release'\necho 'I: Base system installed successfully.'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    seen: list[str] = []
+    image._debootstrap(tmp_path / "target", tmp_path / "debs", tmp_path / "build.log", seen.append)
+    gc.collect()
+    assert len(seen) == 2 and "Retrieving Release" in seen[0]
+    assert "Base system installed" in (tmp_path / "build.log").read_text()
