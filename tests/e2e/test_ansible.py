@@ -1,10 +1,13 @@
 """`ansible-playbook ansible/site.yml` on the nspawn testbed reaches exactly the state `piblade provision` reaches.
 
-One scenario, in order (each test builds on the previous one), on fresh nodes:
-piblade provisions, and ansible-playbook then finds nothing to change; fresh nodes again,
-ansible-playbook provisions them, the node state equals piblade's file for file, `piblade
-provision --check` finds nothing to change, a job runs on the Ansible-provisioned workers,
-and after `piblade provision` a second ansible-playbook run changes nothing.
+Two module fixtures build what the tests share, each once, and no test reads what another
+test wrote: `after_piblade` provisions fresh nodes with piblade, snapshots them and runs
+ansible-playbook over them; `after_ansible` boots fresh nodes again and provisions them with
+ansible-playbook only. The tests then check, each on its own: Ansible found nothing to change
+after piblade; the Ansible-provisioned state equals piblade's file for file; `piblade provision
+--check` finds nothing to change; a job runs on the Ansible-provisioned workers; and after
+`piblade provision` a second ansible-playbook run changes nothing. A fixture that fails says
+which step failed, and every test that needs it errors with that message.
 
 The module starts from fresh, unprovisioned nodes and leaves fresh ones behind, so it does not
 depend on the e2e modules before it, nor they on it.
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,44 +109,68 @@ def inventory(fresh) -> Path:  # type: ignore[no-untyped-def]
     return Path(fresh.info().inventory)
 
 
+@dataclass(frozen=True)
+class AfterPiblade:
+    """Fresh nodes provisioned by piblade: its first report, each node's state, then Ansible's recap."""
+
+    first: dict[str, dict[str, Any]]
+    state: dict[str, str]
+    ansible_recap: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class AfterAnsible:
+    """Fresh nodes again, provisioned by ansible-playbook only: its recap and each node's state."""
+
+    recap: dict[str, dict[str, int]]
+    state: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def piblade_state() -> dict[str, str]:
-    """Each node's state as `piblade provision` leaves fresh nodes (filled by the first test)."""
-    return {}
-
-
-def test_ansible_finds_nothing_to_change_after_piblade(fresh, inventory: Path, piblade_state: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def after_piblade(fresh, inventory: Path) -> AfterPiblade:  # type: ignore[no-untyped-def]
     first = provision_json(inventory)
-    assert all(first[n]["changed"] > 0 for n in NODES), first
-    piblade_state.update({n: snapshot(fresh, n) for n in NODES})
-    recap = ansible_playbook(inventory)
-    assert {h: (r["changed"], r["failed"]) for h, r in recap.items()} == dict.fromkeys(recap, (0, 0)), recap
+    assert all(first[n]["changed"] > 0 for n in NODES), f"piblade provision on fresh nodes changed nothing: {first}"
+    state = {n: snapshot(fresh, n) for n in NODES}
+    return AfterPiblade(first, state, ansible_playbook(inventory))
 
 
-def test_ansible_provisions_fresh_nodes_to_exactly_piblades_state(fresh, inventory: Path,  # type: ignore[no-untyped-def]
-                                                                 piblade_state: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def after_ansible(fresh, inventory: Path, after_piblade: AfterPiblade) -> AfterAnsible:  # type: ignore[no-untyped-def]
+    # after_piblade first, so both node states come from the same image and testbed session.
     fresh.down()  # also stops the cluster's Redis: the controller role starts it again
     fresh.up(workers=2)
     recap = ansible_playbook(inventory)
-    assert all(r["failed"] == 0 and r["changed"] > 0 for r in recap.values()), recap
+    assert all(r["failed"] == 0 and r["changed"] > 0 for r in recap.values()), \
+        f"ansible-playbook on fresh nodes: {recap}"
+    return AfterAnsible(recap, {n: snapshot(fresh, n) for n in NODES})
+
+
+def test_ansible_finds_nothing_to_change_after_piblade(after_piblade: AfterPiblade) -> None:
+    recap = after_piblade.ansible_recap
+    assert {h: (r["changed"], r["failed"]) for h, r in recap.items()} == dict.fromkeys(recap, (0, 0)), recap
+
+
+def test_ansible_provisions_fresh_nodes_to_exactly_piblades_state(after_piblade: AfterPiblade,
+                                                                 after_ansible: AfterAnsible) -> None:
     for node in NODES:
-        state = snapshot(fresh, node)
-        diff = "".join(difflib.unified_diff(piblade_state[node].splitlines(True), state.splitlines(True),
+        diff = "".join(difflib.unified_diff(after_piblade.state[node].splitlines(True),
+                                            after_ansible.state[node].splitlines(True),
                                             "piblade provision", "ansible-playbook"))
         assert not diff, f"{node}:\n{diff}"
 
 
-def test_piblade_check_finds_nothing_to_change_after_ansible(inventory: Path) -> None:
+def test_piblade_check_finds_nothing_to_change_after_ansible(after_ansible: AfterAnsible, inventory: Path) -> None:
     report = provision_json(inventory, "--check")
     assert {h: r["changed"] for h, r in report.items()} == dict.fromkeys(("tb-ctl", *NODES), 0), report
     assert any("sshfs" in note for note in report["tb-w1"]["notes"])
 
 
-def test_a_job_runs_on_the_ansible_provisioned_workers(fresh, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_runs_on_the_ansible_provisioned_workers(fresh, after_ansible: AfterAnsible,  # type: ignore[no-untyped-def]
+                                                        inventory: Path) -> None:
     fan_out_on_both_workers(fresh, inventory)
 
 
-def test_ansible_changes_nothing_after_piblade_provision(inventory: Path) -> None:
+def test_ansible_changes_nothing_after_piblade_provision(after_ansible: AfterAnsible, inventory: Path) -> None:
     report = provision_json(inventory)
     assert {h: r["changed"] for h, r in report.items()} == dict.fromkeys(report, 0), report
     recap = ansible_playbook(inventory)

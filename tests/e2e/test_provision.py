@@ -39,8 +39,16 @@ def inventory(testbed) -> Path:  # type: ignore[no-untyped-def]
     return Path(testbed.info().inventory)
 
 
-def test_first_provision_brings_every_node_up(inventory: Path) -> None:
+@pytest.fixture(scope="module")
+def provisioned(inventory: Path) -> dict[str, Any]:
+    """The first `piblade provision` of the module's nodes: every other test here needs provisioned nodes."""
     report = provision_json(inventory)
+    assert report["returncode"] == 0, f"the first piblade provision failed: {json.dumps(report, indent=1)}"
+    return report
+
+
+def test_first_provision_brings_every_node_up(provisioned: dict[str, Any]) -> None:
+    report = provisioned
     by_host = hosts(report)
     assert report["returncode"] == 0, json.dumps(report, indent=1)
     assert set(by_host) == {"tb-ctl", "tb-nas", "tb-w1", "tb-w2"}
@@ -51,14 +59,14 @@ def test_first_provision_brings_every_node_up(inventory: Path) -> None:
     assert "x86_64" in by_host["tb-nas"]["facts"]
 
 
-def test_second_provision_changes_nothing(inventory: Path) -> None:
+def test_second_provision_changes_nothing(provisioned: dict[str, Any], inventory: Path) -> None:
     report = provision_json(inventory)
     assert report["returncode"] == 0
     assert {h["host"]: h["changed"] for h in report["hosts"]} == dict.fromkeys(hosts(report), 0)
 
 
 def test_new_piblade_code_reaches_a_node_that_has_an_older_wheel_of_the_same_version(
-    testbed, inventory: Path  # type: ignore[no-untyped-def]
+    provisioned: dict[str, Any], testbed, inventory: Path  # type: ignore[no-untyped-def]
 ) -> None:
     # As after a `git pull` on the controller: the node holds a piblade wheel with
     # the same file name (the version did not change) but other contents.
@@ -77,7 +85,7 @@ def test_new_piblade_code_reaches_a_node_that_has_an_older_wheel_of_the_same_ver
     assert hosts(provision_json(inventory, "--limit", "tb-w1"))["tb-w1"]["changed"] == 0
 
 
-def test_check_finds_exactly_a_hand_made_drift(testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+def test_check_finds_exactly_a_hand_made_drift(provisioned: dict[str, Any], testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
     testbed.run("tb-nas", "echo '# drift' | sudo tee -a /etc/samba/smb.conf >/dev/null")
     report = provision_json(inventory, "--check")
     changes = {(h["host"], c["step"]) for h in report["hosts"] for c in h["changes"]}
@@ -90,11 +98,11 @@ def test_check_finds_exactly_a_hand_made_drift(testbed, inventory: Path) -> None
     assert sum(h["changed"] for h in provision_json(inventory, "--check")["hosts"]) == 0
 
 
-def test_a_fan_out_runs_on_the_worker_nodes_and_lands_on_the_nas(testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_fan_out_runs_on_the_worker_nodes_and_lands_on_the_nas(provisioned: dict[str, Any], testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
     fan_out_on_both_workers(testbed, inventory)
 
 
-def test_status_shows_every_node_up(inventory: Path) -> None:
+def test_status_shows_every_node_up(provisioned: dict[str, Any], inventory: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
         run = piblade("status", "-i", str(inventory), "--json")
@@ -107,7 +115,7 @@ def test_status_shows_every_node_up(inventory: Path) -> None:
                                                            "tb-w2": True}
 
 
-def test_a_worker_that_loses_power_loses_no_tile(testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_that_loses_power_loses_no_tile(provisioned: dict[str, Any], testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
     from rq.serializers import JSONSerializer
 
     from piblade.cli.common import resolve_target
