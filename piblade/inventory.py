@@ -52,6 +52,12 @@ _GROUP_KEYS = ("hosts", "vars", "children")
 _CONSUMED = frozenset({"ansible_host", "ansible_port", "ansible_user", "ansible_become"})
 _DNS_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))+\.?$")
 _TRUE, _FALSE = {"yes", "true", "on", "1"}, {"no", "false", "off", "0"}
+MAX_INVENTORY_BYTES = 64 << 20  # ~1M hosts; anything bigger is not an inventory
+# Aliases share one composed node, but every consumer (merge keys, vars, `show`) expands them:
+# a 1 KB "billion laughs" file would expand to 10**9 nodes. We allow this many nodes beyond
+# the ones written in the file, plus a few per written node (a `<<: *defaults` on every host).
+_ALIAS_ALLOWANCE = 100_000
+_ALIAS_PER_NODE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 _SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 _NODE_SETTINGS = tuple(s for s in SETTINGS if s.scope == "node")
+_NODE_FIELDS = tuple((s.field, s.name, s.default) for s in _NODE_SETTINGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,13 +288,28 @@ def load_inventory(path: str | Path) -> Cluster:
     """Read and validate an inventory file; every problem is an :class:`InventoryError`."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_INVENTORY_BYTES + 1)
     except FileNotFoundError:
         raise InventoryError(
             "no such inventory file", file=source, hint="pass -i FILE, or copy inventory/example.yml and edit it"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise InventoryError(f"cannot read the inventory: {exc}", file=source) from None
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise InventoryError(
+            f"the file is larger than {MAX_INVENTORY_BYTES >> 20} MiB; refusing to read it", file=source,
+            hint="is this really an inventory? split a cluster this size into several",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InventoryError(
+            f"not UTF-8: byte 0x{data[exc.start]:02x} in column {column}", file=source, line=line,
+            hint="save the file as UTF-8",
+        ) from None
     return parse_inventory(text, source=source)
 
 
@@ -323,7 +345,10 @@ def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
-class _Loader(yaml.SafeLoader):
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
     """SafeLoader used to compose the node tree only; :class:`_Parser` walks it for line numbers."""
 
 
@@ -372,6 +397,7 @@ class _Parser:
                 root = self.loader.get_single_node()
                 if root is None:
                     raise self.error("the file is empty", hint="start from inventory/example.yml")
+                self._check_aliases(root)
                 return self._build(root)
             finally:
                 self.loader.dispose()
@@ -381,6 +407,45 @@ class _Parser:
             raise self.error(f"invalid YAML: {exc.problem or exc.context}", line=line) from exc
         except yaml.YAMLError as exc:
             raise self.error(f"invalid YAML: {exc}") from exc
+
+    def _check_aliases(self, root: yaml.Node) -> None:
+        """Refuse a tree whose aliases expand far beyond what is written (a "billion laughs")."""
+        expanded: dict[int, int] = {}  # id(node) -> its node count with every alias expanded
+        open_: set[int] = set()
+        written = 0
+
+        def size(node: yaml.Node) -> int:
+            nonlocal written
+            known = expanded.get(id(node))
+            if known is not None:
+                return known
+            if id(node) in open_:
+                raise self.error("an alias refers to its own anchor (a recursive structure)", line=_line(node))
+            written += 1
+            total = 1
+            if isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+                open_.add(id(node))
+                children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+                for child in children:
+                    total += size(child)
+                    if total > _ALIAS_ALLOWANCE and total > _ALIAS_PER_NODE * written + _ALIAS_ALLOWANCE:
+                        raise self.error(
+                            f"aliases expand this to over {total:,} values; refusing", line=_line(node),
+                            hint="YAML anchors (&name) and aliases (*name) here nest too deep: write the values out",
+                        )
+                open_.discard(id(node))
+            expanded[id(node)] = total
+            return total
+
+        try:
+            total = size(root)
+        except RecursionError:
+            raise self.error("the YAML nests too deep", line=_line(root)) from None
+        if total > _ALIAS_PER_NODE * written + _ALIAS_ALLOWANCE:
+            raise self.error(
+                f"aliases expand the file to {total:,} values; refusing", line=_line(root),
+                hint="YAML anchors (&name) and aliases (*name) here nest too deep: write the values out",
+            )
 
     def _value(self, node: yaml.Node) -> Any:
         try:
@@ -517,13 +582,20 @@ class _Parser:
         cluster_name = self.groups["all"].vars.get("piblade_cluster_name", (None, 0))[0]
         nodes: list[Node] = []
         role_lines: dict[str, list[tuple[int, str]]] = {role: [] for role in ROLES}
+        # Hosts listed in the same groups share their group closure and group vars: compute them once.
+        memo: dict[tuple[str, ...], tuple[dict[str, set[str]], set[str], dict[str, _Var]]] = {}
         for host in self.hosts.values():
-            closure = {g: self._ancestors(g) for g in host.groups}
-            member = set().union(*closure.values())
-            ordered = sorted(member, key=lambda g: (self._depth(g), self._priority(g), g))
-            merged: dict[str, _Var] = {}
-            for group in ordered:
-                merged.update(self.groups[group].vars)
+            direct = tuple(host.groups)
+            if direct not in memo:
+                closure = {g: self._ancestors(g) for g in host.groups}
+                member = set().union(*closure.values())
+                ordered = sorted(member, key=lambda g: (self._depth(g), self._priority(g), g))
+                group_vars: dict[str, _Var] = {}
+                for group in ordered:
+                    group_vars.update(self.groups[group].vars)
+                memo[direct] = closure, member, group_vars
+            closure, member, group_vars = memo[direct]
+            merged = dict(group_vars)
             merged.update(host.vars)
             values = {key: value for key, (value, _) in merged.items()}
             roles = frozenset(member & set(ROLES))
@@ -544,7 +616,7 @@ class _Parser:
                 user=values.get("ansible_user"),
                 become=values.get("ansible_become", False),
                 roles=roles,
-                settings=NodeSettings(**{s.field: values.get(s.name, s.default) for s in _NODE_SETTINGS}),
+                settings=NodeSettings(**{f: values.get(name, default) for f, name, default in _NODE_FIELDS}),
                 extra_vars=FrozenVars({k: v for k, v in values.items() if k not in _CONSUMED and k[:8] != "piblade_"}),
                 groups=frozenset(member - {"all"}),
             ))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
 from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
@@ -10,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from piblade import inventory
 from piblade.cli.inventory_cmd import app
 from piblade.errors import InventoryError, NotFound
 from piblade.inventory import (
@@ -342,6 +347,43 @@ def test_missing_and_empty_file(tmp_path: Path) -> None:
     assert str(info.value) == f"{tmp_path / 'nope.yml'}: no such inventory file"
     assert info.value.hint and "-i" in info.value.hint
     error(tmp_path, "# nothing\n", line=None, key=None)
+
+
+LAUGHS = "all:\n  vars:\n    l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)
+) + CONTROLLER.removeprefix("all:\n")
+
+
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="needs prlimit (util-linux)")
+def test_billion_laughs_is_refused_in_256_mib(tmp_path: Path) -> None:
+    """Nine levels of nine aliases (10**9 values from 700 bytes) fail fast with file:line, not MemoryError."""
+    path = write(tmp_path, LAUGHS)
+    assert path.stat().st_size < 1024
+    limit = [str(shutil.which("prlimit")), f"--as={256 << 20}"]
+    cmd = [*limit, sys.executable, "-m", "piblade", "inventory", "check", "-i", str(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the aliases were expanded")
+    assert proc.returncode == 1, proc.stderr
+    assert f"{path}:8: aliases expand this to over" in proc.stderr
+    assert "MemoryError" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_non_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "inv.yml"
+    path.write_bytes(CONTROLLER.encode().replace(b"ctl.lan", b"ct\xefl.lan"))
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    assert (info.value.file, info.value.line) == (str(path), 5)
+    assert str(info.value) == f"{path}:5: not UTF-8: byte 0xef in column 11"
+
+
+def test_file_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inventory, "MAX_INVENTORY_BYTES", 1 << 20)
+    path = write(tmp_path, CONTROLLER + "# padding\n" * 110_000)
+    with pytest.raises(InventoryError, match=r"larger than 1 MiB"):
+        load_inventory(path)
 
 
 def test_node_lookup_suggests(tmp_path: Path) -> None:
