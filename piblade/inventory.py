@@ -341,6 +341,9 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+_STR, _MERGE = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
+
+
 def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
@@ -416,6 +419,9 @@ class _Parser:
 
         def size(node: yaml.Node) -> int:
             nonlocal written
+            if isinstance(node, yaml.ScalarNode):  # holds no alias; an aliased one counts as written again
+                written += 1
+                return 1
             known = expanded.get(id(node))
             if known is not None:
                 return known
@@ -448,6 +454,8 @@ class _Parser:
             )
 
     def _value(self, node: yaml.Node) -> Any:
+        if node.tag == _STR and isinstance(node, yaml.ScalarNode):  # most values: skip the constructor
+            return node.value
         try:
             return self.loader.construct_object(node, deep=True)
         except (ValueError, TypeError) as exc:  # PyYAML lets e.g. `!!int x` escape as ValueError
@@ -467,12 +475,20 @@ class _Parser:
             found = "a list" if isinstance(node, yaml.SequenceNode) else f"{self._value(node)!r}"
             raise self.error(f"expected a mapping (`name:` lines) for {what}, found {found}", line=_line(node))
         seen: dict[str, int] = {}
-        for knode, _ in node.value:
-            if knode.tag != "tag:yaml.org,2002:merge":
-                key = self._key(knode)
-                if key in seen:
-                    raise self.error(f"{dup} in {what} (first on line {seen[key]})", line=_line(knode), key=key)
-                seen[key] = _line(knode)
+        pairs: list[tuple[str, int, yaml.Node]] = []
+        merges = False
+        for knode, vnode in node.value:
+            if knode.tag == _MERGE:
+                merges = True
+                continue
+            key = self._key(knode)
+            line = _line(knode)
+            if key in seen:
+                raise self.error(f"{dup} in {what} (first on line {seen[key]})", line=line, key=key)
+            seen[key] = line
+            pairs.append((key, line, vnode))
+        if not merges:
+            return pairs
         self.loader.flatten_mapping(node)
         merged = {self._key(k): (_line(k), v) for k, v in node.value}
         return [(key, line, value) for key, (line, value) in merged.items()]
