@@ -44,7 +44,7 @@ BAND_ROWS = 256
 OUTPUTS_LISTED = 100
 
 PARAMS = (
-    Param("path", str, REQUIRED, help="picture to process, relative to the share's root"),
+    Param("path", str, REQUIRED, path=True, help="picture to process, relative to the share's root"),
     Param("op", str, "grayscale", choices=OPS, help="what to do with it"),
     Param("size", int, 1024, min=1, max=16384, help="resize: length of the longer side in pixels"),
     Param("sigma", float, 2.0, min=0.1, max=50.0, help="blur: Gaussian standard deviation in pixels"),

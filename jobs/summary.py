@@ -45,7 +45,7 @@ CHUNK_BYTES = 4 << 20
 FORMATS = ("f4", "f8", "i2", "i4", "u1", "u2", "csv")
 
 PARAMS = (
-    Param("path", str, REQUIRED, help="file to summarise, relative to the data directory"),
+    Param("path", str, REQUIRED, path=True, help="file to summarise, relative to the data directory"),
     Param("format", str, "f8", choices=FORMATS, help="little-endian binary array type, or csv"),
     Param("column", int, 0, min=0, max=1000, help="csv only: 0-based field to summarise"),
     Param("parts", int, 4, min=1, max=4096, help="number of tasks (byte ranges of the file)"),

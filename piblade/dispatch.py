@@ -7,6 +7,7 @@ run is either fully enqueued or not at all.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from rq.worker import BaseWorker
 
 from piblade import runs
 from piblade.errors import BadParameter, NotFound, PibladeError
-from piblade.registry import Registry
+from piblade.registry import Registry, shown
 from piblade.runs import RunRecord
 from piblade.worker import RESULT_TTL, BladeJob
 
@@ -30,6 +31,20 @@ TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.
 
 def _queue(conn: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=conn, job_class=BladeJob, serializer=JSONSerializer)
+
+
+#: A queue name: what RQ keys and people can both handle.
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_queue(name: str) -> str:
+    """Refuse, before anything is enqueued, an empty or odd queue name."""
+    if not QUEUE_NAME.fullmatch(name or ""):
+        raise BadParameter(
+            f"--queue {shown(name) if name else repr(name)} is not a valid queue name",
+            hint="a queue name is 1-64 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
+        )
+    return name
 
 
 def submit(
@@ -43,6 +58,7 @@ def submit(
     retries: int = 0,
 ) -> RunRecord:
     """Validate, plan and enqueue a run. Raises before enqueuing anything on bad input."""
+    check_queue(queue)
     spec = registry.get(job_name)
     params = spec.validate(raw_params)
     plan = spec.plan(params)
@@ -137,6 +153,7 @@ def submit_over(
     share). The record's params are the common parameters plus ``over``
     (the pattern); the reduce, if the job has one, runs after every file.
     """
+    check_queue(queue)
     spec = registry.get(job_name)
     plan = plan_over(registry, job_name, raw_params, paths)
     if timeout is not None and timeout <= 0:

@@ -40,9 +40,28 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
-def _shown(raw: Any) -> str:
-    """A value as the user typed it: width=0, not width='0'."""
-    return raw if isinstance(raw, str) and raw else repr(raw)
+#: How much of a refused value an error message quotes.
+SHOWN_MAX = 60
+#: Default longest string parameter, in characters.
+STR_MAX = 1024
+#: Longest path parameter (Linux PATH_MAX) and longest path component (NAME_MAX).
+PATH_MAX = 4096
+NAME_MAX = 255
+
+
+def shown(raw: Any, limit: int = SHOWN_MAX) -> str:
+    """A value as the user typed it (width=0, not width='0'), cut to a short prefix when long.
+
+    A refused 100 KB value must not come back as a 100 KB error message: it is
+    quoted as its first ``limit`` characters, an ellipsis, and its length.
+    """
+    text = raw if isinstance(raw, str) and raw else repr(raw)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+_shown = shown
 
 
 def _number(value: float | None) -> str:
@@ -65,6 +84,16 @@ class Param:
     max: float | None = None
     choices: tuple[Any, ...] | None = None
     help: str = ""
+    #: str only: the longest value accepted (default :data:`STR_MAX`, or :data:`PATH_MAX` for a path).
+    max_length: int | None = None
+    #: str only: a path on the share; also each '/'-separated component is at most :data:`NAME_MAX`.
+    path: bool = False
+
+    @property
+    def length_limit(self) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        return PATH_MAX if self.path else STR_MAX
 
     @property
     def required(self) -> bool:
@@ -149,8 +178,25 @@ class Param:
         if self.type is str:
             if not isinstance(raw, str):
                 raise bad
+            self._check_length(job, raw)
             return raw
         raise bad
+
+    def _check_length(self, job: str, raw: str) -> None:
+        limit = self.length_limit
+        if len(raw) > limit:
+            raise BadParameter(
+                f"{job}: {self.name}={shown(raw)} is too long",
+                hint=f"{self.name} must be at most {limit} characters",
+            )
+        if self.path:
+            for part in raw.replace("\\", "/").split("/"):
+                if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
+                    raise BadParameter(
+                        f"{job}: {self.name}={shown(raw)} has a path component of {len(part)} characters "
+                        f"({shown(part, 30)})",
+                        hint=f"each part of a path between '/' must be at most {NAME_MAX} bytes",
+                    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -391,3 +391,40 @@ def test_bad_parameters_are_refused_before_any_task(name: str, raw: dict[str, An
     spec = REGISTRY.get(name)
     with pytest.raises(BadParameter):
         spec.plan(spec.validate(raw))
+
+
+# --------------------------------------------------------------------------- parameter bounds
+
+
+@pytest.mark.parametrize("name", ["summary", "image"])
+def test_huge_path_is_refused_with_a_short_message(name: str) -> None:
+    spec = load_registry().get(name)
+    with pytest.raises(BadParameter) as info:
+        spec.validate({"path": "a/" * 50_000 + "x"})
+    message = str(info.value) + " " + (info.value.hint or "")
+    assert "too long" in message and "100001 characters" in message
+    assert len(message) < 400
+
+
+@pytest.mark.parametrize("name", ["summary", "image"])
+def test_path_component_longer_than_name_max_is_refused(name: str) -> None:
+    spec = load_registry().get(name)
+    with pytest.raises(BadParameter, match="path component"):
+        spec.validate({"path": "d/" + "n" * 256})
+    spec.validate({"path": "d/" + "n" * 255})
+
+
+def test_other_string_params_are_bounded_and_echoed_short() -> None:
+    spec = load_registry().get("summary")
+    with pytest.raises(BadParameter) as info:
+        spec.validate({"path": "x.f8", "format": "q" * 5000})
+    assert len(str(info.value)) < 400
+
+
+def test_bad_queue_names_are_refused() -> None:
+    from piblade.dispatch import check_queue
+
+    for bad in ["", " ", "a b", "q" * 65, "x\n"]:
+        with pytest.raises(BadParameter):
+            check_queue(bad)
+    assert check_queue("default") == "default"
