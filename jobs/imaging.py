@@ -35,7 +35,7 @@ import numpy as np
 
 from piblade.errors import BadParameter
 from piblade.outputs import replace_into
-from piblade.registry import REQUIRED, Param, TaskContext, job
+from piblade.registry import REQUIRED, Param, TaskContext, job, shown
 
 OPS = ("grayscale", "blur", "edges", "resize")
 #: Output rows per kernel call: bounds the work of one call and the memory of intermediates.
@@ -61,7 +61,7 @@ def check(params: Mapping[str, Any]) -> None:
     norm = posixpath.normpath(path.replace("\\", "/")) if path else ""
     if not path or posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
         raise BadParameter(
-            f"image: path={path!r} must be a file path relative to the share",
+            f"image: path={shown(path)} must be a file path relative to the share",
             hint="give the picture's path under the share, e.g. path=photos/cat.jpg, or use --over 'photos/*.jpg'",
         )
 
@@ -191,7 +191,7 @@ def apply(img: np.ndarray, op: str, *, size: int = 1024, sigma: float = 2.0, rad
     if op == "resize":
         width, height = resized_shape(img.shape[1], img.shape[0], size)
         return resize(img, width, height)
-    raise BadParameter(f"image: unknown op {op!r}")
+    raise BadParameter(f"image: unknown op {shown(op)}")
 
 
 # --------------------------------------------------------------------------- files
@@ -266,7 +266,7 @@ def task(ctx: TaskContext, *, path: str, op: str, size: int, sigma: float, radiu
     numba.set_num_threads(max(1, min(ctx.threads, numba.config.NUMBA_NUM_THREADS)))
     source = ctx.resolve(path)
     if not source.is_file():
-        raise BadParameter(f"image: {path!r} is not a file under the data directory {ctx.data_root}")
+        raise BadParameter(f"image: {shown(str(path))} is not a file under the data directory {ctx.data_root}")
     relative = source.relative_to(ctx.data_root.resolve())
     target = (ctx.output_dir / relative).resolve()
     started = time.perf_counter()

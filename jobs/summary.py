@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from piblade.errors import BadParameter
-from piblade.registry import REQUIRED, Param, TaskContext, job
+from piblade.registry import REQUIRED, Param, TaskContext, job, shown
 
 #: Bytes read per chunk (one kernel call each).
 CHUNK_BYTES = 4 << 20
@@ -67,7 +67,7 @@ def check_relative(path: str) -> str:
     norm = posixpath.normpath(path.replace("\\", "/")) if path else ""
     if not path or posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
         raise BadParameter(
-            f"summary: path={path!r} must be a file path relative to the data directory",
+            f"summary: path={shown(path)} must be a file path relative to the data directory",
             hint="give the path as it appears under the share, e.g. path=data/readings.f8",
         )
     return norm
@@ -316,7 +316,7 @@ def task(
 
     file = ctx.resolve(path)
     if not file.is_file():
-        raise BadParameter(f"summary: {path!r} is not a file under the data directory {ctx.data_root}")
+        raise BadParameter(f"summary: {shown(str(path))} is not a file under the data directory {ctx.data_root}")
     with_hist = lo < hi
     edges = np.linspace(lo, hi, bins + 1) if with_hist else np.empty(0)
     hist = np.zeros(bins if with_hist else 0, dtype=np.int64)
