@@ -10,6 +10,7 @@ No root is needed; all state lives under ``<state dir>/local``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -73,6 +74,11 @@ class LocalPaths:
     def state_file(self) -> Path:
         return self.root / "cluster.json"
 
+    @property
+    def lock_file(self) -> Path:
+        """flock'ed by the daemon and inherited by everything it starts: held while any of them lives."""
+        return self.root / "cluster.lock"
+
 
 @dataclass(frozen=True, slots=True)
 class LocalConfig:
@@ -131,6 +137,80 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def lock_held(paths: LocalPaths) -> bool:
+    """True while the daemon or any process it started (which inherit the lock) is alive."""
+    try:
+        fd = os.open(paths.lock_file, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _session(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[4])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def leftovers(paths: LocalPaths) -> list[int]:
+    """PIDs of the processes of this cluster: those holding the lock file open, and their sessions."""
+    if not lock_held(paths):
+        return []
+    lock = str(paths.lock_file.resolve())
+    holders: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == lock:
+                    holders.add(int(entry.name))
+                    break
+            except OSError:
+                continue
+    sessions = {_session(pid) for pid in holders} - {-1, 0, _session(os.getpid())}
+    if sessions:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid() and _session(int(entry.name)) in sessions:
+                holders.add(int(entry.name))
+    return sorted(pid for pid in holders if pid_alive(pid))
+
+
+def stop_leftovers(paths: LocalPaths, grace: float = 20.0) -> int:
+    """Stop what a dead daemon left behind (SIGTERM: Redis flushes its AOF; then SIGKILL). Returns how many."""
+    pids = leftovers(paths)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for _ in range(50):
+        rest = leftovers(paths)
+        if not rest:
+            break
+        for pid in rest:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.1)
+    return len(pids)
 
 
 def free_port() -> int:
@@ -208,9 +288,10 @@ def up(
     """
     paths = paths or LocalPaths.default()
     current = read_config(paths)
-    if current is not None and pid_alive(current.pid):
+    if current is not None and pid_alive(current.pid) and lock_held(paths):
         return current, False
     find_redis_server()
+    stop_leftovers(paths)  # a dead daemon's redis-server, supervisor and agent: never two on one AOF
     private_dir(paths.root)
     private_dir(paths.log_dir)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
@@ -290,12 +371,13 @@ def down(*, paths: LocalPaths | None = None, grace: float = 60.0) -> bool:
     config = read_config(paths)
     if config is None or not pid_alive(config.pid):
         _kill_group(config.pid if config else 0)
-        return False
+        return stop_leftovers(paths) > 0
     os.kill(config.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and pid_alive(config.pid):
         time.sleep(0.1)
     _kill_group(config.pid)
+    stop_leftovers(paths)
     return True
 
 
@@ -321,6 +403,9 @@ def status(paths: LocalPaths | None = None) -> dict[str, Any]:
     config = read_config(paths)
     info: dict[str, Any] = {"running": False, "state_dir": str(paths.root), "data_dir": str(paths.data_dir)}
     if config is None or not pid_alive(config.pid):
+        left = leftovers(paths)
+        if left:
+            info.update(daemon="dead", leftovers=left)
         return info
     info.update(running=True, pid=config.pid, redis=f"127.0.0.1:{config.port}", queues={}, workers=[])
     try:
@@ -348,6 +433,20 @@ class Daemon:
         self.config = config
         self.stopping = False
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.lock_fd = -1
+
+    def _lock(self) -> None:
+        """Hold the cluster lock; every child inherits it, so it outlives a SIGKILLed daemon."""
+        fd = os.open(self.paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LocalClusterError(
+                f"another local cluster still runs on {self.paths.root}", hint="run `piblade local down`"
+            ) from None
+        os.set_inheritable(fd, True)
+        self.lock_fd = fd
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -372,7 +471,8 @@ class Daemon:
                 "--data-dir", str(self.paths.data_dir),
             ]  # fmt: skip
         self.children[name] = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env()
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+            pass_fds=(self.lock_fd,),
         )
         log.close()
 
@@ -382,6 +482,7 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        self._lock()
         self._start("redis")
         if self.config.workers:
             self._start("workers")

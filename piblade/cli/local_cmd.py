@@ -50,6 +50,11 @@ def status(as_json: bool = JsonOption) -> None:
     info = local.status()
     if as_json:
         print_json(info)
+    elif info.get("daemon") == "dead":
+        console.print(
+            f"local cluster: daemon dead, {len(info['leftovers'])} leftover process(es) still running"
+            " — run `piblade local down`"
+        )
     elif not info["running"]:
         console.print("local cluster: not running (start it with `piblade local up`)")
     else:

@@ -118,3 +118,33 @@ def test_clear_errors_without_a_cluster(cli: Cli) -> None:
     assert "no cluster to talk to" in result.stderr and "piblade local up" in result.stderr
     unknown = cli("submit", "mandelbrott")
     assert unknown.returncode == 1 and 'did you mean "mandelbrot"' in unknown.stderr
+
+
+def redis_servers_on(state: Path) -> list[int]:
+    """redis-server retitles itself ("redis-server 127.0.0.1:port"): match its environment, then its title."""
+    return [pid for pid in processes_mentioning(str(state)) if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def daemon_pid(state: Path) -> int:
+    return int(json.loads((state / "local" / "cluster.json").read_text())["pid"])
+
+
+def test_down_stops_what_a_killed_daemon_left(cli: Cli) -> None:
+    assert cli("local", "up", "--workers", "1").returncode == 0
+    os.kill(daemon_pid(cli.state), 9)
+    status = cli("local", "status")
+    assert status.returncode == 3 and "daemon dead" in status.stdout and "local down" in status.stdout
+    down = cli("local", "down")
+    assert down.returncode == 0, down.stderr
+    assert processes_mentioning(str(cli.state)) == []
+
+
+def test_up_after_a_killed_daemon_keeps_one_redis(cli: Cli) -> None:
+    assert cli("local", "up", "--workers", "1").returncode == 0
+    assert len(redis_servers_on(cli.state)) == 1
+    os.kill(daemon_pid(cli.state), 9)
+    again = cli("local", "up", "--workers", "1")
+    assert again.returncode == 0, again.stderr
+    assert len(redis_servers_on(cli.state)) == 1
+    assert cli("local", "down").returncode == 0
+    assert processes_mentioning(str(cli.state)) == []
