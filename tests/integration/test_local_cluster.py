@@ -121,8 +121,17 @@ def test_clear_errors_without_a_cluster(cli: Cli) -> None:
 
 
 def redis_servers_on(state: Path) -> list[int]:
-    """redis-server retitles itself ("redis-server 127.0.0.1:port"): match its environment, then its title."""
-    return [pid for pid in processes_mentioning(str(state)) if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    """redis-servers working in this state dir's AOF directory (redis-server overwrites its argv and environ)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if b"redis-server" in (entry / "cmdline").read_bytes() and Path(os.readlink(entry / "cwd")) == (
+                state / "local" / "redis"
+            ).resolve():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def daemon_pid(state: Path) -> int:
