@@ -58,8 +58,11 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     runner.state.mkdir()
     yield runner
     runner("local", "down")
-    for pid in processes_mentioning(str(runner.state)):
-        os.kill(pid, 9)
+    for pid in processes_mentioning(str(runner.state)) + redis_servers_on(runner.state):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
 
 
 def test_local_cluster_lifecycle(cli: Cli) -> None:
