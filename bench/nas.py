@@ -169,26 +169,6 @@ def run(server: SambaServer, work: Path) -> None:
     small_files(server, auth, small, work)
 
 
-def copyfile_rates(server: SambaServer, big: Path, work: Path) -> dict[str, float]:
-    """smbprotocol's own high-level copy (64 KiB reads/writes), the starting point piblade improves on."""
-    import smbclient as smb
-    import smbclient.shutil as smb_shutil
-
-    cache: dict[str, object] = {}
-    smb.register_session("127.0.0.1", username=server.user, password=server.password, port=server.port,
-                         encrypt=True, connection_cache=cache)
-    unc = rf"\\127.0.0.1\{SHARE}\big3.bin"
-    kw = {"port": server.port, "connection_cache": cache}
-    started = time.perf_counter()
-    smb_shutil.copyfile(str(big), unc, **kw)
-    up = BIG / (time.perf_counter() - started)
-    started = time.perf_counter()
-    smb_shutil.copyfile(unc, str(work / "big3.back"), **kw)
-    down = BIG / (time.perf_counter() - started)
-    smb.reset_connection_cache(connection_cache=cache)
-    return {"smbprotocol copyfile put (64 KiB)": up, "smbprotocol copyfile get (64 KiB)": down}
-
-
 def small_files(server: SambaServer, auth: Path, small: Path, work: Path) -> None:
     share_dir = server.share_dir
     env = {**os.environ, **server.env()}
