@@ -7,6 +7,8 @@
   in the inventory that never sent one is down too, with ``last_seen`` None.
 * Running jobs come from RQ's worker records: piblade names its workers
   ``<node>.<pid>`` (``piblade.worker._serve``), so busy workers are counted per node.
+* A worker process whose supervisor reported it dead is *lost*: RQ keeps its
+  key for up to 35 s, but it is neither counted as a worker nor as running a job.
 * Reading never changes anything: registry counts skip RQ's cleanup (which would
   re-queue or fail abandoned jobs as a side effect of looking at them).
 """
@@ -43,6 +45,8 @@ class NodeStatus:
     workers: int
     max_temp: float | None
     sample: Mapping[str, Any] | None
+    #: Dead worker processes RQ still lists: "vm.1234 (killed by SIGKILL)".
+    lost_workers: tuple[str, ...] = ()
 
     def _get(self, key: str) -> Any:
         return self.sample.get(key) if self.sample else None
@@ -117,6 +121,7 @@ class NodeStatus:
             "paused": self.paused,
             "running_jobs": list(self.running_jobs),
             "workers": self.workers,
+            "lost_workers": list(self.lost_workers),
             "max_temp": self.max_temp,
             "temp_c": self.temp_c,
             "throttling": list(self.throttling),
@@ -164,6 +169,8 @@ class ClusterStatus:
     nodes: tuple[NodeStatus, ...]
     queues: tuple[QueueStatus, ...]
     share: ShareStatus | None
+    #: Every dead worker process RQ still lists, also of nodes without a heartbeat.
+    lost_workers: tuple[str, ...] = ()
 
     @property
     def down(self) -> tuple[str, ...]:
@@ -181,6 +188,7 @@ class ClusterStatus:
             "queues": [q.to_dict() for q in self.queues],
             "share": self.share.to_dict() if self.share else None,
             "down": list(self.down),
+            "lost_workers": list(self.lost_workers),
         }
 
 
@@ -226,7 +234,13 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
     jobs: dict[str, list[str]] = {}
     worker_count: dict[str, int] = {}
     queue_workers: dict[str, int] = {}
-    for worker in BaseWorker.all(connection=conn):
+    lost: dict[str, list[str]] = {}
+    rq_workers = BaseWorker.all(connection=conn)
+    dead = healthstore.lost_workers(conn, [w.name for w in rq_workers])
+    for worker in rq_workers:
+        if worker.name in dead:
+            lost.setdefault(node_of_worker(worker.name) or "", []).append(f"{worker.name} ({dead[worker.name]})")
+            continue
         for qname in worker.queue_names():
             queue_workers[qname] = queue_workers.get(qname, 0) + 1
         node = node_of_worker(worker.name)
@@ -256,6 +270,7 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
             workers=worker_count.get(beat, 0),
             max_temp=max_temp,
             sample=sample,
+            lost_workers=tuple(sorted(lost.get(beat, ()))),
         ))
 
     queue_names |= {q.name for q in Queue.all(connection=conn)} | set(queue_workers)
@@ -276,6 +291,7 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
         nodes=tuple(nodes),
         queues=tuple(queues),
         share=_share(nodes),
+        lost_workers=tuple(sorted(w for names in lost.values() for w in names)),
     )
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
+from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 
-from piblade import runs
+from piblade import redisconn, runs
 from piblade.errors import BadParameter, NotFound, PibladeError
 from piblade.registry import Registry, shown
 from piblade.runs import RunRecord
@@ -403,6 +404,13 @@ _OVER = {"finished", "failed", "stopped", "canceled"}
 
 def task_status(conn: redis.Redis, job_id: str) -> dict[str, Any]:
     """Details of one task (an RQ job id)."""
+    try:
+        return _task_info(conn, job_id)
+    except DeserializationError:
+        return _unreadable_task(conn, job_id)
+
+
+def _task_info(conn: redis.Redis, job_id: str) -> dict[str, Any]:
     job = BladeJob.fetch_many([job_id], connection=conn, serializer=JSONSerializer)[0]
     if job is None:
         raise NotFound(f"no run or task {job_id!r}", hint="`piblade jobs status` lists recent runs")
@@ -426,8 +434,44 @@ def task_status(conn: redis.Redis, job_id: str) -> dict[str, Any]:
     return info
 
 
-def cancel(conn: redis.Redis, run_id: str) -> dict[str, int]:
-    """Cancel every task that has not started; running ones finish (they are short by design).
+def _unreadable_task(conn: redis.Redis, job_id: str) -> dict[str, Any]:
+    """A job whose payload is not JSON: never piblade's, and refused by every worker.
+
+    Someone wrote it into Redis directly (pickle is RQ's default). Show what
+    can be read without deserialising it; its traceback is RQ's record of the refusal.
+    """
+    fields = {redisconn.text(k): v for k, v in conn.hgetall(Job.key_for(job_id)).items()}
+    state = redisconn.text(fields.get("status") or b"") or "unknown"
+    info: dict[str, Any] = {
+        "task": job_id,
+        "run": None,
+        "function": "(unreadable: its payload is not JSON, so no piblade worker runs it)",
+        "state": state,
+        "worker": redisconn.text(fields.get("worker_name") or b"") or None,
+        "refused": True,
+    }
+    if state in ("failed", "stopped"):
+        info["traceback"] = _failure_text(conn, job_id) or "no traceback recorded"
+    return info
+
+
+def _failure_text(conn: redis.Redis, job_id: str) -> str:
+    """The latest exception text RQ recorded for a job, read without deserialising the job."""
+    from rq.results import Result
+
+    entries: list[Any] = conn.xrevrange(Result.get_key(job_id), count=1) or []
+    if not entries:
+        return ""
+    result_id, payload = entries[0]
+    return Result.restore(job_id, redisconn.text(result_id), dict(payload), connection=conn).exc_string or ""
+
+
+def cancel(conn: redis.Redis, run_id: str, *, running: bool = False) -> dict[str, int]:
+    """Cancel every task that has not started; with ``running``, stop the started ones too.
+
+    A started task is stopped with RQ's own stop-job command: its worker
+    interrupts it at its next return to Python (between kernel chunks) and
+    records it as stopped (``piblade.worker``). Without ``running`` it finishes.
 
     Workers keep dequeuing while this runs. A queued task is taken off the
     queue list first (LREM, atomic against a worker's dequeue) and canceled only
@@ -451,8 +495,22 @@ def cancel(conn: redis.Redis, run_id: str) -> dict[str, int]:
     # In a worker's hands: started, or dequeued and about to start ("queued" but no
     # longer on the queue list), which includes those dequeued after the snapshot.
     rest = [j for j in ids if j not in waiting]
-    running = sum(s in ("started", "queued") for s in _statuses(conn, rest))
-    return {"canceled": len(waiting), "running": running}
+    rest_states = _statuses(conn, rest)
+    in_hand = sum(s in ("started", "queued") for s in rest_states)
+    stopping = 0
+    if running:
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+
+        for job_id, state in zip(rest, rest_states, strict=True):
+            if state != "started":
+                continue
+            try:
+                send_stop_job_command(conn, job_id, serializer=JSONSerializer)
+                stopping += 1
+            except (InvalidJobOperation, NoSuchJobError):
+                pass  # it ended meanwhile
+    return {"canceled": len(waiting), "running": in_hand - stopping, "stopping": stopping}
 
 
 def retry(conn: redis.Redis, run_id: str) -> int:

@@ -9,7 +9,8 @@ code 1; anything else is a bug and keeps its traceback.
     ├── JobError
     │   ├── UnknownJob          no registered job has that name
     │   ├── BadParameter        a parameter is missing, mistyped or out of range
-    │   └── UnregisteredCallable  a queued job names code that is not a registered job
+    │   ├── UnregisteredCallable  a queued job names code that is not a registered job
+    │   └── TaskStopped         a running task was stopped on request (RQ's stop-job command)
     ├── ClusterError
     │   ├── RedisUnavailable    the queue server does not answer or refuses our password
     │   ├── LocalClusterError   `piblade local` could not start or stop something
@@ -77,6 +78,10 @@ class BadParameter(JobError):
 
 class UnregisteredCallable(JobError):
     """Raised on a worker for a queued job whose function is not registered."""
+
+
+class TaskStopped(JobError):
+    """Raised inside a running task, at its next return to Python, when someone stopped it."""
 
 
 class ClusterError(PibladeError):

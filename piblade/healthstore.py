@@ -11,6 +11,9 @@ Keys (all under ``piblade:health:``):
 * ``piblade:health:<node>:pause`` — why workers on the node must not take new
   jobs ("hot", "under-voltage", "throttled"); set by the agent with hysteresis,
   with the same TTL as the sample so a dead agent never pauses a node forever.
+* ``piblade:health:worker:<worker>:lost`` — how a worker process died
+  ("killed by SIGKILL"), set by its supervisor when it reaps it. RQ's key for
+  that worker lives on until its TTL (35 s); readers show it as lost meanwhile.
 
 Samples travel as plain dicts (``HealthSample.to_dict()``), so readers need not
 import psutil; this module imports nothing but redis and the standard library.
@@ -31,6 +34,7 @@ SAMPLE_KEY = "piblade:health:{}"
 HISTORY_KEY = "piblade:health:{}:history"
 PAUSE_KEY = "piblade:health:{}:pause"
 NODES_KEY = "piblade:health:nodes"
+LOST_WORKER_KEY = "piblade:health:worker:{}:lost"
 HISTORY_SECONDS = 24 * 3600
 
 
@@ -109,3 +113,16 @@ def pauses(conn: redis.Redis, names: list[str]) -> dict[str, str | None]:
         return {}
     raw = conn.mget([PAUSE_KEY.format(n) for n in names])
     return {n: (text(r) if r else None) for n, r in zip(names, raw, strict=True)}
+
+
+def report_lost_worker(conn: redis.Redis, worker: str, how: str, *, ttl: int) -> None:
+    """Record that worker process ``worker`` (``<node>.<pid>``) died, and how."""
+    conn.set(LOST_WORKER_KEY.format(worker), json.dumps({"how": how, "at": time.time()}), ex=ttl)
+
+
+def lost_workers(conn: redis.Redis, names: list[str]) -> dict[str, str]:
+    """worker -> how it died, for those of ``names`` that a supervisor reported lost (one round trip)."""
+    if not names:
+        return {}
+    raw = conn.mget([LOST_WORKER_KEY.format(n) for n in names])
+    return {n: str(json.loads(r).get("how", "lost")) for n, r in zip(names, raw, strict=True) if r}

@@ -396,6 +396,7 @@ def status(paths: LocalPaths | None = None) -> dict[str, Any]:
     from rq import Queue
     from rq.worker import BaseWorker
 
+    from piblade import healthstore
     from piblade.errors import RedisUnavailable
     from piblade.redisconn import connect
 
@@ -416,8 +417,11 @@ def status(paths: LocalPaths | None = None) -> dict[str, Any]:
     for name in config.queues:
         queue = Queue(name, connection=conn)
         info["queues"][name] = {"queued": queue.count, "failed": queue.failed_job_registry.count}
-    for worker in BaseWorker.all(connection=conn):
-        info["workers"].append({"name": worker.name, "state": str(worker.get_state()), "job": worker.get_current_job_id()})
+    rq_workers = BaseWorker.all(connection=conn)
+    lost = healthstore.lost_workers(conn, [w.name for w in rq_workers])
+    for worker in rq_workers:
+        state = f"lost ({lost[worker.name]})" if worker.name in lost else str(worker.get_state())
+        info["workers"].append({"name": worker.name, "state": state, "job": worker.get_current_job_id()})
     conn.close()
     return info
 

@@ -21,6 +21,13 @@ what protects us, so this module adds it back:
   a running kernel, so job kernels work in chunks; as a backstop the keep-alive
   thread kills the process if a job overruns its timeout by a grace period, and
   the supervisor starts a fresh, already-warm process.
+* **A stopped task stops.** RQ's stop-job command kills a forked work horse;
+  here the task runs in the worker process itself, so the command interrupts
+  it instead at its next return to Python (between kernel chunks), and it is
+  recorded as stopped, not retried. The worker goes on with the next task.
+* **A dead worker process is reported at once.** Its supervisor marks it lost
+  in Redis, so `piblade status` does not show it as alive for the 35 s its
+  RQ worker key outlives it.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
 from piblade import runs
-from piblade.errors import UnregisteredCallable
+from piblade.errors import PibladeError, TaskStopped, UnregisteredCallable
 from piblade.registry import REGISTRY, Registry, TaskContext, load_registry
 
 log = logging.getLogger("piblade.worker")
@@ -78,6 +85,24 @@ class Runtime:
 
 
 _runtime = Runtime(node=socket.gethostname(), data_root=Path.cwd(), threads=1)
+
+#: The signal that interrupts a running task for RQ's stop-job command.
+STOP_TASK_SIGNAL = signal.SIGUSR1
+#: The task this process is inside right now (its RQ id), and the one asked to stop.
+_running_task: str | None = None
+_stop_target: str | None = None
+
+
+def _interrupt_task(signum: int, frame: Any) -> None:
+    """Raise in the task, if it is still the one that was asked to stop.
+
+    Python runs this in the main thread at its next bytecode, so a task stops
+    between kernel calls, never inside nopython code; a signal that arrives
+    after the task ended does nothing.
+    """
+    target = _stop_target
+    if target is not None and target == _running_task:
+        raise TaskStopped(f"task {target} was stopped on request (`piblade jobs cancel --running` or RQ's stop-job)")
 
 
 def configure_runtime(runtime: Runtime) -> None:
@@ -128,10 +153,15 @@ class BladeJob(Job):
         if output:
             ctx.resolve(output).mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        if phase == "task":
-            value = spec.task(ctx, **self.kwargs)
-        else:
-            value = self._run_reduce(spec, ctx, run_id)
+        global _running_task
+        _running_task = self.id
+        try:
+            if phase == "task":
+                value = spec.task(ctx, **self.kwargs)
+            else:
+                value = self._run_reduce(spec, ctx, run_id)
+        finally:
+            _running_task = None
         return {"node": ctx.node, "seconds": round(time.perf_counter() - started, 6), "value": value}
 
     def _run_reduce(self, spec: Any, ctx: TaskContext, run_id: str) -> Any:
@@ -220,13 +250,17 @@ class BladeWorker(SimpleWorker):
     RQ's idle path (which marks the worker idle and blocks).
     """
 
-    def __init__(self, queues: Sequence[Queue], **kwargs: Any) -> None:
-        kwargs.setdefault("job_class", BladeJob)
-        kwargs.setdefault("serializer", JSONSerializer)
+    def __init__(self, queues: Sequence[Queue], name: str | None = None, *args: Any, **kwargs: Any) -> None:
+        # RQ itself builds workers as cls([], name, job_class=None, serializer=None, ...)
+        # when it reads them back from Redis (Worker.all, find_by_key, `rq info -w`).
+        if kwargs.get("job_class") is None:
+            kwargs["job_class"] = BladeJob
+        if kwargs.get("serializer") is None:
+            kwargs["serializer"] = JSONSerializer
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         kwargs.setdefault("job_monitoring_interval", JOB_HEARTBEAT_INTERVAL)
         kwargs.setdefault("worker_ttl", WORKER_TTL)
-        super().__init__(queues, **kwargs)
+        super().__init__(queues, name, *args, **kwargs)
         self._last_beat = 0.0
         self._last_suspension_check = 0.0
         self._keeper: _KeepAlive | None = None
@@ -265,6 +299,21 @@ class BladeWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return JOB_HEARTBEAT_TTL
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """RQ's stop-job and stop-execution commands end here (from its pubsub thread).
+
+        RQ kills the forked work horse; a piblade task runs in this process, so
+        it is interrupted instead (:func:`_interrupt_task`). RQ has already set
+        ``_stopped_job_id``, so the failure is recorded as "stopped" and not retried.
+        """
+        global _stop_target
+        job_id = self._stopped_job_id
+        if not job_id or job_id != _running_task:
+            log.warning("stop requested for %s, which this worker is not running", job_id)
+            return
+        _stop_target = job_id
+        signal.pthread_kill(threading.main_thread().ident or 0, STOP_TASK_SIGNAL)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:
@@ -361,6 +410,7 @@ class BladeWorker(SimpleWorker):
         job.ended_at = now()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        global _stop_target
         if self._keeper is None:
             self._keeper = _KeepAlive(self)
             self._keeper.start()
@@ -369,6 +419,8 @@ class BladeWorker(SimpleWorker):
         try:
             self.perform_job(job, queue, execution)
         finally:
+            _stop_target = None
+            self._stopped_job_id = None
             self._keeper.clear()
             # Idle again for RQ's stop handling (a SIGTERM now must stop at once);
             # the Redis copy of the state is written on the next idle wait.
@@ -432,6 +484,7 @@ def _serve(config: WorkerConfig, target: Any) -> int:
     queues = [Queue(name, connection=conn, job_class=BladeJob, serializer=JSONSerializer) for name in config.queues]
     name = f"{config.node}.{os.getpid()}"
     worker = BladeWorker(queues, connection=conn, name=name, log_job_description=False)
+    signal.signal(STOP_TASK_SIGNAL, _interrupt_task)
     worker.work(burst=config.burst, logging_level="WARNING", with_scheduler=False)
     return 0
 
@@ -497,6 +550,24 @@ class Supervisor:
             os.kill(pid, signal.SIGTERM)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
+    def _report_lost(self, pid: int, how: str) -> None:
+        """Mark the dead process's RQ worker lost: its key stays in Redis until its TTL runs out.
+
+        A short-lived connection: nothing of it may be inherited by the next fork.
+        """
+        from piblade import healthstore
+        from piblade.redisconn import connect
+
+        name = f"{self.config.node}.{pid}"
+        try:
+            conn = connect(self.target, timeout=2.0)
+            try:
+                healthstore.report_lost_worker(conn, name, how, ttl=WORKER_TTL + 30)
+            finally:
+                conn.close()
+        except (PibladeError, RedisError, OSError) as exc:
+            log.warning("could not report worker %s as lost: %s", name, exc)
+
     def _forward(self, signum: int, frame: Any) -> None:
         self.stopping = True
         for pid in list(self.children):
@@ -521,16 +592,29 @@ class Supervisor:
                 self.children.pop(pid, 0)
                 continue
             slot = self.children.pop(pid)
-            if self.config.burst and os.waitstatus_to_exitcode(status) == 0:
+            code = os.waitstatus_to_exitcode(status)
+            if self.config.burst and code == 0:
                 continue
+            how = exit_description(code)
+            self._report_lost(pid, how)
             now = time.monotonic()
             self.restarts = [t for t in self.restarts if now - t < 60] + [now]
-            log.warning("worker process %s exited (%s); starting a new one", pid, os.waitstatus_to_exitcode(status))
+            log.warning("worker process %s %s; starting a new one", pid, how)
             if len(self.restarts) > 5:
                 time.sleep(5)  # crash loop: do not spin
             if not self.stopping:
                 self._spawn(slot)
         return 0
+
+
+def exit_description(code: int) -> str:
+    """``os.waitstatus_to_exitcode`` in words: "killed by SIGKILL", "exited with code 1"."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def run_workers(config: WorkerConfig, target: Any) -> int:

@@ -79,12 +79,26 @@ def status(
 
 
 @app.command("cancel")
-def cancel(run_id: str = typer.Argument(...), inventory: Path = InventoryOption) -> None:
-    """Cancel the tasks of a run that have not started yet."""
+def cancel(
+    run_id: str = typer.Argument(...),
+    running: bool = typer.Option(False, "--running", help="Also stop the tasks that have started "
+                                 "(each stops at its next return to Python, between kernel chunks)."),
+    as_json: bool = JsonOption,
+    inventory: Path = InventoryOption,
+) -> None:
+    """Cancel the tasks of a run that have not started yet (and with --running, stop those that have)."""
     from piblade import dispatch
 
-    result = dispatch.cancel(open_redis(inventory), run_id)
-    console.print(f"run {run_id}: {result['canceled']} task(s) canceled, {result['running']} running will finish")
+    result = dispatch.cancel(open_redis(inventory), run_id, running=running)
+    if as_json:
+        print_json({"run": run_id, **result})
+        return
+    line = f"run {run_id}: {result['canceled']} task(s) canceled"
+    if result["stopping"]:
+        line += f", {result['stopping']} running task(s) told to stop"
+    if result["running"]:
+        line += f", {result['running']} running will finish" + ("" if running else " (--running stops them)")
+    console.print(line)
 
 
 @app.command("retry")

@@ -108,6 +108,12 @@ def render(status: ClusterStatus) -> Group:
         )
     if status.down:
         parts.append(f"[bold red]down:[/] {escape(', '.join(status.down))}")
+    lost = status.lost_workers
+    if lost:
+        parts.append(
+            f"[bold red]lost worker processes:[/] {escape(', '.join(lost))} "
+            "[dim](their supervisor started new ones; a task they held goes back to the queue within about 40 s)[/]"
+        )
     return Group(*parts)
 
 
