@@ -94,6 +94,31 @@ def resolve_over(inventory: Path | None, over: str | None, input_dir: Path | Non
     return full, paths
 
 
+def check_share_inputs(inventory: Path | None, spec: Any, params: dict[str, Any]) -> None:
+    """Refuse a run whose input files are not on the share, when the share can be reached from here.
+
+    When it cannot (no NAS address known, the NAS down), say so and go on: the
+    workers, which have their own mount, are the final judges.
+    """
+    from piblade.errors import PibladeError
+    from piblade.inputs import check_inputs, input_paths
+
+    if not input_paths(spec, params):
+        return
+    from piblade.nas import open_share
+
+    try:
+        with open_share(inventory=inventory) as share:
+            check_inputs(share, spec, params)
+    except BadParameter:
+        raise
+    except PibladeError as exc:
+        from rich.markup import escape
+
+        err_console.print(f"[yellow]warning:[/] could not check the input file(s) on the share "
+                          f"({escape(exc.message)}); submitting anyway", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def submit(
@@ -127,7 +152,9 @@ def register(app: typer.Typer) -> None:
         else:
             # Validate before touching Redis: a bad parameter never needs a running cluster.
             spec = registry.get(job)
-            spec.plan(spec.validate(params))
+            validated = spec.validate(params)
+            spec.plan(validated)
+            check_share_inputs(inventory, spec, validated)
             conn = open_redis(inventory)
             record = dispatch.submit(conn, registry, job, params, queue=queue, timeout=timeout, retries=retries)
         if dispatch.workers_on(conn, queue) == 0:

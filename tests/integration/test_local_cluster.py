@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,41 @@ def test_up_after_a_killed_daemon_keeps_one_redis(cli: Cli) -> None:
     assert len(redis_servers_on(cli.state)) == 1
     assert cli("local", "down").returncode == 0
     assert processes_mentioning(str(cli.state)) == []
+
+
+def test_a_killed_worker_process_shows_as_lost(cli: Cli) -> None:
+    assert cli("local", "up", "--workers", "2").returncode == 0
+    before = json.loads(cli("local", "status", "--json").stdout)["workers"]
+    victim = before[0]["name"]
+    os.kill(int(victim.rpartition(".")[2]), 9)
+    # Its RQ key lives on for up to 35 s; its supervisor reports it at once.
+    deadline = time.monotonic() + 20
+    while True:
+        workers = {w["name"]: w["state"] for w in json.loads(cli("local", "status", "--json").stdout)["workers"]}
+        if workers.get(victim, "").startswith("lost"):
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.2)
+    assert workers[victim] == "lost (killed by SIGKILL)"
+    text = cli("local", "status").stdout
+    assert f"worker {victim}: lost (killed by SIGKILL)" in text
+    shown = cli("status")
+    assert "lost worker processes:" in shown.stdout and victim in shown.stdout
+    assert json.loads(cli("status", "--json").stdout)["lost_workers"] == [f"{victim} (killed by SIGKILL)"]
+
+
+def test_inputs_missing_from_the_share_are_refused_before_enqueueing(cli: Cli) -> None:
+    assert cli("local", "up", "--workers", "1").returncode == 0
+    data = cli.state / "local" / "data"
+    (data / "inputs").mkdir(exist_ok=True)
+    (data / "inputs" / "sensor.f8").write_bytes(bytes(8 * 100))
+    missing = cli("submit", "summary", "-p", "path=inputs/sensr.f8")
+    assert missing.returncode == 1
+    assert "summary: path=inputs/sensr.f8 does not exist on the share" in missing.stderr, missing.stderr
+    assert "piblade nas ls" in missing.stderr
+    folder = cli("submit", "summary", "-p", "path=inputs")
+    assert folder.returncode == 1 and "is a directory on the share" in folder.stderr
+    assert json.loads(cli("jobs", "status", "--json").stdout) == []  # nothing was enqueued
+    ok = cli("submit", "summary", "-p", "path=inputs/sensor.f8", "-p", "parts=1", "--wait", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["result"]["count"] == 100

@@ -428,3 +428,29 @@ def test_bad_queue_names_are_refused() -> None:
         with pytest.raises(BadParameter):
             check_queue(bad)
     assert check_queue("default") == "default"
+
+
+def test_input_paths_are_the_path_parameters_only(tmp_path) -> None:
+    from piblade.errors import BadParameter
+    from piblade.inputs import check_inputs, input_paths
+    from piblade.nas.share import LocalShare
+
+    spec = load_registry().get("summary")
+    params = spec.validate({"path": "inputs/a.f8", "parts": "2"})
+    assert input_paths(spec, params) == [("path", "inputs/a.f8")]
+    assert input_paths(load_registry().get("mandelbrot"), {"width": 10}) == []
+    share = LocalShare(tmp_path)
+    with pytest.raises(BadParameter, match=r"path=inputs/a.f8 does not exist on the share"):
+        check_inputs(share, spec, params)
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "a.f8").write_bytes(b"\0" * 8)
+    check_inputs(share, spec, params)
+    with pytest.raises(BadParameter, match="is a directory"):
+        check_inputs(share, spec, spec.validate({"path": "inputs"}))
+
+
+@pytest.mark.parametrize(("code", "words"), [(-9, "killed by SIGKILL"), (-15, "killed by SIGTERM"), (1, "exited with code 1")])
+def test_a_dead_worker_is_described_in_words(code: int, words: str) -> None:
+    from piblade.worker import exit_description
+
+    assert exit_description(code) == words
