@@ -385,7 +385,9 @@ def test_status_watch_json_streams_until_ctrl_c(redis_server: RedisServer, conn:
         lines = [json.loads(proc.stdout.readline()) for _ in range(3)]  # type: ignore[union-attr]
         assert all(doc["nodes"][0]["name"] == "pi1.test" and doc["nodes"][0]["up"] for doc in lines)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        # Keep reading while it exits: a full pipe would block its last write and flush.
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
             proc.kill()
