@@ -128,7 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("piblade_numba_threads", "int", 0, "Numba threads per worker process; 0 means automatic.", min=0),
     Setting("piblade_python", "str", "python3", "Python interpreter used to create the node's virtualenv."),
     Setting("piblade_known_hosts", "str", None, "known_hosts file on the controller that this node's SSH host key "
-            "is checked against; unset means ~/.ssh/known_hosts."),
+            "is checked against and `piblade trust` adds it to; unset means ~/.ssh/known_hosts. Usually set "
+            "once under all: vars:."),
 )
 _SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 _NODE_SETTINGS = tuple(s for s in SETTINGS if s.scope == "node")

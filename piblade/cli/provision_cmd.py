@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +13,6 @@ from rich.table import Table
 from piblade.cli.output import console, err_console, print_json
 
 if TYPE_CHECKING:
-    import paramiko
-
     from piblade.inventory import Cluster
     from piblade.provision.engine import HostResult
 
@@ -83,33 +80,18 @@ def register(app: typer.Typer) -> None:
         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     ) -> None:
         """Fetch a node's SSH host key, show its fingerprint and add it to known_hosts."""
-        import paramiko
-
         from piblade.provision.engine import target_for
-        from piblade.provision.run import known_hosts_file
-        from piblade.provision.ssh import HostKeyChanged, append_known_host, fingerprint, scan_host_key
+        from piblade.provision.ssh import host_key_status, trust_host_key
 
-        cluster = _inventory(inventory)
-        node = cluster.node(host)
-        known = known_hosts_file(cluster)
-        target = target_for(node, cluster, known)
-        key = scan_host_key(target)
-        existing = paramiko.HostKeys(str(known)) if known.exists() else paramiko.HostKeys()
-        known_keys: Mapping[str, paramiko.PKey] = existing.lookup(target.host_key_name) or {}
-        have = known_keys.get(key.get_name())
-        if have is not None:
-            if have.asbytes() == key.asbytes():
-                console.print(f"{host} ({target.host_key_name}) is already trusted: {key.get_name()} {fingerprint(key)}")
-                return
-            raise HostKeyChanged(
-                f"{host}: HOST KEY CHANGED — it now offers {fingerprint(key)}, known_hosts has {fingerprint(have)}",
-                hint=f"if the node was reinstalled: ssh-keygen -R {target.host_key_name} -f {known}",
-            )
-        console.print(f"{host} ({target.host_key_name}) offers {key.get_name()} {fingerprint(key)}")
+        target = target_for(_inventory(inventory).node(host))
+        key, trusted = host_key_status(target)
+        if trusted:
+            console.print(f"{host} ({target.host_key_name}) is already trusted: {key}")
+            return
+        console.print(f"{host} ({target.host_key_name}) offers {key}")
         if not yes and not typer.confirm("Trust this key?", default=False):
             raise typer.Exit(1)
-        append_known_host(known, target.host_key_name, key)
-        console.print(f"added to {known}")
+        console.print(f"added to {trust_host_key(target, key)}")
 
 
 def _recap(results: list[HostResult], check: bool, diff: bool) -> None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piblade.errors import PibladeError
-from piblade.inventory import Cluster, Node
+from piblade.inventory import Node
 from piblade.provision.facts import FACTS_SCRIPT, NodeFacts, parse_facts
-from piblade.provision.ssh import Session, SshTarget
+from piblade.provision.ssh import DEFAULT_KNOWN_HOSTS, Session, SshTarget
 from piblade.provision.steps import Change, Service, Step
 from piblade.provision.wheelhouse import Wheelhouse
 
@@ -166,8 +166,15 @@ def restarts(steps: list[Step], decisions: list[Change | None], earlier: frozens
     return out
 
 
-def target_for(node: Node, cluster: Cluster, known_hosts: Path) -> SshTarget:
-    key = node.extra_vars.get("ansible_ssh_private_key_file") if hasattr(node.extra_vars, "get") else None
+def target_for(node: Node) -> SshTarget:
+    """How to reach a node: the inventory alone decides (piblade reads no ~/.ssh/config).
+
+    ``piblade_known_hosts`` is the node's own setting (Ansible precedence, so
+    usually one value under all: vars): its key is verified in, and `piblade
+    trust` writes to, that file.
+    """
+    key = node.extra_vars.get("ansible_ssh_private_key_file")
+    known = node.settings.known_hosts
     return SshTarget(
         name=node.name,
         address=node.address,
@@ -175,7 +182,7 @@ def target_for(node: Node, cluster: Cluster, known_hosts: Path) -> SshTarget:
         user=node.user,
         key_file=Path(str(key)).expanduser() if key else None,
         become=node.become,
-        known_hosts=known_hosts,
+        known_hosts=Path(known or DEFAULT_KNOWN_HOSTS).expanduser(),
     )
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +23,7 @@ from piblade.provision.engine import (
     run_parallel,
     target_for,
 )
+from piblade.provision.ssh import known_hosts_lines
 from piblade.provision.steps import Step
 from piblade.state import ensure_secret, private_dir, read_secret, state_dir, write_private
 
@@ -32,11 +31,6 @@ from piblade.state import ensure_secret, private_dir, read_secret, state_dir, wr
 def cluster_paths(cluster: Cluster) -> LocalPaths:
     """The controller's state for one cluster: its Redis (AOF, ACL, password) and secrets."""
     return LocalPaths(state_dir() / "clusters" / cluster.name)
-
-
-def known_hosts_file(cluster: Cluster) -> Path:
-    configured = getattr(cluster.controller.settings, "known_hosts", None)
-    return Path(configured).expanduser() if configured else Path("~/.ssh/known_hosts").expanduser()
 
 
 def load_secrets(cluster: Cluster) -> roles.Secrets:
@@ -60,17 +54,12 @@ def load_secrets(cluster: Cluster) -> roles.Secrets:
     )
 
 
-def nas_host_keys(cluster: Cluster, known_hosts: Path) -> str:
-    """known_hosts lines for the NAS node, taken from the controller's verified known_hosts."""
-    import paramiko
-
+def nas_host_keys(cluster: Cluster) -> str:
+    """known_hosts lines for the NAS node (for sshfs mounts), from the known_hosts its key is verified in."""
     nas = cluster.nas
-    if nas is None or not known_hosts.exists():
+    if nas is None:
         return ""
-    keys = paramiko.HostKeys(str(known_hosts))
-    name = nas.address if nas.port == 22 else f"[{nas.address}]:{nas.port}"
-    found: Mapping[str, paramiko.PKey] = keys.lookup(name) or {}
-    return "".join(f"{nas.address} {kind} {key.get_base64()}\n" for kind, key in sorted(found.items()))
+    return known_hosts_lines(target_for(nas).known_hosts, nas.address, nas.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +77,6 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
     if unknown:
         cluster.node(min(unknown))  # raises NotFound with a did-you-mean
     selected = [n for n in cluster.nodes if not options.limit or n.name in options.limit]
-    known_hosts = known_hosts_file(cluster)
     secrets = load_secrets(cluster)
     results: dict[str, HostResult] = {}
 
@@ -98,7 +86,7 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
 
         results[controller.name] = converge_controller(cluster, cluster_paths(cluster), options.check, emit)
 
-    runs = [HostRun(n, target_for(n, cluster, known_hosts)) for n in selected if not n.is_local]
+    runs = [HostRun(n, target_for(n)) for n in selected if not n.is_local]
 
     def phase_connect(run: HostRun) -> HostResult | None:
         try:
@@ -117,7 +105,7 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
         cluster=cluster,
         redis_url=f"redis://piblade@{controller.address}:{controller.settings.redis_port}/0",
         secrets=secrets,
-        nas_host_keys=nas_host_keys(cluster, known_hosts),
+        nas_host_keys=nas_host_keys(cluster),
     )
     wheelhouses = Wheelhouses(state_dir() / "wheelhouse", log=cluster_paths(cluster).log_dir / "wheelhouse.log")
     private_dir(cluster_paths(cluster).log_dir)

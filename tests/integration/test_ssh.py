@@ -122,7 +122,7 @@ def test_nagle_is_off_on_the_ssh_socket(sshd: Sshd, tmp_path: Path) -> None:
 
 
 def test_piblade_trust_adds_the_key_after_showing_it(sshd: Sshd, tmp_path: Path) -> None:
-    known = tmp_path / "known_hosts"
+    known, own = tmp_path / "known_hosts", tmp_path / "n2_known_hosts"
     inventory = tmp_path / "lab.yml"
     inventory.write_text(f"""all:
   vars:
@@ -134,13 +134,84 @@ def test_piblade_trust_adds_the_key_after_showing_it(sshd: Sshd, tmp_path: Path)
     workers:
       hosts:
         n1: {{ansible_host: 127.0.0.1, ansible_port: {sshd.port}, ansible_user: root}}
+        n2: {{ansible_host: 127.0.0.1, ansible_port: {sshd.port}, ansible_user: root, piblade_known_hosts: {own}}}
 """)
     env = {**os.environ, "COLUMNS": "200"}
-    run = subprocess.run([sys.executable, "-m", "piblade", "trust", "n1", "-i", str(inventory), "--yes"],
-                         capture_output=True, text=True, env=env)
+
+    def trust(host: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "piblade", "trust", host, "-i", str(inventory), "--yes"],
+                              capture_output=True, text=True, env=env)
+
+    run = trust("n1")
     assert run.returncode == 0, run.stderr
     assert "offers ssh-ed25519 SHA256:" in run.stdout
     assert sshd.host_pub in known.read_text()
-    again = subprocess.run([sys.executable, "-m", "piblade", "trust", "n1", "-i", str(inventory), "--yes"],
-                           capture_output=True, text=True, env=env)
-    assert "already trusted" in again.stdout
+    assert "already trusted" in trust("n1").stdout
+    # piblade_known_hosts is per node: n2's key goes to (and is checked in) its own file.
+    assert f"added to {own}" in trust("n2").stdout
+    assert known.read_text().count("\n") == 1 and sshd.host_pub in own.read_text()
+    # A changed key is refused by trust too, with the command that removes the old one.
+    keygen(tmp_path / "other")
+    own.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 {(tmp_path / 'other.pub').read_text().split()[1]}\n")
+    refused = trust("n2")
+    assert refused.returncode == 1
+    said = " ".join(refused.stderr.split())  # rich wraps long lines
+    assert "HOST KEY CHANGED" in said and f"ssh-keygen -R [127.0.0.1]:{sshd.port} -f {own}" in said
+
+
+def _home_that_would_redirect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME whose ~/.ssh/config and ~/.fabric.yaml would send every connection elsewhere."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    keygen(home / ".ssh" / "stranger")
+    (home / ".ssh" / "config").write_text(
+        f"Host *\n  HostName 127.0.0.2\n  User nobody-from-ssh-config\n  Port {local.free_port()}\n"
+        f"  IdentityFile {home}/.ssh/stranger\n  IdentitiesOnly yes\n  ProxyJump nobody@127.0.0.3\n"
+        "  ConnectTimeout 1\n  ForwardAgent yes\n"
+    )
+    (home / ".fabric.yaml").write_text(
+        f"user: nobody-from-fabric\nport: {local.free_port()}\n"
+        f"connect_kwargs: {{key_filename: [{home}/.ssh/stranger]}}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+def test_the_inventory_alone_says_how_to_reach_a_node(
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ~/.ssh/config and Fabric's own config files are not read: user, port, address and key
+    # come from the inventory, so a run does the same on every controller and for every user.
+    _home_that_would_redirect(tmp_path, monkeypatch)
+    known = tmp_path / "known_hosts"
+    with Session(target(sshd, known), accept_new=True) as session:
+        assert session.script("id -un").stdout.split() == ["root"]
+    # The key is looked up under the inventory's address, not a HostName from ~/.ssh/config.
+    with Session(target(sshd, known)) as session:
+        assert session.accepted == [] and session.script("true").ok
+    assert known.read_text().startswith(f"[127.0.0.1]:{sshd.port} ssh-ed25519 ")
+
+
+def test_default_keys_only_when_the_inventory_names_none(
+    sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import getpass
+    import shutil
+
+    home = _home_that_would_redirect(tmp_path, monkeypatch)
+    shutil.copy(sshd.client_key, home / ".ssh" / "id_ed25519")  # the key sshd accepts, where ssh looks
+    known = tmp_path / "known_hosts"
+    # No ansible_user and no key file: the login user is yours and ~/.ssh/id_* is tried, as `ssh` does
+    # without a config file (not ~/.ssh/config's User and IdentityFile).
+    defaults = SshTarget("n1", "127.0.0.1", sshd.port, None, None, False, known)
+    with Session(defaults, accept_new=True) as session:
+        assert session.script("id -un").stdout.split() == [getpass.getuser()]
+    # A key file in the inventory is the only key offered: the default one that would work is not tried.
+    named = SshTarget("n1", "127.0.0.1", sshd.port, "root", home / ".ssh" / "stranger", False, known)
+    with pytest.raises(SshError, match="SSH authentication failed for root@127.0.0.1"):
+        Session(named).open()
+    missing = SshTarget("n1", "127.0.0.1", sshd.port, "root", tmp_path / "no-such-key", False, known)
+    with pytest.raises(SshError, match="no-such-key") as info:
+        Session(missing).open()
+    assert "ansible_ssh_private_key_file" in (info.value.hint or "")

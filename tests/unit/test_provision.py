@@ -291,6 +291,47 @@ def test_tags_filter_steps(ctx: roles.Context) -> None:
         "packages: samba", "directory /srv/data", "file /etc/samba/smb.conf", "samba user piblade", "service smbd"}
 
 
+KNOWN_HOSTS_INVENTORY = """
+all:
+  vars: {ansible_user: pi, ansible_ssh_private_key_file: ~/keys/lab, piblade_known_hosts: /etc/lab/known_hosts}
+  children:
+    controller:
+      hosts:
+        ctl: {ansible_host: 10.199.0.1, ansible_connection: local}
+    nas:
+      hosts:
+        nas1: {ansible_host: 10.199.0.10, ansible_port: 2222, piblade_known_hosts: %s}
+    workers:
+      hosts:
+        w1: {ansible_host: 10.199.0.11, ansible_user: root}
+        w2: {ansible_host: 10.199.0.12, piblade_known_hosts: ~/other_known_hosts}
+"""
+
+
+def test_each_node_is_reached_as_its_own_inventory_entry_says(tmp_path: Path) -> None:
+    from piblade.provision.engine import target_for
+
+    cluster = parse_inventory(KNOWN_HOSTS_INVENTORY % (tmp_path / "nas_known_hosts"), source="lab.yml")
+    w1, w2, nas = (target_for(cluster.node(n)) for n in ("w1", "w2", "nas1"))
+    assert (w1.address, w1.port, w1.user, w1.key_file) == ("10.199.0.11", 22, "root", Path("~/keys/lab").expanduser())
+    # piblade_known_hosts is honoured per node, with Ansible's precedence (host over all: vars).
+    assert w1.known_hosts == Path("/etc/lab/known_hosts")
+    assert w2.known_hosts == Path("~/other_known_hosts").expanduser()
+    assert nas.known_hosts == tmp_path / "nas_known_hosts" and nas.host_key_name == "[10.199.0.10]:2222"
+    default = parse_inventory(INVENTORY, source="lab.yml")
+    assert target_for(default.node("w1")).known_hosts == Path("~/.ssh/known_hosts").expanduser()
+
+
+def test_the_nas_host_keys_come_from_the_file_its_key_was_verified_in(tmp_path: Path) -> None:
+    from piblade.provision.run import nas_host_keys
+
+    cluster = parse_inventory(KNOWN_HOSTS_INVENTORY % (tmp_path / "nas_known_hosts"), source="lab.yml")
+    assert nas_host_keys(cluster) == ""  # no file yet: no keys, and the mount refuses every host
+    blob = "AAAAC3NzaC1lZDI1NTE5AAAAIHs5mwXc6DqaLzWjA5Lzz0dX5xYYn8o0dzqG9x0nb2s4"
+    (tmp_path / "nas_known_hosts").write_text(f"[10.199.0.10]:2222 ssh-ed25519 {blob}\n10.199.0.11 ssh-ed25519 {blob}\n")
+    assert nas_host_keys(cluster) == f"10.199.0.10 ssh-ed25519 {blob}\n"
+
+
 def test_mount_unit_names_follow_systemd_escaping() -> None:
     assert roles.mount_unit_name("/mnt/piblade") == "mnt-piblade.mount"
     assert roles.mount_unit_name("/srv/nas-data/") == "srv-nas\\x2ddata.mount"
