@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from rq import Queue
-from rq.worker import BaseWorker
 
-from piblade import healthstore
+from piblade import healthstore, tasks
 from piblade.health import ThrottleFlags
 from piblade.inventory import Cluster, Node
 
@@ -235,21 +233,20 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
     worker_count: dict[str, int] = {}
     queue_workers: dict[str, int] = {}
     lost: dict[str, list[str]] = {}
-    rq_workers = BaseWorker.all(connection=conn)
+    rq_workers = tasks.workers(conn)
     dead = healthstore.lost_workers(conn, [w.name for w in rq_workers])
     for worker in rq_workers:
         if worker.name in dead:
             lost.setdefault(node_of_worker(worker.name) or "", []).append(f"{worker.name} ({dead[worker.name]})")
             continue
-        for qname in worker.queue_names():
+        for qname in worker.queues:
             queue_workers[qname] = queue_workers.get(qname, 0) + 1
         node = node_of_worker(worker.name)
         if node is None:
             continue
         worker_count[node] = worker_count.get(node, 0) + 1
-        job_id = worker.get_current_job_id()
-        if job_id:
-            jobs.setdefault(node, []).append(job_id)
+        if worker.job:
+            jobs.setdefault(node, []).append(worker.job)
 
     nodes = []
     for name in names:
@@ -273,15 +270,15 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
             lost_workers=tuple(sorted(lost.get(beat, ()))),
         ))
 
-    queue_names |= {q.name for q in Queue.all(connection=conn)} | set(queue_workers)
+    queue_names |= tasks.queue_names(conn) | set(queue_workers)
     queues = []
     for qname in sorted(queue_names or {"default"}):
-        queue = Queue(qname, connection=conn)
+        counts = tasks.queue_counts(conn, qname)
         queues.append(QueueStatus(
             name=qname,
-            queued=queue.count,
-            started=queue.started_job_registry.get_job_count(cleanup=False),
-            failed=queue.failed_job_registry.get_job_count(cleanup=False),
+            queued=counts.queued,
+            started=counts.started,
+            failed=counts.failed,
             workers=queue_workers.get(qname, 0),
         ))
 

@@ -1,8 +1,9 @@
-"""Submit runs, watch them, cancel and retry them. The controller side of RQ.
+"""Submit runs, watch them, cancel and retry them: the controller's side of a run.
 
 Parameters are validated and the whole fan-out is planned before anything
 touches Redis; then the run record and every task go out in one pipeline, so a
-run is either fully enqueued or not at all.
+run is either fully enqueued or not at all. What RQ keeps where is
+:mod:`piblade.tasks`'s business; this module works with run records and task states.
 """
 
 from __future__ import annotations
@@ -15,23 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from rq import Queue, Retry
-from rq.exceptions import DeserializationError
-from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
-from rq.worker import BaseWorker
 
-from piblade import redisconn, runs
-from piblade.errors import BadParameter, NotFound, PibladeError
+from piblade import runs, tasks
+from piblade.errors import BadParameter, PibladeError
 from piblade.registry import Registry, shown
 from piblade.runs import RunRecord
-from piblade.worker import RESULT_TTL, BladeJob
+from piblade.tasks import TaskFailure, TaskState
 
-TERMINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED}
-
-
-def _queue(conn: redis.Redis, name: str) -> Queue:
-    return Queue(name, connection=conn, job_class=BladeJob, serializer=JSONSerializer)
+__all__ = ["RunStatus", "TaskFailure", "cancel", "check_over", "check_queue", "enqueue_reduce", "plan_over",
+           "retry", "run_status", "submit", "submit_over", "task_status", "wait", "workers_on"]
 
 
 #: A queue name: what RQ keys and people can both handle.
@@ -74,24 +67,9 @@ def submit(
 
 def _enqueue_run(conn: redis.Redis, task_path: str, name: str, record: RunRecord, plan: list[dict[str, Any]]) -> None:
     """The run record and every task in one transaction: a run is fully enqueued or not at all."""
-    retry = Retry(max=record.retries) if record.retries else None
-    datas = [
-        Queue.prepare_data(
-            task_path,
-            kwargs=task,
-            job_id=runs.task_id(record.id, index),
-            timeout=record.timeout,
-            result_ttl=RESULT_TTL,
-            failure_ttl=RESULT_TTL,
-            retry=retry,
-            description=f"{name} {index + 1}/{record.total}",
-            meta=_meta(record, index, "task"),
-        )
-        for index, task in enumerate(plan)
-    ]
     with conn.pipeline(transaction=True) as pipe:
         runs.save_run(pipe, record)
-        _queue(conn, record.queue).enqueue_many(datas, pipeline=pipe)
+        tasks.enqueue_tasks(conn, pipe, record, task_path, name, plan)
         pipe.execute()
 
 
@@ -186,15 +164,6 @@ def _new_record(
     )
 
 
-def _meta(record: RunRecord, index: int, phase: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {"run": record.id, "index": index, "total": record.total, "phase": phase}
-    if record.output:
-        meta["output"] = record.output
-    if record.has_reduce:
-        meta["reduce"] = True
-    return meta
-
-
 def enqueue_reduce(conn: redis.Redis, run_id: str) -> None:
     """Enqueue a run's reduce step; called by the worker that finished the last task."""
     from piblade.registry import REGISTRY
@@ -202,28 +171,11 @@ def enqueue_reduce(conn: redis.Redis, run_id: str) -> None:
     record = runs.load_run(conn, run_id)
     spec = REGISTRY.get(record.job)
     assert spec.reduce_path is not None
-    retry = Retry(max=record.retries) if record.retries else None
-    _queue(conn, record.queue).enqueue(
-        spec.reduce_path,
-        job_id=runs.reduce_id(run_id),
-        job_timeout=record.timeout,
-        result_ttl=RESULT_TTL,
-        failure_ttl=RESULT_TTL,
-        retry=retry,
-        description=f"{spec.name} reduce",
-        meta=_meta(record, record.total, "reduce"),
-    )
+    tasks.enqueue_reduce(conn, record, spec.reduce_path, spec.name)
 
 
 def workers_on(conn: redis.Redis, queue: str) -> int:
-    return BaseWorker.count(connection=conn, queue=_queue(conn, queue))
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFailure:
-    job_id: str
-    summary: str
-    traceback: str
+    return tasks.workers_on(conn, queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,11 +192,15 @@ class RunStatus:
 
     @property
     def done(self) -> int:
-        return self.counts.get("finished", 0)
+        return self.counts.get(TaskState.FINISHED, 0)
 
     @property
     def failed(self) -> int:
-        return sum(self.counts.get(s, 0) for s in ("failed", "stopped", "canceled", "missing"))
+        return sum(n for s, n in self.counts.items() if TaskState(s).unsuccessful)
+
+    @property
+    def _reduce(self) -> TaskState | None:
+        return TaskState(self.reduce_state) if self.reduce_state else None
 
     @property
     def finished(self) -> bool:
@@ -253,16 +209,16 @@ class RunStatus:
         if not tasks_over:
             return False
         if self.run.has_reduce and self.failed == 0:
-            return self.reduce_state in {"finished", "failed", "stopped", "canceled", "missing"}
+            return self._reduce is not None and (self._reduce.over or self._reduce is TaskState.MISSING)
         return True
 
     @property
     def state(self) -> str:
         if self.finished:
-            if self.failed or self.reduce_state in {"failed", "stopped", "canceled", "missing"}:
+            if self.failed or (self._reduce is not None and self._reduce.unsuccessful):
                 return "failed"
             return "finished"
-        if self.counts.get("started") or self.done or self.failed:
+        if self.counts.get(TaskState.STARTED) or self.done or self.failed:
             return "running"
         return "queued"
 
@@ -289,19 +245,8 @@ class RunStatus:
         }
 
 
-def _statuses(conn: redis.Redis, ids: list[str]) -> list[str]:
-    pipe = conn.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(Job.key_for(job_id), "status")
-    return [s.decode() if s else "missing" for s in pipe.execute()]
-
-
-def _failure(conn: redis.Redis, job_id: str) -> TaskFailure:
-    job = BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer)
-    result = job.latest_result()
-    text = (result.exc_string if result and result.exc_string else "") or "no traceback recorded"
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return TaskFailure(job_id=job_id, summary=lines[-1] if lines else text, traceback=text)
+def _statuses(conn: redis.Redis, ids: list[str]) -> list[TaskState]:
+    return tasks.states(conn, ids)
 
 
 def run_status(conn: redis.Redis, run_id: str, *, details: bool = True) -> RunStatus:
@@ -310,43 +255,41 @@ def run_status(conn: redis.Redis, run_id: str, *, details: bool = True) -> RunSt
     return _build_status(conn, record, dict(zip(record.all_job_ids, states, strict=True)), details)
 
 
-def _build_status(conn: redis.Redis, record: RunRecord, states: dict[str, str], details: bool) -> RunStatus:
+def _build_status(conn: redis.Redis, record: RunRecord, states: dict[str, TaskState], details: bool) -> RunStatus:
     task_states = [states[i] for i in record.task_ids]
     reduce_state = states.get(runs.reduce_id(record.id)) if record.has_reduce else None
-    if reduce_state == "missing":
+    if reduce_state is TaskState.MISSING:
         # Not enqueued yet (tasks still running) is not a failure.
         reduce_state = None
-    counts = dict(Counter(task_states))
+    counts = {str(s): n for s, n in Counter(task_states).items()}
     failures: list[TaskFailure] = []
     result = None
     nodes: dict[str, int] = {}
     seconds = None
     if details:
-        failed_ids = [jid for jid, s in states.items() if s in ("failed", "stopped")]
-        failures = [_failure(conn, jid) for jid in failed_ids[:20]]
-        finished = [jid for jid in record.task_ids if states[jid] == "finished"]
-        finished_set = set(finished)
-        ended = finished + [jid for jid in failed_ids if jid in states]
-        jobs = BladeJob.fetch_many(ended, connection=conn, serializer=JSONSerializer) if ended else []
+        failed_ids = [jid for jid, s in states.items() if s in (TaskState.FAILED, TaskState.STOPPED)]
+        failures = [tasks.failure(conn, jid) for jid in failed_ids[:20]]
+        finished = [jid for jid in record.task_ids if states[jid] is TaskState.FINISHED]
+        ended = finished + failed_ids
         last_end = None
-        for job in jobs:
-            if job is None:
+        for done in tasks.fetch_results(conn, ended):
+            if done is None:
                 continue
-            if job.id in finished_set:
-                value = job.return_value()
-                if isinstance(value, dict) and "node" in value:
-                    nodes[value["node"]] = nodes.get(value["node"], 0) + 1
-            if job.ended_at and (last_end is None or job.ended_at > last_end):
-                last_end = job.ended_at
+            if done.node is not None:
+                nodes[done.node] = nodes.get(done.node, 0) + 1
+            if done.ended_at and (last_end is None or done.ended_at > last_end):
+                last_end = done.ended_at
         final_id = runs.reduce_id(record.id) if record.has_reduce else (record.task_ids[0] if record.total == 1 else None)
-        if final_id and states.get(final_id) == "finished":
-            final = BladeJob.fetch(final_id, connection=conn, serializer=JSONSerializer)
-            value = final.return_value()
-            result = value.get("value") if isinstance(value, dict) else value
-            last_end = final.ended_at or last_end
+        if final_id and states.get(final_id) is TaskState.FINISHED:
+            (final,) = tasks.fetch_results(conn, [final_id])
+            if final is not None:
+                value = final.value
+                result = value.get("value") if isinstance(value, dict) else value
+                last_end = final.ended_at or last_end
         if last_end is not None:
-            seconds = max(0.0, last_end.timestamp() - record.created)
-    return RunStatus(record, counts, reduce_state, tuple(failures), result, nodes, seconds)
+            seconds = max(0.0, last_end - record.created)
+    return RunStatus(record, counts, str(reduce_state) if reduce_state else None, tuple(failures), result, nodes,
+                     seconds)
 
 
 ProgressFn = Callable[[RunStatus], None]
@@ -369,7 +312,7 @@ def wait(
     The final answer is exact: the run is over only when nothing is pending.
     """
     record = runs.load_run(conn, run_id)
-    states = dict.fromkeys(record.all_job_ids, "queued")
+    states = dict.fromkeys(record.all_job_ids, TaskState.QUEUED)
     pending = list(record.all_job_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
     window = 256
@@ -384,7 +327,7 @@ def wait(
             for job_id, state in zip(chunk, _statuses(conn, chunk), strict=True):
                 states[job_id] = state
                 # A task whose record is gone is over; the reduce is "missing" until it is enqueued.
-                if state not in _OVER and (state != "missing" or job_id == reduce_job):
+                if not state.over and (state is not TaskState.MISSING or job_id == reduce_job):
                     still.append(job_id)
                     open_in_chunk += 1
             if open_in_chunk:
@@ -399,71 +342,9 @@ def wait(
         time.sleep(poll)
 
 
-_OVER = {"finished", "failed", "stopped", "canceled"}
-
-
 def task_status(conn: redis.Redis, job_id: str) -> dict[str, Any]:
     """Details of one task (an RQ job id)."""
-    try:
-        return _task_info(conn, job_id)
-    except DeserializationError:
-        return _unreadable_task(conn, job_id)
-
-
-def _task_info(conn: redis.Redis, job_id: str) -> dict[str, Any]:
-    job = BladeJob.fetch_many([job_id], connection=conn, serializer=JSONSerializer)[0]
-    if job is None:
-        raise NotFound(f"no run or task {job_id!r}", hint="`piblade jobs status` lists recent runs")
-    status = job.get_status()
-    info: dict[str, Any] = {
-        "task": job.id,
-        "run": (job.meta or {}).get("run"),
-        "function": job.func_name,
-        "state": str(status.value if hasattr(status, "value") else status),
-        "kwargs": job.kwargs,
-        "enqueued_at": job.enqueued_at,
-        "started_at": job.started_at,
-        "ended_at": job.ended_at,
-        "retries_left": job.retries_left,
-        "worker": job.worker_name,
-    }
-    if info["state"] == "finished":
-        info["result"] = job.return_value()
-    elif info["state"] in ("failed", "stopped"):
-        info["traceback"] = _failure(conn, job.id).traceback
-    return info
-
-
-def _unreadable_task(conn: redis.Redis, job_id: str) -> dict[str, Any]:
-    """A job whose payload is not JSON: never piblade's, and refused by every worker.
-
-    Someone wrote it into Redis directly (pickle is RQ's default). Show what
-    can be read without deserialising it; its traceback is RQ's record of the refusal.
-    """
-    fields = {redisconn.text(k): v for k, v in conn.hgetall(Job.key_for(job_id)).items()}
-    state = redisconn.text(fields.get("status") or b"") or "unknown"
-    info: dict[str, Any] = {
-        "task": job_id,
-        "run": None,
-        "function": "(unreadable: its payload is not JSON, so no piblade worker runs it)",
-        "state": state,
-        "worker": redisconn.text(fields.get("worker_name") or b"") or None,
-        "refused": True,
-    }
-    if state in ("failed", "stopped"):
-        info["traceback"] = _failure_text(conn, job_id) or "no traceback recorded"
-    return info
-
-
-def _failure_text(conn: redis.Redis, job_id: str) -> str:
-    """The latest exception text RQ recorded for a job, read without deserialising the job."""
-    from rq.results import Result
-
-    entries: list[Any] = conn.xrevrange(Result.get_key(job_id), count=1) or []
-    if not entries:
-        return ""
-    result_id, payload = entries[0]
-    return Result.restore(job_id, redisconn.text(result_id), dict(payload), connection=conn).exc_string or ""
+    return tasks.task_info(conn, job_id)
 
 
 def cancel(conn: redis.Redis, run_id: str, *, running: bool = False) -> dict[str, int]:
@@ -483,33 +364,19 @@ def cancel(conn: redis.Redis, run_id: str, *, running: bool = False) -> dict[str
     conn.set(runs.REDUCE_LOCK_KEY.format(run_id), 1, ex=runs.RUN_TTL)
     ids = record.all_job_ids
     states = _statuses(conn, ids)
-    queue_key = _queue(conn, record.queue).key
-    queued = [j for j, s in zip(ids, states, strict=True) if s == "queued"]
-    pipe = conn.pipeline(transaction=False)
-    for job_id in queued:
-        pipe.lrem(queue_key, 0, job_id)
-    taken = {j for j, removed in zip(queued, pipe.execute(), strict=True) if removed}
-    waiting = taken | {j for j, s in zip(ids, states, strict=True) if s in ("deferred", "scheduled")}
-    for job_id in waiting:
-        BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer).cancel()
+    queued = [j for j, s in zip(ids, states, strict=True) if s is TaskState.QUEUED]
+    taken = tasks.take_off_queue(conn, record.queue, queued)
+    waiting = taken | {j for j, s in zip(ids, states, strict=True) if s in (TaskState.DEFERRED, TaskState.SCHEDULED)}
+    tasks.cancel_tasks(conn, sorted(waiting))
     # In a worker's hands: started, or dequeued and about to start ("queued" but no
     # longer on the queue list), which includes those dequeued after the snapshot.
     rest = [j for j in ids if j not in waiting]
     rest_states = _statuses(conn, rest)
-    in_hand = sum(s in ("started", "queued") for s in rest_states)
+    in_hand = sum(s in (TaskState.STARTED, TaskState.QUEUED) for s in rest_states)
     stopping = 0
     if running:
-        from rq.command import send_stop_job_command
-        from rq.exceptions import InvalidJobOperation, NoSuchJobError
-
-        for job_id, state in zip(rest, rest_states, strict=True):
-            if state != "started":
-                continue
-            try:
-                send_stop_job_command(conn, job_id, serializer=JSONSerializer)
-                stopping += 1
-            except (InvalidJobOperation, NoSuchJobError):
-                pass  # it ended meanwhile
+        started = [j for j, s in zip(rest, rest_states, strict=True) if s is TaskState.STARTED]
+        stopping = tasks.stop_tasks(conn, started)
     return {"canceled": len(waiting), "running": in_hand - stopping, "stopping": stopping}
 
 
@@ -517,19 +384,13 @@ def retry(conn: redis.Redis, run_id: str) -> int:
     """Re-queue the failed, stopped or canceled tasks of a run (and its reduce step)."""
     record = runs.load_run(conn, run_id)
     ids = record.all_job_ids
-    again = [j for j, s in zip(ids, _statuses(conn, ids), strict=True) if s in ("failed", "stopped", "canceled")]
+    again = [j for j, s in zip(ids, _statuses(conn, ids), strict=True)
+             if s in (TaskState.FAILED, TaskState.STOPPED, TaskState.CANCELED)]
     if not again:
         return 0
     runs.reset_reduce_lock(conn, run_id)
-    reduce_job = runs.reduce_id(run_id)
-    for job_id in again:
-        job = BladeJob.fetch(job_id, connection=conn, serializer=JSONSerializer)
-        if job.get_status() == JobStatus.FAILED:
-            job.requeue()
-        else:
-            job.retries_left = record.retries
-            _queue(conn, record.queue).enqueue_job(job)
-    if reduce_job in again:
+    tasks.requeue_tasks(conn, record.queue, again, record.retries)
+    if runs.reduce_id(run_id) in again:
         # The tasks are all done already; the reduce is what failed.
         conn.set(runs.REDUCE_LOCK_KEY.format(run_id), 1, ex=runs.RUN_TTL)
     return len(again)

@@ -327,10 +327,10 @@ def _wait_ready(
     wait_seconds: float,
     on_wait: Callable[[str], None] | None,
 ) -> None:
-    from piblade.dispatch import workers_on
     from piblade.errors import RedisUnavailable
     from piblade.healthstore import SAMPLE_KEY
     from piblade.redisconn import connect
+    from piblade.tasks import workers_on
 
     deadline = time.monotonic() + wait_seconds
     tgt = RedisTarget("127.0.0.1", config.port, DEFAULT_USER, paths.password_file)
@@ -393,10 +393,7 @@ def _kill_group(pgid: int) -> None:
 
 def status(paths: LocalPaths | None = None) -> dict[str, Any]:
     """What is running: daemon, Redis, workers and queue depths."""
-    from rq import Queue
-    from rq.worker import BaseWorker
-
-    from piblade import healthstore
+    from piblade import healthstore, tasks
     from piblade.errors import RedisUnavailable
     from piblade.redisconn import connect
 
@@ -415,13 +412,13 @@ def status(paths: LocalPaths | None = None) -> dict[str, Any]:
         info["error"] = exc.message
         return info
     for name in config.queues:
-        queue = Queue(name, connection=conn)
-        info["queues"][name] = {"queued": queue.count, "failed": queue.failed_job_registry.count}
-    rq_workers = BaseWorker.all(connection=conn)
+        counts = tasks.queue_counts(conn, name)
+        info["queues"][name] = {"queued": counts.queued, "failed": counts.failed}
+    rq_workers = tasks.workers(conn)
     lost = healthstore.lost_workers(conn, [w.name for w in rq_workers])
     for worker in rq_workers:
-        state = f"lost ({lost[worker.name]})" if worker.name in lost else str(worker.get_state())
-        info["workers"].append({"name": worker.name, "state": state, "job": worker.get_current_job_id()})
+        state = f"lost ({lost[worker.name]})" if worker.name in lost else worker.state
+        info["workers"].append({"name": worker.name, "state": state, "job": worker.job})
     conn.close()
     return info
 

@@ -47,10 +47,9 @@ from typing import Any
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
-from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
-from piblade import runs
+from piblade import runs, tasks
 from piblade.errors import PibladeError, TaskStopped, UnregisteredCallable
 from piblade.registry import REGISTRY, Registry, TaskContext, load_registry
 
@@ -71,8 +70,6 @@ PAUSE_CHECK_INTERVAL = 1.0
 #: An idle worker blocks on the queue at most this long before it looks around
 #: again (pause flag, maintenance); RQ's default is the worker TTL minus 15 s.
 DEQUEUE_BLOCK_SECONDS = 5
-#: Results and failures are kept this long.
-RESULT_TTL = runs.RUN_TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +253,7 @@ class BladeWorker(SimpleWorker):
         if kwargs.get("job_class") is None:
             kwargs["job_class"] = BladeJob
         if kwargs.get("serializer") is None:
-            kwargs["serializer"] = JSONSerializer
+            kwargs["serializer"] = tasks.SERIALIZER
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         kwargs.setdefault("job_monitoring_interval", JOB_HEARTBEAT_INTERVAL)
         kwargs.setdefault("worker_ttl", WORKER_TTL)
@@ -481,7 +478,7 @@ def _serve(config: WorkerConfig, target: Any) -> int:
     from piblade.redisconn import connect
 
     conn = connect(target)
-    queues = [Queue(name, connection=conn, job_class=BladeJob, serializer=JSONSerializer) for name in config.queues]
+    queues = [tasks.queue(conn, name, job_class=BladeJob) for name in config.queues]
     name = f"{config.node}.{os.getpid()}"
     worker = BladeWorker(queues, connection=conn, name=name, log_job_description=False)
     signal.signal(STOP_TASK_SIGNAL, _interrupt_task)

@@ -1,0 +1,334 @@
+"""The RQ seam: everything that knows how RQ keeps jobs, queues and workers in Redis.
+
+piblade's controller (submit, status, cancel, the dashboard, the local cluster)
+reads and writes RQ's data through this module only; the worker process keeps
+its own loop in :mod:`piblade.worker`, which subclasses RQ's worker and job.
+An RQ upgrade is checked here: key layout (``rq:job:<id>`` hashes, queue lists),
+status names, how results and failures are stored, the stop-job command.
+
+What it offers, all with an explicit ``conn`` (no global client):
+
+* :class:`TaskState` — RQ's job statuses as a typed value, plus ``missing``
+  (the record expired or never existed);
+* :func:`enqueue_tasks` / :func:`enqueue_reduce` — a run's tasks in the
+  caller's pipeline, the reduce step on its own;
+* :func:`states`, :func:`fetch_results`, :func:`failure`, :func:`task_info` —
+  reads that never run RQ's cleanup as a side effect;
+* :func:`take_off_queue`, :func:`cancel_tasks`, :func:`stop_tasks`,
+  :func:`requeue_tasks` — what `jobs cancel|retry` do;
+* :func:`workers`, :func:`workers_on`, :func:`queue_counts` — what status shows.
+
+Payloads are JSON (RQ's default is pickle, which would let anyone who can write
+to Redis run code on every worker).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from rq import Queue, Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
+
+from piblade import redisconn, runs
+from piblade.errors import NotFound
+from piblade.runs import RunRecord
+
+#: Results and failures are kept as long as the run record.
+RESULT_TTL = runs.RUN_TTL
+SERIALIZER = JSONSerializer
+
+
+class TaskState(enum.StrEnum):
+    """A task's state as RQ records it, plus ``missing`` for a record that is gone."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    CANCELED = "canceled"
+    DEFERRED = "deferred"
+    SCHEDULED = "scheduled"
+    MISSING = "missing"
+
+    @classmethod
+    def parse(cls, raw: bytes | str | None) -> TaskState:
+        if not raw:
+            return cls.MISSING
+        try:
+            return cls(redisconn.text(raw))
+        except ValueError:
+            return cls.MISSING
+
+    @property
+    def over(self) -> bool:
+        """Nothing more happens to the task without a retry."""
+        return self in _OVER
+
+    @property
+    def unsuccessful(self) -> bool:
+        """Over, and not a success: what a run counts as failed."""
+        return self in _UNSUCCESSFUL
+
+
+_OVER = frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.STOPPED, TaskState.CANCELED})
+_UNSUCCESSFUL = frozenset({TaskState.FAILED, TaskState.STOPPED, TaskState.CANCELED, TaskState.MISSING})
+
+
+def queue(conn: redis.Redis, name: str, job_class: type[Job] = Job) -> Queue:
+    """An RQ queue speaking JSON. The worker passes its own job class; readers need none."""
+    return Queue(name, connection=conn, job_class=job_class, serializer=SERIALIZER)
+
+
+def task_meta(record: RunRecord, index: int, phase: str) -> dict[str, Any]:
+    """What a task carries besides its kwargs: its run, place in the run, output dir, reduce."""
+    meta: dict[str, Any] = {"run": record.id, "index": index, "total": record.total, "phase": phase}
+    if record.output:
+        meta["output"] = record.output
+    if record.has_reduce:
+        meta["reduce"] = True
+    return meta
+
+
+def enqueue_tasks(
+    conn: redis.Redis, pipe: Pipeline, record: RunRecord, task_path: str, name: str,
+    plan: Sequence[Mapping[str, Any]],
+) -> None:
+    """Every task of ``record`` into ``pipe`` (the caller's transaction, with the run record)."""
+    retry = Retry(max=record.retries) if record.retries else None
+    datas = [
+        Queue.prepare_data(
+            task_path,
+            kwargs=dict(task),
+            job_id=runs.task_id(record.id, index),
+            timeout=record.timeout,
+            result_ttl=RESULT_TTL,
+            failure_ttl=RESULT_TTL,
+            retry=retry,
+            description=f"{name} {index + 1}/{record.total}",
+            meta=task_meta(record, index, "task"),
+        )
+        for index, task in enumerate(plan)
+    ]
+    queue(conn, record.queue).enqueue_many(datas, pipeline=pipe)
+
+
+def enqueue_reduce(conn: redis.Redis, record: RunRecord, reduce_path: str, name: str) -> None:
+    """The reduce step of ``record``: enqueued once, by the worker that finished the last task."""
+    retry = Retry(max=record.retries) if record.retries else None
+    queue(conn, record.queue).enqueue(
+        reduce_path,
+        job_id=runs.reduce_id(record.id),
+        job_timeout=record.timeout,
+        result_ttl=RESULT_TTL,
+        failure_ttl=RESULT_TTL,
+        retry=retry,
+        description=f"{name} reduce",
+        meta=task_meta(record, record.total, "reduce"),
+    )
+
+
+def states(conn: redis.Redis, ids: Sequence[str]) -> list[TaskState]:
+    """The state of each task, in one round trip."""
+    pipe = conn.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(Job.key_for(job_id), "status")
+    return [TaskState.parse(s) for s in pipe.execute()]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What a finished (or failed) task left: its value, where it ran, when it ended."""
+
+    id: str
+    value: Any
+    node: str | None
+    ended_at: float | None
+
+
+def fetch_results(conn: redis.Redis, ids: Sequence[str]) -> list[TaskResult | None]:
+    """Return values and end times of ``ids`` (None where the record is gone)."""
+    jobs = Job.fetch_many(list(ids), connection=conn, serializer=SERIALIZER) if ids else []
+    results: list[TaskResult | None] = []
+    for job in jobs:
+        if job is None:
+            results.append(None)
+            continue
+        value = job.return_value() if job.get_status(refresh=False) == JobStatus.FINISHED else None
+        node = value.get("node") if isinstance(value, dict) else None
+        results.append(TaskResult(job.id, value, node, job.ended_at.timestamp() if job.ended_at else None))
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailure:
+    job_id: str
+    summary: str
+    traceback: str
+
+
+def failure_text(conn: redis.Redis, job_id: str) -> str:
+    """The latest exception text RQ recorded for a job, read without deserialising the job."""
+    entries: list[Any] = conn.xrevrange(Result.get_key(job_id), count=1) or []
+    if not entries:
+        return ""
+    result_id, payload = entries[0]
+    return Result.restore(job_id, redisconn.text(result_id), dict(payload), connection=conn).exc_string or ""
+
+
+def failure(conn: redis.Redis, job_id: str) -> TaskFailure:
+    """A failed task's traceback and its last line, the one-line reason people read first."""
+    text = failure_text(conn, job_id) or "no traceback recorded"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return TaskFailure(job_id=job_id, summary=lines[-1] if lines else text, traceback=text)
+
+
+def task_info(conn: redis.Redis, job_id: str) -> dict[str, Any]:
+    """Details of one task (an RQ job id); a job whose payload is not JSON is shown as refused."""
+    try:
+        return _task_info(conn, job_id)
+    except DeserializationError:
+        return _unreadable_task(conn, job_id)
+
+
+def _task_info(conn: redis.Redis, job_id: str) -> dict[str, Any]:
+    job = Job.fetch_many([job_id], connection=conn, serializer=SERIALIZER)[0]
+    if job is None:
+        raise NotFound(f"no run or task {job_id!r}", hint="`piblade jobs status` lists recent runs")
+    state = TaskState.parse(job.get_status(refresh=False))
+    info: dict[str, Any] = {
+        "task": job.id,
+        "run": (job.meta or {}).get("run"),
+        "function": job.func_name,
+        "state": str(state),
+        "kwargs": job.kwargs,
+        "enqueued_at": job.enqueued_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "retries_left": job.retries_left,
+        "worker": job.worker_name,
+    }
+    if state is TaskState.FINISHED:
+        info["result"] = job.return_value()
+    elif state in (TaskState.FAILED, TaskState.STOPPED):
+        info["traceback"] = failure(conn, job.id).traceback
+    return info
+
+
+def _unreadable_task(conn: redis.Redis, job_id: str) -> dict[str, Any]:
+    """A job whose payload is not JSON: never piblade's, and refused by every worker.
+
+    Someone wrote it into Redis directly (pickle is RQ's default). Show what
+    can be read without deserialising it; its traceback is RQ's record of the refusal.
+    """
+    fields = {redisconn.text(k): v for k, v in conn.hgetall(Job.key_for(job_id)).items()}
+    state = TaskState.parse(fields.get("status"))
+    info: dict[str, Any] = {
+        "task": job_id,
+        "run": None,
+        "function": "(unreadable: its payload is not JSON, so no piblade worker runs it)",
+        "state": str(state),
+        "worker": redisconn.text(fields.get("worker_name") or b"") or None,
+        "refused": True,
+    }
+    if state in (TaskState.FAILED, TaskState.STOPPED):
+        info["traceback"] = failure_text(conn, job_id) or "no traceback recorded"
+    return info
+
+
+def take_off_queue(conn: redis.Redis, queue_name: str, ids: Sequence[str]) -> set[str]:
+    """Remove ``ids`` from the queue list; return those that were still on it.
+
+    LREM is atomic against a worker's dequeue, so a task is either taken here
+    or by a worker, never both.
+    """
+    key = queue(conn, queue_name).key
+    pipe = conn.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.lrem(key, 0, job_id)
+    return {j for j, removed in zip(ids, pipe.execute(), strict=True) if removed}
+
+
+def cancel_tasks(conn: redis.Redis, ids: Sequence[str]) -> None:
+    """Mark tasks canceled (RQ moves them to its canceled registry)."""
+    for job_id in ids:
+        Job.fetch(job_id, connection=conn, serializer=SERIALIZER).cancel()
+
+
+def stop_tasks(conn: redis.Redis, ids: Sequence[str]) -> int:
+    """Send RQ's stop-job command for each running task; return how many were told."""
+    told = 0
+    for job_id in ids:
+        try:
+            send_stop_job_command(conn, job_id, serializer=SERIALIZER)
+            told += 1
+        except (InvalidJobOperation, NoSuchJobError):
+            pass  # it ended meanwhile
+    return told
+
+
+def requeue_tasks(conn: redis.Redis, queue_name: str, ids: Sequence[str], retries: int) -> None:
+    """Put failed, stopped or canceled tasks back on their queue, with their retries restored."""
+    q = queue(conn, queue_name)
+    for job_id in ids:
+        job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+        if job.get_status() == JobStatus.FAILED:
+            job.requeue()
+        else:
+            job.retries_left = retries
+            q.enqueue_job(job)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One RQ worker as status shows it."""
+
+    name: str
+    queues: tuple[str, ...]
+    state: str
+    job: str | None
+
+
+def workers(conn: redis.Redis) -> list[WorkerInfo]:
+    """Every worker RQ has registered (a dead one stays until its key's TTL runs out)."""
+    return [
+        WorkerInfo(w.name, tuple(w.queue_names()), str(w.get_state()), w.get_current_job_id())
+        for w in BaseWorker.all(connection=conn)
+    ]
+
+
+def workers_on(conn: redis.Redis, queue_name: str) -> int:
+    return BaseWorker.count(connection=conn, queue=queue(conn, queue_name))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    name: str
+    queued: int
+    started: int
+    failed: int
+
+
+def queue_names(conn: redis.Redis) -> set[str]:
+    return {q.name for q in Queue.all(connection=conn)}
+
+
+def queue_counts(conn: redis.Redis, name: str) -> QueueCounts:
+    """Depths of one queue; reading never runs RQ's cleanup (which re-queues as a side effect)."""
+    q = queue(conn, name)
+    return QueueCounts(
+        name=name,
+        queued=q.count,
+        started=q.started_job_registry.get_job_count(cleanup=False),
+        failed=q.failed_job_registry.get_job_count(cleanup=False),
+    )
