@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from piblade.cli.output import console, err_console, print_json
 
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
         from piblade.provision.run import provision as run
 
         cluster = _inventory(inventory)
-        options = Options(check=check, diff=diff, tags=_split(tags), limit=_split(limit), accept_new=accept_new)
+        options = Options(check=check, tags=_split(tags), limit=_split(limit), accept_new=accept_new)
         states: dict[str, str] = {n.name: "waiting" for n in cluster.nodes
                                   if not options.limit or n.name in options.limit}
         lock = threading.Lock()
@@ -95,9 +96,16 @@ def register(app: typer.Typer) -> None:
 
 
 def _recap(results: list[HostResult], check: bool, diff: bool) -> None:
+    """Per host, what changed (or failed), then the table.
+
+    With --check, each host's whole decided plan: what would change, and for every
+    other step why nothing is needed.
+    """
     for result in results:
         for step in result.steps:
             if step.status == "ok":
+                if check:
+                    console.print(Text(f"{result.name}: ok: {step.reason or step.name}", style="dim"))
                 continue
             colour = "red" if step.status == "failed" else "yellow"
             verb = "would " if check and step.status == "changed" else ""

@@ -15,6 +15,7 @@ from piblade import local
 from piblade.errors import PibladeError, RedisUnavailable
 from piblade.inventory import Cluster
 from piblade.provision.engine import EventFn, HostResult, StepResult
+from piblade.provision.steps import ChangeKind
 from piblade.redisconn import DEFAULT_USER, RedisTarget, connect
 
 
@@ -40,18 +41,22 @@ def converge_controller(cluster: Cluster, paths: local.LocalPaths, check: bool, 
         except RedisUnavailable:
             right = False
     if right:
-        return HostResult(name, (StepResult(step, "ok"),), notes=("controller: this machine",),
+        reason = f"redis answers on {', '.join(f'{a}:{port}' for a in bind)} with the cluster's password"
+        return HostResult(name, (StepResult(step, "ok", reason=reason),), notes=("controller: this machine",),
                           seconds=time.monotonic() - started)
-    summary = "restart redis with the cluster's settings" if running else "start redis (password, ACL, AOF)"
+    if running:
+        kind, summary = ChangeKind.RESTART, "restart redis with the cluster's settings"
+    else:
+        kind, summary = ChangeKind.START, "start redis (password, ACL, AOF)"
     if check:
-        return HostResult(name, (StepResult(step, "changed", summary),), seconds=time.monotonic() - started)
+        return HostResult(name, (StepResult(step, "changed", summary, kind=kind),), seconds=time.monotonic() - started)
     try:
         if running:
             local.down(paths=paths)
         emit(name, "starting redis")
         local.up(0, paths=paths, port=port, bind=bind, node=name)
     except PibladeError as exc:
-        return HostResult(name, (StepResult(step, "failed", summary, output=exc.message),), error=exc.message,
+        return HostResult(name, (StepResult(step, "failed", summary, output=exc.message, kind=kind),), error=exc.message,
                           hint=exc.hint, seconds=time.monotonic() - started)
-    return HostResult(name, (StepResult(step, "changed", summary),), notes=("controller: this machine",),
+    return HostResult(name, (StepResult(step, "changed", summary, kind=kind),), notes=("controller: this machine",),
                       seconds=time.monotonic() - started)

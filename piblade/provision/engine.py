@@ -1,8 +1,9 @@
 """Run provisioning: all hosts in parallel, a result for every host, never stop at the first failure.
 
-Per host, in round trips: connect (host key verified) → facts → all probes in
-one script → (unless --check) uploads over one SFTP session and all changes in
-one script. An unchanged host therefore costs three round trips.
+Per host, in round trips: connect (host key verified) → facts → its plan
+(:mod:`piblade.provision.plan`, no round trip) → all probes in one script, which
+decide the plan → (unless --check) uploads over one SFTP session and all changes
+in one script. An unchanged host therefore costs three round trips.
 
 Phases across hosts: 1) connect and gather facts everywhere (so an unknown host
 key is found before anything changes); 2) build what hosts share (secrets, the
@@ -23,8 +24,9 @@ from pathlib import Path
 from piblade.errors import PibladeError
 from piblade.inventory import Node
 from piblade.provision.facts import FACTS_SCRIPT, NodeFacts, parse_facts
+from piblade.provision.plan import HostPlan
 from piblade.provision.ssh import DEFAULT_KNOWN_HOSTS, Session, SshTarget
-from piblade.provision.steps import Change, Service, Step
+from piblade.provision.steps import Change, ChangeKind, Decision, Ok, Step
 from piblade.provision.wheelhouse import Wheelhouse
 
 EventFn = Callable[[str, str], None]
@@ -32,11 +34,27 @@ EventFn = Callable[[str, str], None]
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
+    """One step's outcome: ok with the reason nothing was needed, or a change that was (would be) made or failed."""
+
     name: str
     status: str  # ok | changed | failed
-    summary: str = ""
+    summary: str = ""  # what changed (or would)
     diff: str | None = None
     output: str = ""
+    kind: ChangeKind | None = None  # of a change
+    reason: str = ""  # of an ok: why nothing was needed
+
+    @classmethod
+    def of(cls, decision: Decision, status: str = "changed", output: str = "") -> StepResult:
+        if isinstance(decision, Ok):
+            return cls(decision.step, "ok", reason=decision.reason)
+        return cls(decision.step, status, decision.summary, decision.diff, output, decision.kind)
+
+    def to_dict(self) -> dict[str, object]:
+        if self.status == "ok":
+            return {"step": self.name, "status": self.status, "reason": self.reason}
+        return {"step": self.name, "status": self.status, "kind": self.kind.value if self.kind else None,
+                "summary": self.summary}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +101,8 @@ class HostResult:
             "facts": None if self.facts is None else self.facts.summary(),
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
-            "changes": [{"step": s.name, "status": s.status, "summary": s.summary} for s in self.steps
-                        if s.status != "ok"],
+            "changes": [s.to_dict() for s in self.steps if s.status != "ok"],
+            "plan": [s.to_dict() for s in self.steps],
         }
 
 
@@ -149,23 +167,6 @@ def parse_apply(output: str, count: int) -> tuple[int, int | None, str]:
     return done, failed, "\n".join(tail)
 
 
-def notified_by(steps: list[Step], decisions: list[Change | None]) -> frozenset[str]:
-    return frozenset(name.removesuffix(".service") for step, ch in zip(steps, decisions, strict=True) if ch
-                     for name in step.notify)
-
-
-def restarts(steps: list[Step], decisions: list[Change | None], earlier: frozenset[str] = frozenset()) -> list[Change]:
-    """Services to restart: notified by a step that changed, and not being started in this run anyway."""
-    notified = notified_by(steps, decisions) | earlier
-    out = []
-    for step, ch in zip(steps, decisions, strict=True):
-        if not isinstance(step, Service) or step.unit.removesuffix(".service") not in notified:
-            continue
-        if ch is None or "start" not in ch.summary:
-            out.append(step.restart())
-    return out
-
-
 def target_for(node: Node) -> SshTarget:
     """How to reach a node: the inventory alone decides (piblade reads no ~/.ssh/config).
 
@@ -201,23 +202,16 @@ def connect_and_gather(run: HostRun, accept_new: bool, emit: EventFn) -> None:
         )
 
 
-def converge(
-    run: HostRun, steps: list[Step], notes: list[str], *, check: bool, emit: EventFn,
-    earlier: frozenset[str] = frozenset(),
-) -> HostResult:
-    """Probe every step, then (unless check) apply what differs. Returns the host's result."""
+def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn) -> HostResult:
+    """Probe every step of the plan, then (unless check) apply what differs. Returns the host's result."""
     assert run.session is not None
     session = run.session
-    emit(run.node.name, f"checking {len(steps)} steps")
-    probe = session.script(probe_script(steps))
-    outputs = split_probes(probe.stdout, len(steps))
-    decisions = [step.decide(out) for step, out in zip(steps, outputs, strict=True)]
-    notified = notified_by(steps, decisions) | earlier
-    changes = [c for c in decisions if c is not None] + restarts(steps, decisions, earlier)
-    results = [StepResult(step.name, "ok") for step, c in zip(steps, decisions, strict=True) if c is None]
+    emit(run.node.name, f"checking {len(plan.steps)} steps")
+    probe = session.script(probe_script(list(plan.steps)))
+    plan = plan.decide(split_probes(probe.stdout, len(plan.steps)))
+    changes = plan.changes
     if check or not changes:
-        results += [StepResult(c.step, "changed", c.summary, c.diff) for c in changes]
-        return _result(run, results, notes, notified=notified)
+        return _result(run, [StepResult.of(d) for d in plan.outcome], plan)
     uploads = [u for c in changes for u in c.uploads]
     stage = None
     if uploads:
@@ -230,27 +224,31 @@ def converge(
             elif upload.local is not None:
                 session.put_file(upload.local, f"{stage}/{upload.name}")
     emit(run.node.name, f"applying {len(changes)} change(s)")
-    applied = session.script(apply_script(changes, stage), timeout=1800)
+    applied = session.script(apply_script(list(changes), stage), timeout=1800)
     done, failed, output = parse_apply(applied.stdout, len(changes))
     if failed is None and not applied.ok:
         failed, output = done, applied.stderr
-    for i, change in enumerate(changes):
-        if failed is None or i < failed:
-            results.append(StepResult(change.step, "changed", change.summary, change.diff))
-        elif i == failed:
-            results.append(StepResult(change.step, "failed", change.summary, change.diff, output.strip()))
+    results, index = [], 0  # index: of the next change, in apply order
+    for decision in plan.outcome:
+        if isinstance(decision, Ok):
+            results.append(StepResult.of(decision))
+            continue
+        if failed is None or index < failed:
+            results.append(StepResult.of(decision))
+        elif index == failed:
+            results.append(StepResult.of(decision, "failed", output.strip()))
+        index += 1
     error = None if failed is None else f"{changes[failed].step}: {output.strip().splitlines()[-1] if output.strip() else 'failed'}"
-    return _result(run, results, notes, error, notified=notified)
+    return _result(run, results, plan, error)
 
 
-def _result(run: HostRun, steps: list[StepResult], notes: list[str], error: str | None = None,
-            notified: frozenset[str] = frozenset()) -> HostResult:
+def _result(run: HostRun, steps: list[StepResult], plan: HostPlan, error: str | None = None) -> HostResult:
     accepted: tuple[str, ...] = ()
     if run.session is not None:  # report each newly trusted key once, not again in a later stage
         accepted = tuple(f"trusted new host key {k}" for k in run.session.accepted)
         run.session.accepted.clear()
-    return HostResult(run.node.name, tuple(steps), run.facts, tuple(notes) + accepted, error,
-                      seconds=time.monotonic() - run.started, notified=notified)
+    return HostResult(run.node.name, tuple(steps), run.facts, plan.notes + accepted, error,
+                      seconds=time.monotonic() - run.started, notified=plan.notified)
 
 
 @dataclass(slots=True)

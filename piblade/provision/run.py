@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,8 +23,8 @@ from piblade.provision.engine import (
     run_parallel,
     target_for,
 )
+from piblade.provision.plan import HostPlan, host_plan
 from piblade.provision.ssh import known_hosts_lines
-from piblade.provision.steps import Step
 from piblade.state import ensure_secret, private_dir, read_secret, state_dir, write_private
 
 
@@ -65,7 +65,6 @@ def nas_host_keys(cluster: Cluster) -> str:
 @dataclass(frozen=True, slots=True)
 class Options:
     check: bool = False
-    diff: bool = False
     tags: frozenset[str] = frozenset()
     limit: frozenset[str] = frozenset()
     accept_new: bool = False
@@ -117,14 +116,16 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
     if nas_name not in {r.node.name for r in ready} or options.check:
         nas_done.set()
 
-    def stages(run: HostRun, steps: list[Step], notes: list[str]) -> HostResult:
-        later = [s for s in steps if s.after_nas] if not nas_done.is_set() else []
-        first = [s for s in steps if s not in later]
-        result = converge(run, first, notes, check=options.check, emit=emit)
-        if later and not result.error:
+    def stages(run: HostRun, plan: HostPlan) -> HostResult:
+        if nas_done.is_set():
+            return converge(run, plan, check=options.check, emit=emit)
+        first, later = plan.split(lambda step: step.after_nas)
+        result = converge(run, first, check=options.check, emit=emit)
+        if later.steps and not result.error:
             emit(run.node.name, "waiting for the NAS node")
             nas_done.wait(timeout=3600)
-            result = result.then(converge(run, later, [], check=options.check, emit=emit, earlier=result.notified))
+            later = replace(later, earlier=result.notified)
+            result = result.then(converge(run, later, check=options.check, emit=emit))
         return result
 
     def phase_converge(run: HostRun) -> HostResult:
@@ -132,8 +133,7 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
         try:
             emit(run.node.name, "planning")
             wheelhouse = wheelhouses.get(run.facts)
-            steps, notes = roles.plan(run.node, run.facts, ctx, wheelhouse)
-            result = stages(run, roles.filter_tags(steps, options.tags), notes)
+            result = stages(run, host_plan(run.node, run.facts, ctx, wheelhouse, options.tags))
         except PibladeError as exc:
             result = HostResult(run.node.name, facts=run.facts, error=exc.message, hint=exc.hint,
                                 seconds=time.monotonic() - run.started)

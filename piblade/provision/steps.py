@@ -2,9 +2,12 @@
 
 A step is pure data. ``probe()`` is a shell snippet that prints the node's
 current state; ``decide(output)`` compares it with the desired state and returns
-``None`` (already right: "ok") or a :class:`Change` with the shell to run and the
-files to upload. Because deciding needs no side effect, ``--check`` is free, and
-an unchanged node costs one round trip for all its probes together.
+an :class:`Ok` that says why nothing is needed ("smbd is running", like
+pyinfra's ``host.noop``) or a :class:`Change` of a typed :class:`ChangeKind` with
+the shell to run and the files to upload. Because deciding needs no side effect,
+``--check`` is free, and an unchanged node costs one round trip for all its
+probes together. A host's steps and decisions together are its
+:class:`~piblade.provision.plan.HostPlan`.
 
 Nothing here touches the network; the engine in ``piblade.provision.engine``
 sends the probes and the changes.
@@ -17,6 +20,7 @@ import difflib
 import hashlib
 import shlex
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 q = shlex.quote
@@ -37,15 +41,40 @@ class Upload:
         return self.local.stat().st_size if self.local else 0
 
 
+class ChangeKind(Enum):
+    """What a change does. The engine decides restarts from it, never from the words of a summary."""
+
+    CREATE = "create"  # something missing is made: a file, directory, user, fstab entry
+    UPDATE = "update"  # it exists with other content or settings
+    PERMISSIONS = "permissions"  # same content, other owner, group or mode
+    INSTALL = "install"  # Debian packages, or piblade into its venv
+    ENABLE = "enable"  # a unit enabled (it already runs)
+    START = "start"  # a unit started (and enabled if it was not): it runs the new code and config anyway
+    RESTART = "restart"  # a running unit restarted because a step that notifies it changed
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What a step will do (or, with --check, would do)."""
 
     step: str
+    kind: ChangeKind
     summary: str
     script: str
     uploads: tuple[Upload, ...] = ()
     diff: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """Nothing to do on this step, and why: the node is already as desired."""
+
+    step: str
+    reason: str
+
+
+#: A probed step: the change it needs, or why it needs none.
+Decision = Change | Ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +93,11 @@ class Step:
     def probe(self) -> str:
         raise NotImplementedError
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         raise NotImplementedError
+
+    def ok(self, reason: str) -> Ok:
+        return Ok(self.name, reason)
 
 
 def _stage_name(text: str) -> str:
@@ -85,13 +117,14 @@ class Packages(Step):
     def probe(self) -> str:
         return f"dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {' '.join(map(q, self.packages))} 2>/dev/null"
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         installed = {line.split()[0] for line in output.splitlines() if line.endswith(" installed")}
         missing = [p for p in self.packages if p not in installed]
         if not missing:
-            return None
+            return self.ok(f"{', '.join(self.packages)} {'is' if len(self.packages) == 1 else 'are'} installed")
         return Change(
             self.name,
+            ChangeKind.INSTALL,
             "install " + " ".join(missing),
             "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends " + " ".join(map(q, missing)),
         )
@@ -108,12 +141,13 @@ class Hostname(Step):
     def probe(self) -> str:
         return "cat /etc/hostname 2>/dev/null; hostname"
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         lines = output.split()
         if lines and all(line == self.hostname for line in lines):
-            return None
+            return self.ok(f"hostname is {self.hostname}")
         return Change(
             self.name,
+            ChangeKind.UPDATE,
             f"set hostname to {self.hostname} (was {lines[-1] if lines else '?'})",
             f"echo {q(self.hostname)} > /etc/hostname && hostname {q(self.hostname)}",
         )
@@ -134,19 +168,19 @@ class SystemUser(Step):
     def probe(self) -> str:
         return f"getent passwd {q(self.user)}; id -nG {q(self.user)} 2>/dev/null"
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         lines = output.splitlines()
         if not lines or not lines[0].startswith(self.user + ":"):
             script = f"useradd --system --create-home --home-dir {q(self.home)} --shell /usr/sbin/nologin {q(self.user)}"
             if self.groups:
                 script += f" && usermod -aG {q(','.join(self.groups))} {q(self.user)}"
-            return Change(self.name, f"create system user {self.user}", script)
+            return Change(self.name, ChangeKind.CREATE, f"create system user {self.user}", script)
         member = set(lines[1].split()) if len(lines) > 1 else set()
         missing = [g for g in self.groups if g not in member]
         if missing:
-            return Change(self.name, f"add {self.user} to {', '.join(missing)}",
+            return Change(self.name, ChangeKind.UPDATE, f"add {self.user} to {', '.join(missing)}",
                           f"usermod -aG {q(','.join(missing))} {q(self.user)}")
-        return None
+        return self.ok(f"user {self.user} exists" + (f", in {', '.join(self.groups)}" if self.groups else ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +200,18 @@ class Directory(Step):
     def probe(self) -> str:
         return f"stat -c '%U:%G:%a' {q(self.path)} 2>/dev/null || echo missing"
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         want = f"{self.owner}:{self.group}:{self.mode}"
         have = output.strip()
-        if have == want or (self.mount_point and have != "missing"):
-            return None
-        summary = f"create {self.path}" if have == "missing" else f"fix {self.path} ({have} -> {want})"
-        return Change(self.name, summary, f"install -d -o {q(self.owner)} -g {q(self.group)} -m {self.mode} {q(self.path)}")
+        if have == want:
+            return self.ok(f"directory {self.path} is {self.owner}:{self.group} {self.mode}")
+        if self.mount_point and have != "missing":
+            return self.ok(f"{self.path} exists (a mount point: its owner and mode are the mounted filesystem's)")
+        if have == "missing":
+            kind, summary = ChangeKind.CREATE, f"create {self.path}"
+        else:
+            kind, summary = ChangeKind.PERMISSIONS, f"fix {self.path} ({have} -> {want})"
+        return Change(self.name, kind, summary, f"install -d -o {q(self.owner)} -g {q(self.group)} -m {self.mode} {q(self.path)}")
 
 
 #: Files up to this size travel back in the probe so --diff can show them.
@@ -205,7 +244,7 @@ class File(Step):
             text += f"[ $(stat -c %s {p}) -le {DIFF_LIMIT} ] && base64 -w0 < {p} && echo; "
         return text + "else echo missing; fi"
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         lines = output.splitlines()
         want_meta = f"{self.owner}:{self.group}:{self.mode}"
         stage = _stage_name(self.path)
@@ -215,16 +254,16 @@ class File(Step):
         if self.path.endswith((".service", ".mount", ".automount", ".timer")):
             install += " && systemctl daemon-reload"
         if not lines or lines[0] == "missing":
-            return Change(self.name, f"create {self.path}", install, (Upload(stage, data=self.content),),
+            return Change(self.name, ChangeKind.CREATE, f"create {self.path}", install, (Upload(stage, data=self.content),),
                           self._diff(b"", new_file=True))
         digest, meta = lines[0].strip(), lines[1].rsplit(":", 1)[0] if len(lines) > 1 else ""
         if digest == self.digest:
             if meta == want_meta:
-                return None
-            return Change(self.name, f"fix owner/mode of {self.path} ({meta} -> {want_meta})",
+                return self.ok(f"file {self.path} matches ({self.owner}:{self.group} {self.mode})")
+            return Change(self.name, ChangeKind.PERMISSIONS, f"fix owner/mode of {self.path} ({meta} -> {want_meta})",
                           f"chown {q(self.owner)}:{q(self.group)} {q(self.path)} && chmod {self.mode} {q(self.path)}")
         old = base64.b64decode(lines[2]) if len(lines) > 2 and lines[2].strip() else None
-        return Change(self.name, f"update {self.path}", install, (Upload(stage, data=self.content),), self._diff(old))
+        return Change(self.name, ChangeKind.UPDATE, f"update {self.path}", install, (Upload(stage, data=self.content),), self._diff(old))
 
     def _diff(self, old: bytes | None, new_file: bool = False) -> str:
         if self.secret:
@@ -258,18 +297,18 @@ class FstabLine(Step):
     def probe(self) -> str:
         return f"awk -v mp={q(self.mount_point)} '$1 !~ /^#/ && $2 == mp' /etc/fstab 2>/dev/null"
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         have = [" ".join(line.split()) for line in output.splitlines() if line.strip()]
         if have == [" ".join(self.line.split())]:
-            return None
+            return self.ok(f"/etc/fstab has the entry for {self.mount_point}")
         script = (
             f"tmp=$(mktemp) && awk -v mp={q(self.mount_point)} '$1 ~ /^#/ || $2 != mp' /etc/fstab > \"$tmp\""
             f" && printf '%s\\n' {q(self.line)} >> \"$tmp\" && install -m 644 \"$tmp\" /etc/fstab"
             " && rm -f \"$tmp\" && systemctl daemon-reload"
         )
         diff = "".join(f"-{line}\n" for line in have) + f"+{self.line}\n"
-        return Change(self.name, f"{'update' if have else 'add'} the /etc/fstab entry for {self.mount_point}",
-                      script, diff=f"--- /etc/fstab\n+++ /etc/fstab\n{diff}")
+        return Change(self.name, ChangeKind.UPDATE if have else ChangeKind.CREATE,
+                      f"{'update' if have else 'add'} the /etc/fstab entry for {self.mount_point}", script, diff=f"--- /etc/fstab\n+++ /etc/fstab\n{diff}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +326,7 @@ class Service(Step):
     def probe(self) -> str:
         return f"systemctl is-enabled {q(self.unit)} 2>/dev/null; systemctl is-active {q(self.unit)} 2>/dev/null"
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         lines = (output.split() + ["unknown", "unknown"])[:2]
         enabled = lines[0] in ("enabled", "static", "generated", "enabled-runtime")
         active = lines[1] == "active"
@@ -299,11 +338,14 @@ class Service(Step):
             commands.append(f"systemctl start {q(self.unit)}")
             what.append("start")
         if not commands:
-            return None
-        return Change(self.name, f"{' and '.join(what)} {self.unit}", " && ".join(commands))
+            runs = "running" if self.unit.endswith(".service") or "." not in self.unit else "active"
+            state = [w for w, wanted in (("enabled", self.enabled), (runs, self.running)) if wanted]
+            return self.ok(f"{self.unit} is {' and '.join(state)}" if state else f"{self.unit}: nothing wanted")
+        kind = ChangeKind.START if "start" in what else ChangeKind.ENABLE
+        return Change(self.name, kind, f"{' and '.join(what)} {self.unit}", " && ".join(commands))
 
     def restart(self) -> Change:
-        return Change(f"restart {self.unit}", f"restart {self.unit} (its code or config changed)",
+        return Change(f"restart {self.unit}", ChangeKind.RESTART, f"restart {self.unit} (its code or config changed)",
                       f"systemctl restart {q(self.unit)}")
 
 
@@ -326,19 +368,21 @@ class SambaUser(Step):
         return (f"pdbedit -L 2>/dev/null | cut -d: -f1 | grep -qx {q(self.user)} && echo present || echo absent; "
                 f"cat {q(self.marker)} 2>/dev/null")
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         lines = output.split()
         digest = hashlib.sha256(self.password.encode()).hexdigest()
         if lines[:2] == ["present", digest]:
-            return None
+            return self.ok(f"Samba user {self.user} exists with the cluster's password")
         stage = _stage_name(self.marker)
         script = (
             f'pw=$(cat "$STAGE/{stage}") && printf "%s\\n%s\\n" "$pw" "$pw" | smbpasswd -s -a {q(self.user)} >/dev/null'
             f" && smbpasswd -e {q(self.user)} >/dev/null"
             f" && echo {digest} > {q(self.marker)} && chmod 600 {q(self.marker)}"
         )
-        summary = "create" if lines[:1] != ["present"] else "set the password of"
-        return Change(self.name, f"{summary} Samba user {self.user}", script, (Upload(stage, data=self.password.encode()),))
+        exists = lines[:1] == ["present"]
+        return Change(self.name, ChangeKind.UPDATE if exists else ChangeKind.CREATE,
+                      f"{'set the password of' if exists else 'create'} Samba user {self.user}", script,
+                      (Upload(stage, data=self.password.encode()),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,10 +412,10 @@ class VenvInstall(Step):
         return (f"cat {q(self.marker)} 2>/dev/null || echo none; "
                 f"ls {q(self.wheelhouse)} 2>/dev/null")
 
-    def decide(self, output: str) -> Change | None:
+    def decide(self, output: str) -> Decision:
         lines = output.split()
         if lines and lines[0] == self.manifest:
-            return None
+            return self.ok(f"{self.venv} has the wheelhouse {self.manifest[:12]} installed")
         present = set(lines[1:])
         # A wheel's name pins its content, except piblade's own: new code keeps
         # the version number, so that wheel is pushed every time.
@@ -394,26 +438,5 @@ class VenvInstall(Step):
         size = sum(u.size for u in uploads)
         amount = f"{size / 2**20:.0f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
         wheels = f"{len(uploads)} wheel{'' if len(uploads) == 1 else 's'}"
-        return Change(self.name, f"install {self.requirement} ({wheels}, {amount} to push)", script, uploads)
-
-
-@dataclass(frozen=True, slots=True)
-class Probe(Step):
-    """A read-only check with a custom decision (e.g. Redis answers); ``fix`` runs when it fails."""
-
-    label: str
-    command: str
-    expect: str
-    fix: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.label
-
-    def probe(self) -> str:
-        return self.command
-
-    def decide(self, output: str) -> Change | None:
-        if self.expect in output:
-            return None
-        return Change(self.name, self.label, self.fix or "false")
+        return Change(self.name, ChangeKind.INSTALL, f"install {self.requirement} ({wheels}, {amount} to push)", script,
+                      uploads)

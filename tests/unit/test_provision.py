@@ -10,9 +10,22 @@ import pytest
 
 from piblade.inventory import parse_inventory
 from piblade.provision import roles
-from piblade.provision.engine import apply_script, parse_apply, probe_script, restarts, split_probes
+from piblade.provision.engine import apply_script, parse_apply, probe_script, split_probes
 from piblade.provision.facts import parse_facts
-from piblade.provision.steps import Directory, File, Packages, SambaUser, Service, SystemUser, VenvInstall
+from piblade.provision.plan import HostPlan, host_plan
+from piblade.provision.steps import (
+    Change,
+    ChangeKind,
+    Decision,
+    Directory,
+    File,
+    Ok,
+    Packages,
+    SambaUser,
+    Service,
+    SystemUser,
+    VenvInstall,
+)
 from piblade.provision.wheelhouse import Wheelhouse, archive, prune
 
 PI_FACTS = """arch=aarch64
@@ -67,59 +80,82 @@ def test_facts_script_runs_here_and_parses() -> None:
     assert facts.mem_mib > 0
 
 
+def changed(decision: Decision) -> Change:
+    assert isinstance(decision, Change), decision
+    return decision
+
+
+def ok(decision: Decision) -> str:
+    """The reason of an ok decision (and fail on a change)."""
+    assert isinstance(decision, Ok), decision
+    return decision.reason
+
+
 def test_packages_installs_only_what_is_missing() -> None:
     step = Packages(("samba", "sshfs"))
-    assert step.decide("samba installed\nsshfs installed") is None
-    change = step.decide("samba installed\nsshfs not-installed")
-    assert change is not None and change.summary == "install sshfs"
+    assert ok(step.decide("samba installed\nsshfs installed")) == "samba, sshfs are installed"
+    change = changed(step.decide("samba installed\nsshfs not-installed"))
+    assert change.summary == "install sshfs" and change.kind is ChangeKind.INSTALL
     assert change.script.endswith("--no-install-recommends sshfs")
 
 
 def test_file_is_ok_only_with_same_content_and_mode(tmp_path: Path) -> None:
     step = File("/etc/x.conf", b"a\nb\n", "root", "root", "644")
     digest = hashlib.sha256(b"a\nb\n").hexdigest()
-    assert step.decide(f"{digest}\nroot:root:644:4\nYQpiCg==") is None
-    mode = step.decide(f"{digest}\nroot:root:600:4\nYQpiCg==")
-    assert mode is not None and "chmod 644" in mode.script and not mode.uploads
-    old = step.decide("0" * 64 + "\nroot:root:644:4\n" + "YQpjCg==")  # "a\nc\n"
-    assert old is not None and old.uploads[0].data == b"a\nb\n"
-    assert "-c\n+b\n" in old.diff
-    created = step.decide("missing")
-    assert created is not None and created.summary == "create /etc/x.conf"
+    assert ok(step.decide(f"{digest}\nroot:root:644:4\nYQpiCg==")) == "file /etc/x.conf matches (root:root 644)"
+    mode = changed(step.decide(f"{digest}\nroot:root:600:4\nYQpiCg=="))
+    assert "chmod 644" in mode.script and not mode.uploads and mode.kind is ChangeKind.PERMISSIONS
+    old = changed(step.decide("0" * 64 + "\nroot:root:644:4\n" + "YQpjCg=="))  # "a\nc\n"
+    assert old.uploads[0].data == b"a\nb\n" and old.kind is ChangeKind.UPDATE
+    assert old.diff is not None and "-c\n+b\n" in old.diff
+    created = changed(step.decide("missing"))
+    assert created.summary == "create /etc/x.conf" and created.kind is ChangeKind.CREATE
 
 
 def test_secret_files_never_show_their_content() -> None:
     step = File("/etc/piblade/redis.password", b"hunter2\n", secret=True)
     assert "base64" not in step.probe()
-    change = step.decide("missing")
-    assert change is not None and "hunter2" not in change.diff and "hidden" in change.diff
+    change = changed(step.decide("missing"))
+    assert change.diff is not None and "hunter2" not in change.diff and "hidden" in change.diff
 
 
 def test_unit_files_reload_systemd() -> None:
-    change = File("/etc/systemd/system/x.service", b"[Unit]\n").decide("missing")
-    assert change is not None and change.script.endswith("systemctl daemon-reload")
+    change = changed(File("/etc/systemd/system/x.service", b"[Unit]\n").decide("missing"))
+    assert change.script.endswith("systemctl daemon-reload")
 
 
 def test_service_enables_and_starts() -> None:
     step = Service("smbd")
-    assert step.decide("enabled\nactive") is None
-    change = step.decide("disabled\ninactive")
-    assert change is not None and change.script == "systemctl enable smbd && systemctl start smbd"
+    assert ok(step.decide("enabled\nactive")) == "smbd is enabled and running"
+    change = changed(step.decide("disabled\ninactive"))
+    assert change.script == "systemctl enable smbd && systemctl start smbd" and change.kind is ChangeKind.START
+    assert changed(step.decide("disabled\nactive")).kind is ChangeKind.ENABLE
+    mount = Service("srv-data.mount", enabled=False)
+    assert ok(mount.decide("generated\nactive")) == "srv-data.mount is active"
+    assert step.restart().kind is ChangeKind.RESTART
 
 
 def test_user_directory_and_samba_user() -> None:
-    assert SystemUser("piblade", "/var/lib/piblade").decide("piblade:x:999:999::/var/lib/piblade:/usr/sbin/nologin\npiblade") is None
-    assert SystemUser("piblade", "/h").decide("").summary == "create system user piblade"
-    assert Directory("/srv/x", "piblade", "piblade", "2775").decide("piblade:piblade:2775") is None
-    assert Directory("/srv/x").decide("missing").summary == "create /srv/x"
+    user = SystemUser("piblade", "/var/lib/piblade")
+    assert ok(user.decide("piblade:x:999:999::/var/lib/piblade:/usr/sbin/nologin\npiblade")) == "user piblade exists"
+    assert changed(SystemUser("piblade", "/h").decide("")).summary == "create system user piblade"
+    grouped = SystemUser("piblade", "/h", ("fuse",)).decide("piblade:x:9:9::/h:/usr/sbin/nologin\npiblade")
+    assert changed(grouped).kind is ChangeKind.UPDATE
+    assert ok(Directory("/srv/x", "piblade", "piblade", "2775").decide("piblade:piblade:2775")) == (
+        "directory /srv/x is piblade:piblade 2775")
+    assert changed(Directory("/srv/x").decide("missing")).summary == "create /srv/x"
+    assert changed(Directory("/srv/x").decide("root:root:700")).kind is ChangeKind.PERMISSIONS
     mount_point = Directory("/mnt/nas", mount_point=True)
-    assert mount_point.decide("piblade:piblade:2775") is None  # the share is mounted there: leave it
-    assert mount_point.decide("missing").summary == "create /mnt/nas"
+    # the share is mounted there: leave it, and say so
+    assert ok(mount_point.decide("piblade:piblade:2775")).startswith("/mnt/nas exists (a mount point")
+    assert changed(mount_point.decide("missing")).summary == "create /mnt/nas"
     samba = SambaUser("piblade", "s3cret")
-    assert samba.decide("present\n" + hashlib.sha256(b"s3cret").hexdigest()) is None
-    change = samba.decide("present\n" + "0" * 64)
-    assert change is not None and "s3cret" not in change.script  # the password travels as a staged file
-    assert change.uploads[0].data == b"s3cret"
+    assert ok(samba.decide("present\n" + hashlib.sha256(b"s3cret").hexdigest())) == (
+        "Samba user piblade exists with the cluster's password")
+    change = changed(samba.decide("present\n" + "0" * 64))
+    assert "s3cret" not in change.script  # the password travels as a staged file
+    assert change.uploads[0].data == b"s3cret" and change.kind is ChangeKind.UPDATE
+    assert changed(samba.decide("absent")).kind is ChangeKind.CREATE
 
 
 def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
@@ -128,16 +164,15 @@ def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x" * 10)
         wheels.append(tmp_path / name)
     step = VenvInstall("/opt/v", "/opt/wh", tuple(wheels), "m1", "piblade==0.1.0")
-    assert step.decide("m1\na-1-py3-none-any.whl") is None
-    change = step.decide("none\na-1-py3-none-any.whl")
-    assert change is not None and [u.name for u in change.uploads] == ["b-2-py3-none-any.whl"]
+    assert ok(step.decide("m1\na-1-py3-none-any.whl")) == "/opt/v has the wheelhouse m1 installed"
+    change = changed(step.decide("none\na-1-py3-none-any.whl"))
+    assert [u.name for u in change.uploads] == ["b-2-py3-none-any.whl"] and change.kind is ChangeKind.INSTALL
     assert 'install -m 644 -o root -g root "$STAGE/b-2-py3-none-any.whl" /opt/wh/' in change.script
     (tmp_path / "piblade-0.1.0-py3-none-any.whl").write_bytes(b"new code, same version")
     # The node still has the old piblade wheel under the same name: it is pushed anyway.
-    own = VenvInstall("/opt/v", "/opt/wh", (*wheels, tmp_path / "piblade-0.1.0-py3-none-any.whl"), "m2",
-                      "piblade==0.1.0").decide("m1\na-1-py3-none-any.whl\nb-2-py3-none-any.whl\n"
-                                               "piblade-0.1.0-py3-none-any.whl")
-    assert own is not None
+    own = changed(VenvInstall("/opt/v", "/opt/wh", (*wheels, tmp_path / "piblade-0.1.0-py3-none-any.whl"), "m2",
+                              "piblade==0.1.0").decide("m1\na-1-py3-none-any.whl\nb-2-py3-none-any.whl\n"
+                                                       "piblade-0.1.0-py3-none-any.whl"))
     assert [u.name for u in own.uploads] == ["piblade-0.1.0-py3-none-any.whl"]
     assert own.summary == "install piblade==0.1.0 (1 wheel, 0 KiB to push)"
     assert "--no-deps --force-reinstall /opt/wh/piblade-0.1.0-py3-none-any.whl" in own.script
@@ -151,10 +186,10 @@ def test_probe_and_apply_scripts_round_trip(tmp_path: Path) -> None:
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
     outputs = split_probes(out, 3)
     assert outputs[2].strip() == "missing"
-    change = steps[1].decide(outputs[1])
-    assert change is not None and "-no newline at the end" in change.diff
+    change = changed(steps[1].decide(outputs[1]))
+    assert change.diff is not None and "-no newline at the end" in change.diff
 
-    changes = [Directory("/a").decide("missing"), Directory("/b").decide("missing")]
+    changes = [changed(Directory("/a").decide("missing")), changed(Directory("/b").decide("missing"))]
     ok = parse_apply("@@step 0\n@@step 1\n@@done\n", 2)
     assert ok == (2, None, "")
     failed = parse_apply("@@step 0\n@@step 1\n@@failed 1\ninstall: cannot create\n", 2)
@@ -163,10 +198,9 @@ def test_probe_and_apply_scripts_round_trip(tmp_path: Path) -> None:
 
 
 def test_apply_script_stops_at_the_first_failure(tmp_path: Path) -> None:
-    from piblade.provision.steps import Change
-
-    changes = [Change("one", "one", f"touch {tmp_path}/one"), Change("two", "two", "echo broken >&2; false"),
-               Change("three", "three", f"touch {tmp_path}/three")]
+    new = ChangeKind.CREATE
+    changes = [Change("one", new, "one", f"touch {tmp_path}/one"), Change("two", new, "two", "echo broken >&2; false"),
+               Change("three", new, "three", f"touch {tmp_path}/three")]
     out = subprocess.run(["sh", "-c", apply_script(changes, None)], capture_output=True, text=True)
     assert out.returncode == 1
     assert parse_apply(out.stdout, 3) == (1, 1, "broken")
@@ -176,12 +210,27 @@ def test_apply_script_stops_at_the_first_failure(tmp_path: Path) -> None:
 def test_services_restart_when_their_files_change() -> None:
     unit = File("/etc/systemd/system/piblade-worker.service", b"x", notify=("piblade-worker",))
     service = Service("piblade-worker.service")
-    changed = [unit.decide("missing"), None]
-    assert [c.summary for c in restarts([unit, service], changed)] == [
-        "restart piblade-worker.service (its code or config changed)"]
-    # A service that is being started in this run needs no restart.
-    assert restarts([unit, service], [unit.decide("missing"), service.decide("enabled\ninactive")]) == []
-    assert restarts([unit, service], [None, None]) == []
+    plan = HostPlan("w1", (unit, service))
+    running = plan.decide(["missing", "enabled\nactive"])
+    assert [(c.kind, c.summary) for c in running.restarts] == [
+        (ChangeKind.RESTART, "restart piblade-worker.service (its code or config changed)")]
+    assert [c.step for c in running.changes] == ["file /etc/systemd/system/piblade-worker.service",
+                                                 "restart piblade-worker.service"]
+    # A service that is being started in this run needs no restart (decided by its ChangeKind.START).
+    assert plan.decide(["missing", "enabled\ninactive"]).restarts == ()
+    # Only being enabled: it keeps running the old code, so it restarts.
+    assert [c.kind for c in plan.decide(["missing", "disabled\nactive"]).changes] == [
+        ChangeKind.CREATE, ChangeKind.ENABLE, ChangeKind.RESTART]
+    digest = hashlib.sha256(b"x").hexdigest()
+    quiet = plan.decide([f"{digest}\nroot:root:644:1\neA==", "enabled\nactive"])
+    assert quiet.changes == () and [ok(d) for d in quiet.outcome] == [
+        "file /etc/systemd/system/piblade-worker.service matches (root:root 644)",
+        "piblade-worker.service is enabled and running"]
+    # Notified in an earlier stage of the run (before waiting for the NAS): restarted in this one.
+    later = HostPlan("w1", (service,), earlier=frozenset({"piblade-worker"})).decide(["enabled\nactive"])
+    assert [c.kind for c in later.changes] == [ChangeKind.RESTART]
+    with pytest.raises(ValueError, match="not been probed"):
+        _ = plan.changes
 
 
 INVENTORY = """
@@ -276,19 +325,68 @@ def test_fstab_line_replaces_only_its_mount_point(tmp_path: Path) -> None:
     fstab.write_text("# keep /mnt/nas\nUUID=1 / ext4 defaults 0 1\n//old/x /mnt/nas cifs guest 0 0\n")
     step = FstabLine("/mnt/nas", "//nas/data /mnt/nas cifs credentials=/c,_netdev 0 0")
     probe = step.probe().replace("/etc/fstab", str(fstab))
-    change = step.decide(subprocess.run(["sh", "-c", probe], capture_output=True, text=True).stdout)
-    assert change is not None and "-//old/x /mnt/nas cifs guest 0 0" in change.diff
+    change = changed(step.decide(subprocess.run(["sh", "-c", probe], capture_output=True, text=True).stdout))
+    assert change.kind is ChangeKind.UPDATE and change.diff and "-//old/x /mnt/nas cifs guest 0 0" in change.diff
     script = change.script.replace("/etc/fstab", str(fstab)).replace(" && systemctl daemon-reload", "")
     subprocess.run(["sh", "-c", script], check=True)
     assert fstab.read_text() == ("# keep /mnt/nas\nUUID=1 / ext4 defaults 0 1\n"
                                  "//nas/data /mnt/nas cifs credentials=/c,_netdev 0 0\n")
-    assert step.decide(subprocess.run(["sh", "-c", probe], capture_output=True, text=True).stdout) is None
+    assert ok(step.decide(subprocess.run(["sh", "-c", probe], capture_output=True, text=True).stdout)) == (
+        "/etc/fstab has the entry for /mnt/nas")
 
 
 def test_tags_filter_steps(ctx: roles.Context) -> None:
     steps, _ = roles.plan(ctx.cluster.node("nas1"), parse_facts(PI_FACTS), ctx, _wheelhouse())
     assert {s.name for s in roles.filter_tags(steps, frozenset({"samba"}))} == {
         "packages: samba", "directory /srv/data", "file /etc/samba/smb.conf", "samba user piblade", "service smbd"}
+
+
+def test_a_host_plan_is_a_value_decided_by_its_probes(ctx: roles.Context) -> None:
+    plan = host_plan(ctx.cluster.node("nas1"), parse_facts(PI_FACTS), ctx, _wheelhouse(), frozenset({"samba"}))
+    assert [s.name for s in plan.steps] == ["packages: samba", "directory /srv/data", "file /etc/samba/smb.conf",
+                                            "samba user piblade", "service smbd"]
+    assert plan.decisions is None  # built from the facts, before any probe
+    assert plan.notes == ("data: directory /srv/data (set piblade_nas_device to mount a USB disk there)",)
+    conf = next(s for s in plan.steps if isinstance(s, File))
+    as_provisioned = ["samba installed", "piblade:piblade:2775", f"{conf.digest}\nroot:root:644:9\n",
+                      "present\n" + hashlib.sha256(b"smbpw").hexdigest(), "enabled\nactive"]
+    quiet = plan.decide(as_provisioned)
+    assert quiet.changes == () and [ok(d) for d in quiet.outcome] == [
+        "samba is installed", "directory /srv/data is piblade:piblade 2775",
+        "file /etc/samba/smb.conf matches (root:root 644)", "Samba user piblade exists with the cluster's password",
+        "smbd is enabled and running"]
+    # A hand-made drift in smb.conf: the file is updated and smbd, which runs, restarted.
+    drift = plan.decide(as_provisioned[:2] + ["0" * 64 + "\nroot:root:644:9\n"] + as_provisioned[3:])
+    assert [(c.step, c.kind) for c in drift.changes] == [("file /etc/samba/smb.conf", ChangeKind.UPDATE),
+                                                         ("restart smbd", ChangeKind.RESTART)]
+    # On a fresh node smbd is started after its config is written: no restart on top.
+    fresh = plan.decide(["samba not-installed", "missing", "missing", "absent", "disabled\ninactive"])
+    assert [c.kind for c in fresh.changes] == [ChangeKind.INSTALL, ChangeKind.CREATE, ChangeKind.CREATE,
+                                               ChangeKind.CREATE, ChangeKind.START]
+
+
+def test_check_prints_the_whole_plan_and_json_carries_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from piblade.cli.provision_cmd import _recap
+    from piblade.provision.engine import HostResult, StepResult
+
+    service = Service("smbd")
+    plan = HostPlan("nas1", (File("/etc/samba/smb.conf", b"x", notify=("smbd",)), service))
+    decided = plan.decide(["missing", "enabled\nactive"])
+    result = HostResult("nas1", tuple(StepResult.of(d) for d in decided.outcome))
+    assert (result.ok, result.changed) == (1, 2)
+    report = result.to_dict()
+    assert report["changes"] == [
+        {"step": "file /etc/samba/smb.conf", "status": "changed", "kind": "create", "summary": "create /etc/samba/smb.conf"},
+        {"step": "restart smbd", "status": "changed", "kind": "restart",
+         "summary": "restart smbd (its code or config changed)"}]
+    assert report["plan"][1] == {"step": "service smbd", "status": "ok", "reason": "smbd is enabled and running"}
+    _recap([result], check=True, diff=False)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("nas1:")]
+    assert lines == ["nas1: would create /etc/samba/smb.conf", "nas1: ok: smbd is enabled and running",
+                     "nas1: would restart smbd (its code or config changed)"]
+    _recap([result], check=False, diff=False)  # a real run lists what changed, not the steps that were ok
+    assert "ok: smbd" not in capsys.readouterr().out
 
 
 KNOWN_HOSTS_INVENTORY = """
