@@ -25,7 +25,8 @@ import redis
 
 from piblade import healthstore
 from piblade.errors import PibladeError
-from piblade.health import HealthSample, PauseGate, Sampler, SensorPaths
+from piblade.health import Sampler, SensorPaths
+from piblade.healthmodel import DEFAULT_MAX_TEMP, HealthSample, PauseGate
 from piblade.redisconn import RedisTarget
 
 log = logging.getLogger("piblade.agent")
@@ -41,7 +42,7 @@ class AgentConfig:
     node: str
     role: str = ""
     interval: float = 5.0
-    max_temp: float = 80.0
+    max_temp: float = DEFAULT_MAX_TEMP
     mount: str | None = None
     #: Keep exactly this many history entries; None keeps 24 hours (healthstore's default).
     history_len: int | None = None

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from piblade import healthstore, tasks
-from piblade.health import ThrottleFlags
+from piblade.healthmodel import READINGS, SHARE, Level, Reading, ThrottleFlags, human_bytes, temp_level
 from piblade.inventory import Cluster, Node
 
 
@@ -91,7 +91,24 @@ class NodeStatus:
 
     @property
     def hot(self) -> bool:
-        return self.temp_c is not None and self.max_temp is not None and self.temp_c >= self.max_temp
+        return self.temp_level is Level.BAD
+
+    @property
+    def temp_level(self) -> Level:
+        return temp_level(self.temp_c, self.max_temp)
+
+    def reading(self, reading: Reading) -> float | None:
+        """The value of one of :data:`~piblade.healthmodel.READINGS`: a property here, or the sample's field."""
+        if isinstance(getattr(type(self), reading.key, None), property):
+            value = getattr(self, reading.key)
+            return float(value) if isinstance(value, int | float) else None
+        return self._number(reading.key)
+
+    def levels(self) -> dict[str, str]:
+        """Each reading judged by the health model, for colours on the page and in the CLI."""
+        out = {"temp": str(self.temp_level)}
+        out.update({r.key: str(r.level(self.reading(r))) for r in READINGS})
+        return out
 
     @property
     def state(self) -> str:
@@ -127,6 +144,13 @@ class NodeStatus:
             "mem_percent": self.mem_percent,
             "disk_percent": self.disk_percent,
             "model": self.model,
+            **{r.key: self.reading(r) for r in READINGS},
+            "levels": self.levels(),
+            "readings": [
+                {"key": r.key, "label": r.label, "value": self.reading(r), "text": r.text(self.reading(r)),
+                 "level": str(r.level(self.reading(r))), "bar": r.bar}
+                for r in READINGS
+            ],
             "sample": dict(self.sample) if self.sample is not None else None,
         }
 
@@ -155,9 +179,14 @@ class ShareStatus:
     free: int
     percent: float
 
+    @property
+    def level(self) -> Level:
+        return SHARE.level(self.percent)
+
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "path": self.path, "total": self.total, "used": self.used, "free": self.free,
-                "percent": self.percent}
+                "percent": self.percent, "level": str(self.level),
+                "free_text": human_bytes(self.free), "total_text": human_bytes(self.total)}
 
 
 @dataclass(frozen=True, slots=True)

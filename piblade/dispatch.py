@@ -235,6 +235,8 @@ class RunStatus:
             "state": self.state,
             "total": self.run.total,
             "counts": self.counts,
+            "done": self.done,
+            "failed": self.failed,
             "reduce": self.reduce_state,
             "output": self.run.output or None,
             "created": self.run.created,

@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from piblade.errors import InventoryError, NotFound
+from piblade.healthmodel import DEFAULT_MAX_TEMP
 from piblade.registry import did_you_mean
 
 ROLES = ("controller", "nas", "workers")
@@ -124,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("piblade_mount", "str", "/mnt/piblade", "Where this node mounts the share."),
     Setting("piblade_health_interval", "float", 5.0, "Seconds between health heartbeats from this node.",
             min=0, min_exclusive=True),
-    Setting("piblade_max_temp", "float", 80.0, "CPU temperature in degrees C above which this node shows as hot."),
+    Setting("piblade_max_temp", "float", DEFAULT_MAX_TEMP, "CPU temperature in degrees C above which this node shows as hot."),
     Setting("piblade_numba_threads", "int", 0, "Numba threads per worker process; 0 means automatic.", min=0),
     Setting("piblade_python", "str", "python3", "Python interpreter used to create the node's virtualenv."),
     Setting("piblade_known_hosts", "str", None, "known_hosts file on the controller that this node's SSH host key "
@@ -149,7 +150,7 @@ class NodeSettings:
     nas_device: str | None = None
     mount: str = "/mnt/piblade"
     health_interval: float = 5.0
-    max_temp: float = 80.0
+    max_temp: float = DEFAULT_MAX_TEMP
     numba_threads: int = 0
     python: str = "python3"
     known_hosts: str | None = None

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from piblade.healthmodel import DEFAULT_MAX_TEMP
+
 if TYPE_CHECKING:
     import typer
 
@@ -62,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Roles shown by status, e.g. controller,workers (env PIBLADE_ROLE).")
     parser.add_argument("--interval", type=_positive, default=_env("PIBLADE_HEALTH_INTERVAL", 5.0, _positive),
                         help="Seconds between heartbeats (env PIBLADE_HEALTH_INTERVAL; default 5).")
-    parser.add_argument("--max-temp", type=float, default=_env("PIBLADE_MAX_TEMP", 80.0, float),
-                        help="Pause work at this CPU temperature in C (env PIBLADE_MAX_TEMP; default 80).")
+    parser.add_argument("--max-temp", type=float, default=_env("PIBLADE_MAX_TEMP", DEFAULT_MAX_TEMP, float),
+                        help=f"Pause work at this CPU temperature in C (env PIBLADE_MAX_TEMP; default {DEFAULT_MAX_TEMP:g}).")
     parser.add_argument("--mount", default=_env("PIBLADE_MOUNT", None, str),
                         help="Where the NAS share is mounted; its free space is reported (env PIBLADE_MOUNT).")
     parser.add_argument("--history", type=_history, default=_env("PIBLADE_HEALTH_HISTORY", None, _history),

@@ -12,6 +12,7 @@ import typer
 
 from piblade.cli.common import InventoryOption, JsonOption, open_redis
 from piblade.cli.output import console, print_json
+from piblade.healthmodel import Level, human_bytes, reading
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -28,30 +29,28 @@ def ago(seconds: float | None) -> str:
     return f"last seen {seconds:.0f}s ago"
 
 
-def size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    raise AssertionError("unreachable")
+_COLOUR = {Level.WARN: "yellow", Level.BAD: "red"}
 
 
-def _pct(value: float | None, warn: float = 80, bad: float = 95) -> str:
-    if value is None:
-        return "-"
-    colour = "red" if value >= bad else "yellow" if value >= warn else ""
-    return f"[{colour}]{value:.0f}%[/]" if colour else f"{value:.0f}%"
+def _coloured(text: str, level: Level, bold_bad: bool = False) -> str:
+    colour = _COLOUR.get(level)
+    if colour is None:
+        return text
+    if bold_bad and level is Level.BAD:
+        colour = f"bold {colour}"
+    return f"[{colour}]{text}[/]"
+
+
+def _reading(node: NodeStatus, key: str) -> str:
+    r = reading(key)
+    value = node.reading(r)
+    return _coloured(r.text(value), r.level(value))
 
 
 def _temp(node: NodeStatus) -> str:
     if node.temp_c is None:
         return "-"
-    text = f"{node.temp_c:.1f}°C"
-    if node.max_temp is not None and node.temp_c >= node.max_temp:
-        return f"[bold red]{text}[/]"
-    if node.max_temp is not None and node.temp_c >= node.max_temp - 5:
-        return f"[yellow]{text}[/]"
-    return text
+    return _coloured(f"{node.temp_c:.1f}°C", node.temp_level, bold_bad=True)
 
 
 def _throttling(node: NodeStatus) -> str:
@@ -84,9 +83,9 @@ def render(status: ClusterStatus) -> Group:
             state,
             _temp(node),
             _throttling(node),
-            _pct(node.cpu_percent, 90, 101),
-            _pct(node.mem_percent),
-            _pct(node.disk_percent),
+            _reading(node, "cpu_percent"),
+            _reading(node, "mem_percent"),
+            _reading(node, "disk_percent"),
             str(len(node.running_jobs)) if node.up or node.running_jobs else "-",
             f"[bold yellow]paused: {escape(node.paused)}[/]" if node.paused else "",
         )
@@ -104,7 +103,8 @@ def render(status: ClusterStatus) -> Group:
     if share is not None:
         parts.append(
             f"NAS share {escape(share.path)} (seen from {escape(share.node)}): "
-            f"{size(share.free)} free of {size(share.total)} ({_pct(share.percent, 85, 95)} used)"
+            f"{human_bytes(share.free)} free of {human_bytes(share.total)} "
+            f"({_coloured(f'{share.percent:.0f}%', share.level)} used)"
         )
     if status.down:
         parts.append(f"[bold red]down:[/] {escape(', '.join(status.down))}")

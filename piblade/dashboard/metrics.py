@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from piblade.healthmodel import READINGS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Throttling flags as ``flag`` label values, in the order the firmware's bits go.
@@ -59,9 +61,7 @@ def render(snapshot: dict[str, Any]) -> str:
             ("piblade_node_paused", "gauge", "1 while the node's workers take no new jobs (hot, under-voltage)."),
             ("piblade_node_last_seen_timestamp_seconds", "gauge", "Unix time of the node's last heartbeat."),
             ("piblade_node_temperature_celsius", "gauge", "SoC temperature."),
-            ("piblade_node_cpu_percent", "gauge", "CPU use over the last sample interval."),
-            ("piblade_node_memory_percent", "gauge", "Memory in use."),
-            ("piblade_node_disk_percent", "gauge", "Use of the root file system."),
+            *((r.metric, "gauge", r.help) for r in READINGS),
             ("piblade_node_load1", "gauge", "One-minute load average."),
             ("piblade_node_throttled", "gauge", "Firmware throttling flags (vcgencmd get_throttled), 1 when set."),
             ("piblade_node_running_jobs", "gauge", "Jobs the node's workers are running."),
@@ -81,9 +81,8 @@ def render(snapshot: dict[str, Any]) -> str:
             continue  # an expired node's last numbers are not current readings
         sample = node.get("sample") or {}
         fam["piblade_node_temperature_celsius"].add(key, node.get("temp_c"))
-        fam["piblade_node_cpu_percent"].add(key, node.get("cpu_percent"))
-        fam["piblade_node_memory_percent"].add(key, node.get("mem_percent"))
-        fam["piblade_node_disk_percent"].add(key, node.get("disk_percent"))
+        for r in READINGS:
+            fam[r.metric].add(key, node.get(r.key))
         load = sample.get("load_avg")
         fam["piblade_node_load1"].add(key, load[0] if load else None)
         fam["piblade_node_running_jobs"].add(key, len(node.get("running_jobs") or ()))

@@ -65,8 +65,8 @@ def _fingerprint(nodes: Any, queues: Any, jobs: Any, share: Any, error: str | No
 def job_view(status: dict[str, Any], now: float) -> dict[str, Any]:
     """A run as a row of the jobs table: what, how far, how long, where, and why it failed."""
     failures = status.get("failures") or []
-    counts = status.get("counts") or {}
-    failed = sum(counts.get(s, 0) for s in ("failed", "stopped", "canceled"))
+    # RunStatus decides what counts as done and failed (an expired task is failed), not this view.
+    failed = status["failed"]
     seconds = status.get("seconds")
     if seconds is None and status["state"] not in _TERMINAL:
         seconds = max(0.0, now - status["created"])
@@ -76,7 +76,7 @@ def job_view(status: dict[str, Any], now: float) -> dict[str, Any]:
         "queue": status.get("queue"),
         "state": status["state"],
         "total": status["total"],
-        "done": counts.get("finished", 0),
+        "done": status["done"],
         "failed": failed,
         "created": status["created"],
         "seconds": round(seconds, 2) if seconds is not None else None,

@@ -43,7 +43,7 @@ def fake_sample(
     t: float | None = None,
 ) -> dict[str, Any]:
     """A sample shaped exactly like the agent's (built through HealthSample itself)."""
-    from piblade.health import DiskUsage, HealthSample, decode_throttled
+    from piblade.healthmodel import DiskUsage, HealthSample, decode_throttled
 
     total = 32_000_000_000
     return HealthSample(

@@ -68,33 +68,30 @@ def test_metrics_leave_out_unknown_and_stale_values_and_escape_labels() -> None:
 
 
 def test_job_view() -> None:
-    status = {
-        "run": "r1",
-        "job": "mandelbrot",
-        "queue": "default",
-        "state": "failed",
-        "total": 4,
-        "created": 100.0,
-        "counts": {"finished": 3, "failed": 1},
-        "seconds": 2.5,
-        "nodes": {"pi1": 3},
-        "failures": [{"job": "r1-00003", "error": "ValueError: bad", "traceback": "..."}],
-    }
-    row = job_view(status, now=200.0)
+    from piblade.dispatch import RunStatus
+    from piblade.runs import RunRecord
+    from piblade.tasks import TaskFailure
+
+    record = RunRecord(id="r1", job="mandelbrot", params={}, total=5, queue="default", created=100.0, output="",
+                       has_reduce=False, timeout=60, retries=0)
+    # One task's record expired ("missing"): the CLI and the page both count it as failed.
+    status = RunStatus(record, {"finished": 3, "failed": 1, "missing": 1}, None,
+                       (TaskFailure("r1-00003", "ValueError: bad", "..."),), None, {"pi1": 3}, 2.5)
+    row = job_view(status.to_dict(), now=200.0)
     assert row == {
         "run": "r1",
         "job": "mandelbrot",
         "queue": "default",
         "state": "failed",
-        "total": 4,
+        "total": 5,
         "done": 3,
-        "failed": 1,
+        "failed": 2,
         "created": 100.0,
         "seconds": 2.5,
         "nodes": {"pi1": 3},
         "failure": "ValueError: bad",
     }
-    running = job_view({**status, "state": "running", "seconds": None, "failures": []}, now=112.0)
+    running = job_view({**status.to_dict(), "state": "running", "seconds": None, "failures": []}, now=112.0)
     assert running["seconds"] == 12.0 and running["failure"] is None
 
 

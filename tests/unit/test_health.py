@@ -12,12 +12,11 @@ import pytest
 from piblade.agent import MAX_BACKOFF, backoff
 from piblade.cli.agent_cmd import build_parser
 from piblade.clusterstatus import node_of_worker
-from piblade.health import (
+from piblade.health import Sampler, SensorPaths
+from piblade.healthmodel import (
     DiskUsage,
     HealthSample,
     PauseGate,
-    Sampler,
-    SensorPaths,
     ThrottleFlags,
     decode_throttled,
     parse_clock,
@@ -271,3 +270,39 @@ def test_agent_imports_stay_light() -> None:
 @pytest.mark.parametrize(("name", "node"), [("pi1.1234", "pi1"), ("pi1.lan.99", "pi1.lan"), ("5f2a9c", None), ("pi1.x", None)])
 def test_worker_names_map_to_nodes(name: str, node: str | None) -> None:
     assert node_of_worker(name) == node
+
+
+# -- one health model for the CLI, the page and /metrics ---------------------------
+
+
+def test_temperature_levels_have_one_definition() -> None:
+    from piblade.healthmodel import DEFAULT_MAX_TEMP, HOT_MARGIN, Level, temp_level
+
+    assert temp_level(None, 80.0) is Level.NONE
+    assert temp_level(74.9, 80.0) is Level.OK
+    assert temp_level(80.0 - HOT_MARGIN, 80.0) is Level.WARN  # warm is the band a hot node must cool through
+    assert temp_level(80.0, 80.0) is Level.BAD
+    assert temp_level(70.0, 70.0) is Level.BAD  # the node's own limit, not a constant
+    assert temp_level(DEFAULT_MAX_TEMP, None) is Level.BAD
+    gate = PauseGate(80.0)
+    assert gate.update(80.0, None) == "hot" and gate.update(75.1, None) == "hot" and gate.update(75.0, None) is None
+
+
+def test_readings_judge_and_show_values() -> None:
+    from piblade.healthmodel import SHARE, Level, human_bytes, reading
+
+    mem = reading("mem_percent")
+    assert [mem.level(v) for v in (None, 10.0, 80.0, 95.0)] == [Level.NONE, Level.OK, Level.WARN, Level.BAD]
+    assert reading("cpu_percent").level(100.0) is Level.WARN  # a busy CPU is what a blade is for
+    assert mem.text(33.3) == "33%" and mem.text(None) == "-"
+    assert SHARE.level(96.0) is Level.BAD
+    assert [human_bytes(n) for n in (512, 1500, 64_000_000_000, 4e12)] == ["512 B", "1.5 kB", "64.0 GB", "4.0 TB"]
+
+
+def test_status_and_the_dashboard_judge_health_without_psutil() -> None:
+    code = (
+        "import sys, piblade.clusterstatus, piblade.cli.status_cmd, piblade.dashboard.metrics, "
+        "piblade.dashboard.snapshot; print('psutil' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

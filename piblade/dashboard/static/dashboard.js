@@ -39,11 +39,6 @@
     return Math.floor(seconds / 3600) + " h " + Math.round(seconds % 3600 / 60) + " min";
   }
 
-  function level(value, warn, bad) {
-    if (value === null || value === undefined) return "none";
-    return value >= bad ? "bad" : value >= warn ? "warn" : "ok";
-  }
-
   function stateText(node) {
     if (node.state === "paused") return "paused: " + (node.paused || "");
     return node.state;
@@ -63,11 +58,12 @@
     return { row: row, fill: fill, value: value };
   }
 
-  function setBar(b, percent) {
-    var known = percent !== null && percent !== undefined;
-    b.fill.style.width = (known ? Math.min(100, Math.max(0, percent)) : 0) + "%";
-    b.row.dataset.level = level(percent, 75, 90);
-    b.value.textContent = known ? Math.round(percent) + "%" : "–";
+  /* Levels and texts come from the server's health model (piblade/healthmodel.py): no thresholds here. */
+  function setBar(b, reading) {
+    var known = reading.value !== null && reading.value !== undefined;
+    b.fill.style.width = (known ? Math.min(100, Math.max(0, reading.value)) : 0) + "%";
+    b.row.dataset.level = reading.level || "none";
+    b.value.textContent = known ? reading.text : "–";
   }
 
   function buildCard(name) {
@@ -87,9 +83,8 @@
     tempRow.appendChild(temp);
     tempRow.appendChild(badges);
     root.appendChild(tempRow);
-    var bars = { cpu: bar("CPU"), mem: bar("Mem"), disk: bar("Disk") };
+    var bars = {};  // one per percentage reading, made on the first update
     var barBox = h("div", "bars");
-    barBox.appendChild(bars.cpu.row); barBox.appendChild(bars.mem.row); barBox.appendChild(bars.disk.row);
     root.appendChild(barBox);
     var facts = h("div", "facts muted");
     var seen = h("span", "seen");
@@ -105,7 +100,7 @@
       legend.appendChild(item);
     });
     root.appendChild(legend);
-    return { root: root, refs: { state: state, meta: meta, temp: temp, badges: badges, bars: bars,
+    return { root: root, refs: { state: state, meta: meta, temp: temp, badges: badges, bars: bars, barBox: barBox,
              seen: seen, work: work, chart: chart }, points: [], loaded: false, node: null };
   }
 
@@ -117,17 +112,24 @@
     var sample = node.sample || {};
     var meta = [node.role || "node", node.model].filter(Boolean).join(" · ");
     r.meta.textContent = meta;
-    var limit = node.max_temp || 80;
     r.temp.textContent = node.temp_c === null || node.temp_c === undefined ? "– °C" : node.temp_c.toFixed(1) + " °C";
-    r.temp.dataset.level = level(node.temp_c, limit - 10, limit);
+    r.temp.dataset.level = (node.levels || {}).temp || "none";
     r.badges.textContent = "";
     (node.throttling || []).forEach(function (flag) {
       r.badges.appendChild(h("span", "badge" + (/since boot/.test(flag) ? " past" : ""), flag));
     });
-    setBar(r.bars.cpu, node.cpu_percent);
-    setBar(r.bars.mem, node.mem_percent);
-    setBar(r.bars.disk, node.disk_percent);
     var work = [];
+    (node.readings || []).forEach(function (reading) {
+      if (!reading.bar) {
+        if (reading.value !== null && reading.value !== undefined) work.push(reading.label + " " + reading.text);
+        return;
+      }
+      if (!r.bars[reading.key]) {
+        r.bars[reading.key] = bar(reading.label);
+        r.barBox.appendChild(r.bars[reading.key].row);
+      }
+      setBar(r.bars[reading.key], reading);
+    });
     if (sample.load_avg) work.push("load " + sample.load_avg[0].toFixed(2));
     if (node.workers) work.push(node.workers + (node.workers === 1 ? " worker" : " workers"));
     if (node.running_jobs && node.running_jobs.length) work.push(node.running_jobs.length + " running");
@@ -255,12 +257,6 @@
     { label: "Failure", cls: "failure", fill: function (td, j) { td.textContent = j.failure || ""; td.title = j.failure || ""; } }
   ];
 
-  function bytes(n) {
-    var units = ["B", "KB", "MB", "GB", "TB"], i = 0;
-    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
-    return n.toFixed(n < 10 && i ? 1 : 0) + " " + units[i];
-  }
-
   /* ---- the whole snapshot ---- */
 
   function render(snap) {
@@ -275,7 +271,7 @@
     syncRows($("jobs").tBodies[0], snap.jobs, function (j) { return j.run; }, JOB_COLUMNS);
     $("no-jobs").hidden = snap.jobs.length > 0;
     $("share").textContent = snap.share
-      ? "NAS share: " + bytes(snap.share.free) + " free (" + Math.round(100 - snap.share.percent) + "%)" : "";
+      ? "NAS share: " + snap.share.free_text + " free of " + snap.share.total_text : "";
     tick();
   }
 
