@@ -12,7 +12,7 @@ import typer
 
 from piblade.cli.common import InventoryOption, JsonOption, open_redis
 from piblade.cli.output import console, print_json
-from piblade.healthmodel import Level, human_bytes, reading
+from piblade.healthmodel import READINGS, Level, human_bytes, reading
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -70,8 +70,13 @@ def render(status: ClusterStatus) -> Group:
 
     title = f"cluster {status.name}" if status.name else "nodes"
     nodes = Table(title=title, title_justify="left")
-    for column in ("node", "role", "state", "temp", "throttling", "cpu", "mem", "disk", "jobs", "paused"):
-        nodes.add_column(column, justify="right" if column in ("temp", "cpu", "mem", "disk", "jobs") else "left")
+    # Every reading of the health model gets a column: the percentages always, the
+    # others (a fan, say) only when some node reports them.
+    shown = [r for r in READINGS if r.bar or any(n.reading(r) is not None for n in status.nodes)]
+    columns = ["node", "role", "state", "temp", "throttling", *(r.label.lower() for r in shown), "jobs", "paused"]
+    for column in columns:
+        nodes.add_column(column, justify="left" if column in ("node", "role", "state", "throttling", "paused")
+                         else "right")
     for node in status.nodes:
         if node.up:
             state = "[green]up[/]"
@@ -83,14 +88,12 @@ def render(status: ClusterStatus) -> Group:
             state,
             _temp(node),
             _throttling(node),
-            _reading(node, "cpu_percent"),
-            _reading(node, "mem_percent"),
-            _reading(node, "disk_percent"),
+            *(_reading(node, r.key) for r in shown),
             str(len(node.running_jobs)) if node.up or node.running_jobs else "-",
             f"[bold yellow]paused: {escape(node.paused)}[/]" if node.paused else "",
         )
     if not status.nodes:
-        nodes.add_row("[dim]no node has sent a heartbeat yet[/]", *[""] * 9)
+        nodes.add_row("[dim]no node has sent a heartbeat yet[/]", *[""] * (len(columns) - 1))
     queues = Table(title="queues", title_justify="left")
     for column in ("queue", "queued", "started", "failed", "workers"):
         queues.add_column(column, justify="left" if column == "queue" else "right")
