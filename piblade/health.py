@@ -48,6 +48,7 @@ log = logging.getLogger("piblade.health")
 THERMAL_FILE_ENV = "PIBLADE_THERMAL_FILE"
 MODEL_FILE_ENV = "PIBLADE_MODEL_FILE"
 VCGENCMD_ENV = "PIBLADE_VCGENCMD"
+FAN_FILE_ENV = "PIBLADE_FAN_FILE"
 DEFAULT_THERMAL_FILE = Path("/sys/class/thermal/thermal_zone0/temp")
 DEFAULT_MODEL_FILE = Path("/proc/device-tree/model")
 #: Seconds a vcgencmd call may take before its reading counts as missing.
@@ -64,6 +65,8 @@ class SensorPaths:
     model_file: Path = DEFAULT_MODEL_FILE
     vcgencmd: str | None = None
     thermal_override: bool = False
+    #: A file holding the fan's rpm (hwmon's ``fan1_input``); None: ask psutil.
+    fan_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SensorPaths:
@@ -80,6 +83,7 @@ class SensorPaths:
             model_file=Path(env.get(MODEL_FILE_ENV) or DEFAULT_MODEL_FILE),
             vcgencmd=(vcgencmd or None) if vcgencmd is not None else shutil.which("vcgencmd"),
             thermal_override=bool(thermal),
+            fan_file=Path(env[FAN_FILE_ENV]) if env.get(FAN_FILE_ENV) else None,
         )
 
 
@@ -180,6 +184,19 @@ class Sampler:
         value = read_thermal_file(self.sensors.thermal_file)
         return round(value, 1) if value is not None else None
 
+    def fan(self) -> float | None:
+        """The fan's rpm: the override file, else the first fan psutil finds (a Pi 5's cooler is ``pwmfan``)."""
+        if self.sensors.fan_file is not None:
+            try:
+                return float(self.sensors.fan_file.read_text().strip())
+            except (OSError, ValueError):
+                return None
+        try:
+            fans = psutil.sensors_fans()
+        except (AttributeError, OSError):
+            return None
+        return next((float(f.current) for entries in fans.values() for f in entries), None)
+
     def throttled(self) -> int | None:
         if not self.sensors.vcgencmd:
             return None
@@ -260,4 +277,5 @@ class Sampler:
             max_temp=self.max_temp,
             throttled=throttled,
             flags=flags,
+            fan_rpm=self.fan(),
         )

@@ -93,6 +93,7 @@ READINGS: tuple[Reading, ...] = (
     Reading("mem_percent", "Mem", "%", "piblade_node_memory_percent", "Memory in use.", warn=80.0, bad=95.0, bar=True),
     Reading("disk_percent", "Disk", "%", "piblade_node_disk_percent", "Use of the root file system.",
             warn=80.0, bad=95.0, bar=True),
+    Reading("fan_rpm", "Fan", " rpm", "piblade_node_fan_rpm", "Fan speed, where the board has one (Pi 5 active cooler)."),
 )
 #: The share is judged like a disk.
 SHARE = Reading("share_percent", "Share", "%", "piblade_share_percent", "Use of the NAS share.", warn=80.0, bad=95.0)
@@ -282,6 +283,7 @@ class HealthSample:
     throttled: int | None
     flags: ThrottleFlags | None
     paused: str | None = None
+    fan_rpm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; the shape readers (status, dashboard) rely on."""

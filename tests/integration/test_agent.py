@@ -394,3 +394,28 @@ def test_status_watch_json_streams_until_ctrl_c(redis_server: RedisServer, conn:
             proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_a_fan_reading_goes_from_the_agent_to_status_and_metrics(
+    redis_server: RedisServer, conn: redis.Redis, pi: Pi, agents, tmp_path: Path
+) -> None:
+    from piblade.dashboard import metrics
+    from piblade.dashboard.snapshot import SnapshotSource
+
+    fan = pi.root / "fan1_input"
+    fan.write_text("3125\n")
+    agents(redis_server.target, pi, env={"PIBLADE_FAN_FILE": str(fan)})
+    wait_for(lambda: (s := sample_of(conn, "pi1.test")) and s.get("fan_rpm"), what="a heartbeat with the fan")
+    doc = json.loads(status_cli(redis_server, tmp_path).stdout)
+    (node,) = doc["nodes"]
+    assert node["fan_rpm"] == 3125.0
+    assert {"key": "fan_rpm", "label": "Fan", "value": 3125.0, "text": "3125 rpm", "level": "ok", "bar": False} in \
+        node["readings"]
+    table = subprocess.run(
+        [sys.executable, "-m", "piblade", "status"], env={**worker_env(redis_server, tmp_path / "state"),
+                                                         "COLUMNS": "160"},
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "fan" in table and "3125 rpm" in table
+    text = metrics.render(SnapshotSource(conn).read().to_dict())
+    assert 'piblade_node_fan_rpm{node="pi1.test"} 3125\n' in text
