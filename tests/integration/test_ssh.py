@@ -215,3 +215,8 @@ def test_default_keys_only_when_the_inventory_names_none(
     with pytest.raises(SshError, match="no-such-key") as info:
         Session(missing).open()
     assert "ansible_ssh_private_key_file" in (info.value.hint or "")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(tmp_path / "locked")], check=True)
+    locked = SshTarget("n1", "127.0.0.1", sshd.port, "root", tmp_path / "locked", False, known)
+    with pytest.raises(SshError, match="locked needs a passphrase") as info:
+        Session(locked).open()
+    assert "ssh-agent" in (info.value.hint or "")
