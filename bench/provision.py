@@ -71,10 +71,11 @@ def piblade_provision(inventory: Path, *extra: str) -> tuple[float, dict]:  # ty
 def wait_until_settled(inventory: Path, nodes: int, timeout: float = 240.0) -> float:
     """Seconds until each worker node's service has warmed up and registered with the cluster Redis."""
     from piblade.cli.common import open_redis
+    from piblade.context import resolve_cluster
     from piblade.dispatch import workers_on
 
     started = time.perf_counter()
-    conn = open_redis(inventory)
+    conn = open_redis(resolve_cluster(inventory))
     try:
         seen, stable_since = -1, time.perf_counter()
         while time.perf_counter() - started < timeout:

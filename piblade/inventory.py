@@ -33,7 +33,6 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -48,7 +47,6 @@ from piblade.registry import did_you_mean
 
 ROLES = ("controller", "nas", "workers")
 INVENTORY_ENV = "PIBLADE_INVENTORY"
-LOCAL_INVENTORY = Path("inventory") / "local.yml"
 _GROUP_KEYS = ("hosts", "vars", "children")
 _CONSUMED = frozenset({"ansible_host", "ansible_port", "ansible_user", "ansible_become"})
 _DNS_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))+\.?$")
@@ -276,14 +274,6 @@ class Cluster:
             "workers": [n.name for n in self.workers],
             "nodes": [n.to_dict() for n in self.nodes],
         }
-
-
-def default_inventory_path() -> Path | None:
-    """``$PIBLADE_INVENTORY`` if set, else ``inventory/local.yml`` if it exists here, else None."""
-    explicit = os.environ.get(INVENTORY_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    return LOCAL_INVENTORY if LOCAL_INVENTORY.is_file() else None
 
 
 def load_inventory(path: str | Path) -> Cluster:

@@ -83,16 +83,14 @@ def register(app: typer.Typer) -> None:
 
         from piblade import tunnel as ngrok_tunnel
         from piblade.cli.common import open_redis
+        from piblade.context import resolve_cluster
         from piblade.dashboard.app import DashboardSettings, create_app
         from piblade.dashboard.server import serve
         from piblade.dashboard.snapshot import SnapshotSource
 
-        conn = open_redis(inventory)
-        cluster = None
-        if inventory is not None:
-            from piblade.inventory import load_inventory
-
-            cluster = load_inventory(inventory)
+        where = resolve_cluster(inventory)
+        conn = open_redis(where)
+        cluster = where.inventory
         token = None if no_auth else load_token()
         forward_host = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
         options = ngrok_tunnel.TunnelOptions(

@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from piblade.cli.output import console, print_json
-from piblade.errors import InventoryError
-from piblade.inventory import INVENTORY_ENV, LOCAL_INVENTORY, Cluster, default_inventory_path, load_inventory
+from piblade.errors import PibladeError
+from piblade.inventory import INVENTORY_ENV, Cluster
 
 app = typer.Typer(help="Check and show the cluster inventory (an Ansible YAML file).", no_args_is_help=True)
 
@@ -24,23 +24,25 @@ InventoryOption = Annotated[
     typer.Option(
         "--inventory",
         "-i",
-        help=f"Inventory file. Default: ${INVENTORY_ENV}, else {LOCAL_INVENTORY} if it exists.",
+        help=f"Inventory file (default: ${INVENTORY_ENV}).",
+        envvar=INVENTORY_ENV,
         dir_okay=False,
     ),
 ]
 
 
 def resolve_inventory(path: Path | None) -> Cluster:
-    """Load ``path``, or the default inventory; other command modules can reuse this."""
-    if path is None:
-        path = default_inventory_path()
-    if path is None:
-        raise InventoryError(
-            "not found, and no inventory was given",
-            file=str(LOCAL_INVENTORY),
-            hint=f"pass -i FILE (see inventory/example.yml) or set {INVENTORY_ENV}",
+    """Load ``path`` (or ``$PIBLADE_INVENTORY``); the local cluster has no inventory to load."""
+    from piblade.context import resolve_cluster
+
+    cluster = resolve_cluster(path)
+    if cluster.inventory is None:
+        raise PibladeError(
+            "no inventory was given",
+            hint=f"pass -i FILE (see inventory/example.yml) or set {INVENTORY_ENV}; "
+            "the local cluster (`piblade local up`) needs none",
         )
-    return load_inventory(path)
+    return cluster.inventory
 
 
 def _count(n: int, word: str, plural: str) -> str:

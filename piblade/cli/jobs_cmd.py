@@ -10,6 +10,7 @@ from rich.table import Table
 
 from piblade.cli.common import InventoryOption, JsonOption, open_redis
 from piblade.cli.output import console, print_json
+from piblade.context import resolve_cluster
 
 app = typer.Typer(help="Registered jobs and their runs.", no_args_is_help=True)
 
@@ -47,7 +48,8 @@ def status(
     from piblade.cli.submit_cmd import render_status
     from piblade.errors import NotFound
 
-    conn = open_redis(inventory)
+    cluster = resolve_cluster(inventory)
+    conn = open_redis(cluster)
     if run_id is None:
         statuses = [dispatch.run_status(conn, r.id, details=False) for r in runs.recent_runs(conn)]
         if as_json:
@@ -75,7 +77,7 @@ def status(
     if as_json:
         print_json(st.to_dict())
     else:
-        render_status(st, inventory)
+        render_status(st, cluster)
 
 
 @app.command("cancel")
@@ -89,7 +91,7 @@ def cancel(
     """Cancel the tasks of a run that have not started yet (and with --running, stop those that have)."""
     from piblade import dispatch
 
-    result = dispatch.cancel(open_redis(inventory), run_id, running=running)
+    result = dispatch.cancel(open_redis(resolve_cluster(inventory)), run_id, running=running)
     if as_json:
         print_json({"run": run_id, **result})
         return
@@ -106,5 +108,5 @@ def retry(run_id: str = typer.Argument(...), inventory: Path = InventoryOption) 
     """Re-queue the failed tasks of a run."""
     from piblade import dispatch
 
-    count = dispatch.retry(open_redis(inventory), run_id)
+    count = dispatch.retry(open_redis(resolve_cluster(inventory)), run_id)
     console.print(f"run {run_id}: {count} task(s) re-queued" if count else f"run {run_id}: nothing failed")

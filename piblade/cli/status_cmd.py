@@ -133,13 +133,11 @@ def register(app: typer.Typer) -> None:
         Exits 1 when a node of the inventory (-i) is down.
         """
         from piblade.clusterstatus import gather
+        from piblade.context import resolve_cluster
 
-        cluster = None
-        if inventory is not None:
-            from piblade.inventory import load_inventory
-
-            cluster = load_inventory(inventory)
-        conn = open_redis(inventory)
+        where = resolve_cluster(inventory)
+        cluster = where.inventory
+        conn = open_redis(where)
         snapshot = gather(conn, cluster)
         if not watch:
             if as_json:

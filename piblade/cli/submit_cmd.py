@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from piblade.cli.common import InventoryOption, JsonOption, open_redis
 from piblade.cli.output import console, err_console, print_json
 from piblade.errors import BadParameter
+
+if TYPE_CHECKING:
+    from piblade.context import ClusterContext
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -27,18 +30,7 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
-def output_location(inventory: Path | None, output: str) -> str:
-    """Where a run's output is, as the user can reach it."""
-    if not output:
-        return ""
-    if inventory is None:
-        from piblade.local import LocalPaths
-
-        return str(LocalPaths.default().data_dir / output)
-    return f"NAS share: {output}/"
-
-
-def render_status(status: Any, inventory: Path | None) -> None:
+def render_status(status: Any, cluster: ClusterContext) -> None:
     from piblade.dispatch import RunStatus
 
     assert isinstance(status, RunStatus)
@@ -56,7 +48,7 @@ def render_status(status: Any, inventory: Path | None) -> None:
         console.print("\n".join("    " + line for line in tail), markup=False, highlight=False)
     if status.result is not None:
         console.print("result: " + json.dumps(status.result, sort_keys=True), markup=False)
-    where = output_location(inventory, status.run.output)
+    where = cluster.output_location(status.run.output)
     if where:
         console.print(f"output: {where}")
 
@@ -65,7 +57,9 @@ def render_status(status: Any, inventory: Path | None) -> None:
 INPUTS_DIR = "inputs"
 
 
-def resolve_over(inventory: Path | None, over: str | None, input_dir: Path | None, *, quiet: bool) -> tuple[str, list[str]]:
+def resolve_over(
+    cluster: ClusterContext, over: str | None, input_dir: Path | None, *, quiet: bool
+) -> tuple[str, list[str]]:
     """Upload ``input_dir`` (if given) and expand the glob on the share; return (pattern, share paths).
 
     The share is the one `piblade nas` would use (see piblade.nas); the SMB
@@ -80,7 +74,7 @@ def resolve_over(inventory: Path | None, over: str | None, input_dir: Path | Non
         base = join(INPUTS_DIR, input_dir.resolve().name)
     full = join(base, over or "**")
     pattern_parts(full)  # refuse '..' before connecting
-    with open_share(inventory=inventory) as share:
+    with open_share(cluster) as share:
         if input_dir is not None:
             plan = transfer.plan_put(share, input_dir, base)
             with transfer_progress("upload", plan.bytes_to_copy, quiet or not plan.to_copy) as progress:
@@ -94,7 +88,7 @@ def resolve_over(inventory: Path | None, over: str | None, input_dir: Path | Non
     return full, paths
 
 
-def check_share_inputs(inventory: Path | None, spec: Any, params: dict[str, Any]) -> None:
+def check_share_inputs(cluster: ClusterContext, spec: Any, params: dict[str, Any]) -> None:
     """Refuse a run whose input files are not on the share, when the share can be reached from here.
 
     When it cannot (no NAS address known, the NAS down), say so and go on: the
@@ -108,7 +102,7 @@ def check_share_inputs(inventory: Path | None, spec: Any, params: dict[str, Any]
     from piblade.nas import open_share
 
     try:
-        with open_share(inventory=inventory) as share:
+        with open_share(cluster) as share:
             check_inputs(share, spec, params)
     except BadParameter:
         raise
@@ -138,15 +132,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Submit a job; a fan-out job becomes one task per tile/part (or per file with --over), enqueued in one batch."""
         from piblade import dispatch
+        from piblade.context import resolve_cluster
         from piblade.registry import load_registry
 
         registry = load_registry()
         params = parse_params(param)
+        cluster = resolve_cluster(inventory)
         if over is not None or input_dir is not None:
             # Refuse a job that cannot run over files before uploading or touching Redis.
             dispatch.check_over(registry, job, params)
-            conn = open_redis(inventory)
-            pattern, paths = resolve_over(inventory, over, input_dir, quiet=as_json)
+            conn = open_redis(cluster)
+            pattern, paths = resolve_over(cluster, over, input_dir, quiet=as_json)
             record = dispatch.submit_over(conn, registry, job, params, paths, pattern=pattern, queue=queue,
                                           timeout=timeout, retries=retries)
         else:
@@ -154,8 +150,8 @@ def register(app: typer.Typer) -> None:
             spec = registry.get(job)
             validated = spec.validate(params)
             spec.plan(validated)
-            check_share_inputs(inventory, spec, validated)
-            conn = open_redis(inventory)
+            check_share_inputs(cluster, spec, validated)
+            conn = open_redis(cluster)
             record = dispatch.submit(conn, registry, job, params, queue=queue, timeout=timeout, retries=retries)
         if dispatch.workers_on(conn, queue) == 0:
             err_console.print(f"[yellow]warning:[/] no worker listens on queue {queue!r}; the tasks wait until one does")
@@ -192,6 +188,6 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(status.to_dict())
         else:
-            render_status(status, inventory)
+            render_status(status, cluster)
         if not status.ok:
             raise typer.Exit(1)

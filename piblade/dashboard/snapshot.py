@@ -157,10 +157,15 @@ class SnapshotSource:
 
     def history(self, node: str, seconds: float, points: int = HISTORY_POINTS) -> list[dict[str, Any]] | None:
         """Chart points (time, temperature, CPU, memory) of ``node``; None for a node never seen."""
-        known = self.cluster is not None and any(n.name == node for n in self.cluster.nodes)
-        if not known and node not in healthstore.nodes(self.conn):
+        from piblade.clusterstatus import heartbeat_name
+
+        index = healthstore.nodes(self.conn)
+        member = next((n for n in self.cluster.nodes if n.name == node), None) if self.cluster is not None else None
+        if member is None and node not in index:
             return None
-        return [history_point(s) for s in healthstore.history(self.conn, node, seconds, limit=points)]
+        # An inventory's `localhost` beats under this machine's host name (as the cards do).
+        beat = heartbeat_name(member, index) if member is not None else node
+        return [history_point(s) for s in healthstore.history(self.conn, beat, seconds, limit=points)]
 
 
 def history_point(sample: dict[str, Any]) -> dict[str, Any]:

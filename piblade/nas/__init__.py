@@ -24,7 +24,9 @@ Which share :func:`open_share` opens:
 
 Password (SMB only), never a command-line argument and never printed or logged:
 ``PIBLADE_SMB_PASSWORD_FILE`` (mode 0600) → ``PIBLADE_SMB_PASSWORD`` → with an inventory, the
-cluster's ``<state>/clusters/<name>/secrets/samba.password`` (made by ``piblade provision``).
+Samba password ``piblade provision`` generated for the cluster (kept with its state).
+
+Which cluster is the caller's :class:`~piblade.context.ClusterContext`, resolved once by the CLI.
 
 SMB3 with encryption is required unless ``encrypt=False`` (``--no-encrypt``), which still lets
 the server encrypt (Samba with ``server smb encrypt = desired`` does) but accepts a plain
@@ -37,10 +39,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from piblade.nas.errors import NasError
 from piblade.nas.share import DiskUsage, LocalShare, RemoteEntry, Share
 from piblade.nas.target import SERVER_ENV, SmbTarget, resolve_target
+
+if TYPE_CHECKING:
+    from piblade.context import ClusterContext
 
 __all__ = [
     "DiskUsage", "LocalShare", "NasError", "RemoteEntry", "Share", "SmbTarget", "open_share", "open_target",
@@ -49,28 +55,26 @@ __all__ = [
 
 
 def resolve_share(
+    cluster: ClusterContext,
     *,
-    inventory: Path | None = None,
     server: str | None = None,
     share: str | None = None,
     user: str | None = None,
     encrypt: bool = True,
 ) -> SmbTarget | Path:
     """The SMB target to use, or the local cluster's data directory (see the order above)."""
-    if server or os.environ.get(SERVER_ENV) or inventory is not None:
-        return resolve_target(inventory=inventory, server=server, share=share, user=user, encrypt=encrypt)
-    from piblade.local import LocalPaths
-
-    data = LocalPaths.default().data_dir
+    if server or os.environ.get(SERVER_ENV) or not cluster.is_local:
+        return resolve_target(cluster=cluster, server=server, share=share, user=user, encrypt=encrypt)
+    data = cluster.paths.data_dir
     if data.is_dir():
         return data
-    return resolve_target(inventory=None, server=None)  # raises "no NAS to talk to" with the hint
+    return resolve_target(server=None)  # raises "no NAS to talk to" with the hint
 
 
 @contextlib.contextmanager
 def open_share(
+    cluster: ClusterContext,
     *,
-    inventory: Path | None = None,
     server: str | None = None,
     share: str | None = None,
     user: str | None = None,
@@ -78,7 +82,7 @@ def open_share(
     timeout: float = 10.0,
 ) -> Iterator[Share]:
     """Open the share the arguments name, in this process; closed when the block ends."""
-    where = resolve_share(inventory=inventory, server=server, share=share, user=user, encrypt=encrypt)
+    where = resolve_share(cluster, server=server, share=share, user=user, encrypt=encrypt)
     if isinstance(where, Path):
         yield LocalShare(where)
         return

@@ -16,8 +16,8 @@ user        ``--user`` or ``PIBLADE_SMB_USER``  ``piblade`` (what           ``pi
 The password is never a command-line argument (it would show in ``ps`` and in
 shell history) and never printed: ``PIBLADE_SMB_PASSWORD_FILE`` (a file of mode
 0600), else ``PIBLADE_SMB_PASSWORD``, else — with an inventory — the cluster's
-``<state>/clusters/<name>/secrets/samba.password`` that ``piblade provision``
-generated and put on the NAS.
+Samba password that ``piblade provision`` generated and put on the NAS
+(:attr:`piblade.context.ClusterContext.samba_password_file`).
 
 Encryption is required unless the caller passes ``encrypt=False`` (``--no-encrypt``).
 """
@@ -27,10 +27,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from piblade.errors import SecretError
 from piblade.nas.errors import NasError
-from piblade.state import read_secret, state_dir
+from piblade.state import read_secret
+
+if TYPE_CHECKING:
+    from piblade.context import ClusterContext
 
 SERVER_ENV = "PIBLADE_SMB_SERVER"
 SHARE_ENV = "PIBLADE_SMB_SHARE"
@@ -91,11 +95,6 @@ def _port(value: str, raw: str) -> int:
     return port
 
 
-def cluster_password_file(cluster_name: str) -> Path:
-    """Where `piblade provision` keeps the cluster's Samba password (see provision.run.load_secrets)."""
-    return state_dir() / "clusters" / cluster_name / "secrets" / "samba.password"
-
-
 def read_password(fallback_file: Path | None) -> str:
     """The password by the documented order; never from the command line."""
     from_file = os.environ.get(PASSWORD_FILE_ENV)
@@ -115,7 +114,7 @@ def read_password(fallback_file: Path | None) -> str:
 
 def resolve_target(
     *,
-    inventory: Path | None = None,
+    cluster: ClusterContext | None = None,
     server: str | None = None,
     share: str | None = None,
     user: str | None = None,
@@ -127,20 +126,17 @@ def resolve_target(
     user = user or os.environ.get(USER_ENV) or None
     password_file: Path | None = None
     source = "--server" if server else ""
-    if inventory is not None:
-        from piblade.inventory import load_inventory
-
-        cluster = load_inventory(inventory)
-        password_file = cluster_password_file(cluster.name)
-        nas = cluster.nas
+    if cluster is not None and cluster.inventory is not None:
+        password_file = cluster.samba_password_file
+        nas = cluster.inventory.nas
         if server is None:
             if nas is None:
                 raise NasError(
-                    f"{cluster.source} has no NAS node",
+                    f"{cluster.inventory.source} has no NAS node",
                     hint="put one host in the `nas` group, or pass --server HOST[:PORT]",
                 )
             server = nas.address
-            source = f"inventory {cluster.source} (nas node {nas.name})"
+            source = f"inventory {cluster.inventory.source} (nas node {nas.name})"
         if nas is not None:
             share = share or nas.settings.share
     if server is None:

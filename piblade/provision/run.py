@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from piblade.context import cluster_state
 from piblade.errors import PibladeError
 from piblade.inventory import Cluster
 from piblade.local import LocalPaths
@@ -30,7 +31,7 @@ from piblade.state import ensure_secret, private_dir, read_secret, state_dir, wr
 
 def cluster_paths(cluster: Cluster) -> LocalPaths:
     """The controller's state for one cluster: its Redis (AOF, ACL, password) and secrets."""
-    return LocalPaths(state_dir() / "clusters" / cluster.name)
+    return cluster_state(cluster.name)
 
 
 def load_secrets(cluster: Cluster) -> roles.Secrets:

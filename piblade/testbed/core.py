@@ -29,7 +29,7 @@ from piblade.state import private_dir, state_dir, write_private
 from piblade.testbed import node as nodes_mod
 from piblade.testbed.image import ensure_image, image_dir, is_complete
 from piblade.testbed.info import NodeStatus, TestbedInfo, TestbedStatus
-from piblade.testbed.inventory_file import is_generated, render_inventory
+from piblade.testbed.inventory_file import CLUSTER_NAME, is_generated, render_inventory
 from piblade.testbed.node import (
     BRIDGE,
     CONTROLLER_ADDRESS,
@@ -448,7 +448,7 @@ def _record(entry: dict[str, Any], running: Running) -> None:
 
 def _stop_controller() -> None:
     """Stop the Redis that `piblade provision` started on this machine for the testbed cluster."""
-    from piblade.local import LocalPaths, down
-    from piblade.state import state_dir
+    from piblade.context import cluster_state
+    from piblade.local import down
 
-    down(paths=LocalPaths(state_dir() / "clusters" / "testbed"))
+    down(paths=cluster_state(CLUSTER_NAME))

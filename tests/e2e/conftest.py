@@ -69,8 +69,9 @@ def wait_for_workers(inventory: Path, nodes: set[str], timeout: float = 240) -> 
     from rq.worker import BaseWorker
 
     from piblade.cli.common import open_redis
+    from piblade.context import resolve_cluster
 
-    conn = open_redis(inventory)
+    conn = open_redis(resolve_cluster(inventory))
     deadline = time.monotonic() + timeout
     try:
         while True:

@@ -118,12 +118,12 @@ def test_status_shows_every_node_up(provisioned: dict[str, Any], inventory: Path
 def test_a_worker_that_loses_power_loses_no_tile(provisioned: dict[str, Any], testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
     from rq.serializers import JSONSerializer
 
-    from piblade.cli.common import resolve_target
+    from piblade.context import resolve_cluster
     from piblade.redisconn import connect
     from piblade.runs import load_run
     from piblade.worker import BladeJob
 
-    conn = connect(resolve_target(inventory))
+    conn = connect(resolve_cluster(inventory).redis_target())
     wait_for_workers(inventory, {"tb-w1", "tb-w2"})
     submitted = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=1600", "-p", "height=1000",
                         "-p", "max_iter=4000", "-p", "tiles=40", "--retries", "2", "--json")

@@ -324,3 +324,23 @@ async def test_jobs_show_state_duration_nodes_and_failure_reason(conn: redis.Red
     assert good["seconds"] is not None and good["seconds"] >= 0
     assert failed["state"] == "failed" and failed["failed"] == 1
     assert failed["failure"] == "ValueError: test failure: disk on fire"
+
+
+def test_history_of_an_inventory_localhost_reads_what_its_agent_writes(conn: redis.Redis, tmp_path) -> None:
+    """The agent on this machine beats under the host name; the inventory calls it localhost."""
+    import socket
+
+    from piblade.inventory import load_inventory
+
+    inventory = tmp_path / "here.yml"
+    inventory.write_text(
+        "all:\n  children:\n    controller:\n      hosts:\n        localhost:\n          ansible_host: 127.0.0.1\n"
+        "    workers:\n      hosts:\n        localhost:\n"
+    )
+    me = socket.gethostname()
+    for i in range(3):
+        healthstore.publish(conn, me, {"node": me, "time": time.time() + i, "temp_c": 40.0 + i}, interval=5)
+    source = SnapshotSource(conn, load_inventory(inventory))
+    points = source.history("localhost", 600)
+    assert points is not None and [p["temp_c"] for p in points] == [40.0, 41.0, 42.0]
+    assert source.history("nobody", 600) is None

@@ -16,19 +16,32 @@ from typer.testing import CliRunner
 
 from piblade import inventory
 from piblade.cli.inventory_cmd import app
-from piblade.errors import InventoryError, NotFound
+from piblade.errors import InventoryError, NotFound, PibladeError
 from piblade.inventory import (
     SETTINGS,
     Cluster,
     NodeSettings,
-    default_inventory_path,
     load_inventory,
     parse_inventory,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "inventory" / "example.yml"
-LOCAL = ROOT / "inventory" / "local.yml"
+#: An inventory for this machine alone (Ansible's local connection): controller and worker in one.
+LOCAL_TEXT = """\
+all:
+  vars:
+    piblade_cluster_name: here
+  children:
+    controller:
+      hosts:
+        localhost:
+          ansible_host: 127.0.0.1
+          ansible_connection: local
+    workers:
+      hosts:
+        localhost:
+"""
 
 CONTROLLER = """\
 all:
@@ -85,9 +98,11 @@ def test_example_inventory() -> None:
     assert w1.settings.numba_threads == 1
 
 
-def test_local_inventory() -> None:
-    cluster = load_inventory(LOCAL)
-    assert cluster.name == "local"
+def test_local_inventory(tmp_path: Path) -> None:
+    path = tmp_path / "here.yml"
+    path.write_text(LOCAL_TEXT)
+    cluster = load_inventory(path)
+    assert cluster.name == "here"
     assert cluster.nas is None
     (node,) = cluster.nodes
     assert node.name == "localhost" and node.address == "127.0.0.1"
@@ -400,15 +415,23 @@ def test_parse_inventory_names_the_source() -> None:
 # --- defaults and docs ------------------------------------------------------------------------
 
 
-def test_default_inventory_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_an_inventory_every_command_means_the_local_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from piblade.context import resolve_cluster
+    from piblade.local import LocalPaths
+
     monkeypatch.delenv("PIBLADE_INVENTORY", raising=False)
+    monkeypatch.setenv("PIBLADE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
-    assert default_inventory_path() is None
     (tmp_path / "inventory").mkdir()
-    write(tmp_path / "inventory", CONTROLLER, "local.yml")
-    assert default_inventory_path() == Path("inventory/local.yml")
-    monkeypatch.setenv("PIBLADE_INVENTORY", "/elsewhere/x.yml")
-    assert default_inventory_path() == Path("/elsewhere/x.yml")
+    write(tmp_path / "inventory", CONTROLLER, "local.yml")  # a file here is not picked up by itself
+    local = resolve_cluster()
+    assert local.is_local and local.paths == LocalPaths.default() == LocalPaths(tmp_path / "state" / "local")
+    monkeypatch.setenv("PIBLADE_INVENTORY", str(EXAMPLE))
+    home = resolve_cluster()
+    assert home.name == "home" and home.inventory is not None
+    assert home.paths.root == tmp_path / "state" / "clusters" / "home"
 
 
 def test_every_setting_is_documented() -> None:
@@ -440,11 +463,16 @@ def test_cli_check() -> None:
     assert result.output == f'{EXAMPLE}: ok — cluster "home": 1 controller, 1 nas, 3 workers\n'
 
 
-def test_cli_check_uses_default_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIBLADE_INVENTORY", str(LOCAL))
+def test_cli_check_uses_the_inventory_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "here.yml"
+    path.write_text(LOCAL_TEXT)
+    monkeypatch.setenv("PIBLADE_INVENTORY", str(path))
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 0, result.output
-    assert result.output.endswith('cluster "local": 1 controller, 0 nas, 1 worker\n')
+    assert result.output.endswith('cluster "here": 1 controller, 0 nas, 1 worker\n')
+    monkeypatch.delenv("PIBLADE_INVENTORY")
+    missing = runner.invoke(app, ["check"])
+    assert missing.exit_code == 1 and str(missing.exception) == "no inventory was given"
 
 
 def test_cli_show_json() -> None:
@@ -459,9 +487,9 @@ def test_cli_show_json() -> None:
 
 
 def test_cli_show_table() -> None:
-    result = runner.invoke(app, ["show", "-i", str(LOCAL)])
+    result = runner.invoke(app, ["show", "-i", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
-    assert "localhost" in result.output and "127.0.0.1" in result.output
+    assert "blade-w3" in result.output and "blade-nas" in result.output
 
 
 def test_cli_errors_propagate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -473,5 +501,5 @@ def test_cli_errors_propagate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("PIBLADE_INVENTORY", raising=False)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["show"])
-    assert isinstance(result.exception, InventoryError)
+    assert isinstance(result.exception, PibladeError)
     assert result.exception.hint and "-i FILE" in result.exception.hint

@@ -120,10 +120,13 @@ def test_inventory_nas_node_and_cluster_secret(tmp_path: Path) -> None:
 
     name = load_inventory(inv).name
     secret(tmp_path / "state" / "clusters" / name / "secrets" / "samba.password", "cluster-pw")
-    target = resolve_target(inventory=inv)
+    from piblade.context import resolve_cluster
+
+    cluster = resolve_cluster(inv)
+    target = resolve_target(cluster=cluster)
     assert (target.server, target.port, target.share, target.user, target.password) == ("10.0.0.2", 445, "media", DEFAULT_USER, "cluster-pw")
     assert "nas node disk" in target.source
-    assert resolve_target(inventory=inv, server="10.9.9.9", share="x").server == "10.9.9.9"  # the flag wins
+    assert resolve_target(cluster=cluster, server="10.9.9.9", share="x").server == "10.9.9.9"  # the flag wins
 
 
 def test_default_user_is_the_provisioned_one() -> None:
@@ -133,12 +136,14 @@ def test_default_user_is_the_provisioned_one() -> None:
 
 
 def test_no_nas_anywhere_says_what_to_pass(tmp_path: Path) -> None:
+    from piblade.context import local_cluster
+
     with pytest.raises(NasError) as info:
-        resolve_share()
+        resolve_share(local_cluster())
     assert info.value.message == "no NAS to talk to"
     assert "--server HOST[:PORT]" in (info.value.hint or "") and "-i INVENTORY" in (info.value.hint or "")
     (tmp_path / "state" / "local" / "data").mkdir(parents=True)
-    assert resolve_share() == tmp_path / "state" / "local" / "data"  # the local cluster's data directory
+    assert resolve_share(local_cluster()) == tmp_path / "state" / "local" / "data"  # the local cluster's data directory
 
 
 # --------------------------------------------------------------------------- transfers (on a LocalShare)
