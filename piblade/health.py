@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from piblade import envvars
 from piblade.healthmodel import (
     DiskUsage,
     HealthSample,
@@ -45,10 +46,10 @@ __all__ = ["DiskUsage", "HealthSample", "PauseGate", "Sampler", "SensorPaths", "
 
 log = logging.getLogger("piblade.health")
 
-THERMAL_FILE_ENV = "PIBLADE_THERMAL_FILE"
-MODEL_FILE_ENV = "PIBLADE_MODEL_FILE"
-VCGENCMD_ENV = "PIBLADE_VCGENCMD"
-FAN_FILE_ENV = "PIBLADE_FAN_FILE"
+THERMAL_FILE_ENV = envvars.THERMAL_FILE.name
+MODEL_FILE_ENV = envvars.MODEL_FILE.name
+VCGENCMD_ENV = envvars.VCGENCMD.name
+FAN_FILE_ENV = envvars.FAN_FILE.name
 DEFAULT_THERMAL_FILE = Path("/sys/class/thermal/thermal_zone0/temp")
 DEFAULT_MODEL_FILE = Path("/proc/device-tree/model")
 #: Seconds a vcgencmd call may take before its reading counts as missing.

@@ -41,12 +41,13 @@ from typing import Any
 
 import yaml
 
+from piblade import envvars
 from piblade.errors import InventoryError, NotFound
 from piblade.healthmodel import DEFAULT_MAX_TEMP
 from piblade.registry import did_you_mean
 
 ROLES = ("controller", "nas", "workers")
-INVENTORY_ENV = "PIBLADE_INVENTORY"
+INVENTORY_ENV = envvars.INVENTORY.name
 _GROUP_KEYS = ("hosts", "vars", "children")
 _CONSUMED = frozenset({"ansible_host", "ansible_port", "ansible_user", "ansible_become"})
 _DNS_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))+\.?$")

@@ -14,12 +14,13 @@ from urllib.parse import urlsplit
 
 import redis
 
+from piblade import envvars
 from piblade.errors import PibladeError, RedisUnavailable
 from piblade.state import read_secret
 
 #: Environment a worker or agent is started with (systemd env file, local cluster).
-URL_ENV = "PIBLADE_REDIS_URL"
-PASSWORD_FILE_ENV = "PIBLADE_REDIS_PASSWORD_FILE"
+URL_ENV = envvars.REDIS_URL.name
+PASSWORD_FILE_ENV = envvars.REDIS_PASSWORD_FILE.name
 DEFAULT_USER = "piblade"
 
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from piblade import envvars
 from piblade.errors import BadParameter, UnknownJob, UnregisteredCallable
 
 #: Marks a parameter without a default: the user must give it.
 REQUIRED: Any = object()
 
 #: Modules imported by :func:`load_registry` besides the bundled ``jobs`` package.
-JOB_MODULES_ENV = "PIBLADE_JOB_MODULES"
+JOB_MODULES_ENV = envvars.JOB_MODULES.name
 
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
 _TRUE = {"1", "true", "yes", "on"}

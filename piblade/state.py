@@ -13,9 +13,10 @@ import stat
 import tempfile
 from pathlib import Path
 
+from piblade import envvars
 from piblade.errors import SecretError
 
-STATE_DIR_ENV = "PIBLADE_STATE_DIR"
+STATE_DIR_ENV = envvars.STATE_DIR.name
 
 
 def state_dir() -> Path:

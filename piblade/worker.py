@@ -49,7 +49,7 @@ from rq import Queue
 from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
 
-from piblade import runs, tasks
+from piblade import envvars, runs, tasks
 from piblade.errors import PibladeError, TaskStopped, UnregisteredCallable
 from piblade.registry import REGISTRY, Registry, TaskContext, load_registry
 
@@ -64,7 +64,7 @@ MAINTENANCE_INTERVAL = 15
 #: Worker liveness key TTL; idle workers block on the queue for TTL - 15 s.
 WORKER_TTL = 35
 #: A job overrunning its timeout by this much gets its process killed.
-HARD_TIMEOUT_GRACE = float(os.environ.get("PIBLADE_HARD_TIMEOUT_GRACE", "30"))
+HARD_TIMEOUT_GRACE = float(envvars.HARD_TIMEOUT_GRACE.get() or envvars.HARD_TIMEOUT_GRACE.default)
 #: How often a worker asks whether its node is paused (hot, under-voltage).
 PAUSE_CHECK_INTERVAL = 1.0
 #: An idle worker blocks on the queue at most this long before it looks around

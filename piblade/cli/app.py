@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from piblade import __version__
+from piblade import __version__, envvars
 from piblade.cli.output import err_console
 from piblade.errors import PibladeError
 
@@ -151,7 +150,7 @@ def report_error(exc: BaseException) -> int:
     err_console.print(f"[bold red]piblade crashed:[/] {type(exc).__name__}: {exc}")
     if path:
         err_console.print(f"the traceback is in {path}; please attach it to a bug report")
-    if os.environ.get("PIBLADE_DEBUG"):
+    if envvars.DEBUG.get():
         raise exc
     return 2
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from piblade import envvars
 from piblade.errors import SecretError
 from piblade.nas.errors import NasError
 from piblade.state import read_secret
@@ -36,11 +37,11 @@ from piblade.state import read_secret
 if TYPE_CHECKING:
     from piblade.context import ClusterContext
 
-SERVER_ENV = "PIBLADE_SMB_SERVER"
-SHARE_ENV = "PIBLADE_SMB_SHARE"
-USER_ENV = "PIBLADE_SMB_USER"
-PASSWORD_FILE_ENV = "PIBLADE_SMB_PASSWORD_FILE"
-PASSWORD_ENV = "PIBLADE_SMB_PASSWORD"
+SERVER_ENV = envvars.SMB_SERVER.name
+SHARE_ENV = envvars.SMB_SHARE.name
+USER_ENV = envvars.SMB_USER.name
+PASSWORD_FILE_ENV = envvars.SMB_PASSWORD_FILE.name
+PASSWORD_ENV = envvars.SMB_PASSWORD.name
 
 #: The Samba account provisioning creates on the NAS (piblade.provision.roles.USER).
 DEFAULT_USER = "piblade"
