@@ -1,13 +1,26 @@
-"""Moving file bytes over SMB fast: several 1 MiB requests in flight, and a lean encrypted write.
+"""Moving file bytes over SMB fast: several 1 MiB requests in flight, a lean encrypted write and read.
 
 Why this exists: smbprotocol's file objects send one READ/WRITE and wait for
 its answer before the next, and build each encrypted 1 MiB WRITE with about
 eight copies of the payload (structure packing, compounding, transform header,
-socket framing). On loopback that is ~300 MB/s for uploads where Samba's own
-``smbclient`` does ~700; downloads are limited by the wait alone.
+socket framing). Its receive thread is no better: each encrypted 1 MiB READ
+answer is copied about eight times between the socket and the caller (the
+frame assembled from ``recv`` pieces, the transform header's structure, data
+plus tag for the cipher, the transform packed again for its associated data,
+header and READ structures). On loopback that is ~300 MB/s for uploads where
+Samba's own ``smbclient`` does ~700, and downloads at half smbclient's rate.
 
-* :func:`read_into` keeps ``DEPTH`` READ requests outstanding through
-  smbprotocol's own ``Open.read(send=False)`` / ``Connection.send``.
+* :func:`read_into` keeps ``DEPTH`` READ requests outstanding. On an
+  encrypted AES-GCM session it sends each READ itself (framed and encrypted
+  like the lean WRITE below) and the :class:`LeanReceiver` stands in for the
+  transport's ``recv`` in smbprotocol's receive thread: it reads each frame
+  with ``recv_into`` into one reused buffer, decrypts it once, and for the
+  answer to one of those READs keeps the file data aside (a view into the
+  plaintext, written to the sink by the caller) and hands the thread only the
+  headers. Every other frame is handed on decrypted and whole, so
+  smbprotocol's own processing (credits, pending answers, errors, compounds)
+  is unchanged. Otherwise it uses smbprotocol's ``Open.read(send=False)`` /
+  ``Connection.send``.
 * :func:`write_from` does the same for WRITE. On an encrypted SMB 3.1.1
   session with AES-GCM (what piblade asks for by default) it builds each
   request in one preallocated buffer — SMB2 header, WRITE header and the file
@@ -17,23 +30,31 @@ socket framing). On loopback that is ~300 MB/s for uploads where Samba's own
   Anything else (signing only, AES-CCM, DFS) takes the generic pipelined path.
 
 This reaches into smbprotocol internals (``sequence_window``, ``sequence_lock``,
-``outstanding_requests``, ``transport._sock``); the dependency is pinned below
-2.0 and the integration tests upload and compare bytes through both paths
-(set ``PIBLADE_SMB_LEAN_WRITE=0`` to force the generic one).
-Only :mod:`piblade.nas.smb` imports this module.
+``outstanding_requests``, ``session_table``, ``transport._sock``,
+``transport._close_lock``); the dependency is pinned below 2.0 and the
+integration tests move and compare bytes through both paths (set
+``PIBLADE_SMB_LEAN_WRITE=0`` / ``PIBLADE_SMB_LEAN_READ=0`` to force the generic
+ones). Only :mod:`piblade.nas.smb` imports this module.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import os
+import select
+import socket
 import struct
+import timeit
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from smbprotocol.connection import Ciphers, Request
+from smbprotocol.connection import Ciphers, Dialects, Request
+from smbprotocol.exceptions import SMBException
 from smbprotocol.header import Commands, SMB2HeaderRequest
-from smbprotocol.open import SMB2WriteRequest
+from smbprotocol.open import SMB2ReadRequest, SMB2ReadResponse, SMB2WriteRequest
+
+from piblade import envvars
 
 #: Bytes per READ/WRITE request (FIELD-NOTES: the 64 KiB default is ~4x slower).
 CHUNK = 1 << 20
@@ -41,12 +62,17 @@ CHUNK = 1 << 20
 DEPTH = 4
 #: SMB2 grants one credit per 64 KiB of payload.
 CREDIT_BYTES = 65536
-LEAN_WRITE_ENV = "PIBLADE_SMB_LEAN_WRITE"
+LEAN_WRITE_ENV = envvars.SMB_LEAN_WRITE.name
+LEAN_READ_ENV = envvars.SMB_LEAN_READ.name
 
 _SMB2_HEADER = struct.Struct("<4sHHHHHHIIQIIQ16s")  # MS-SMB2 2.2.1.2, 64 bytes
 _WRITE_HEADER = struct.Struct("<HHIQ16sIIHHI")  # MS-SMB2 2.2.21 without the buffer, 48 bytes
+_READ_HEADER = struct.Struct("<HBBIQ16sIIIHHB")  # MS-SMB2 2.2.19 with its one-byte buffer, 49 bytes
+_READ_ANSWER = struct.Struct("<HBBIII")  # MS-SMB2 2.2.20 without the buffer, 16 bytes
 _TRANSFORM = struct.Struct("<4s16s16sIHHQ")  # MS-SMB2 2.2.41, 52 bytes
 _PREFIX = _SMB2_HEADER.size + _WRITE_HEADER.size  # data starts at 0x70, as DataOffset says
+_ANSWER_HEAD = _SMB2_HEADER.size + _READ_ANSWER.size  # what the receive thread gets of a lean READ's answer
+_TAG = 16  # AES-GCM tag, carried as the transform header's signature
 
 Progress = Callable[[int], None]
 
@@ -94,12 +120,20 @@ def _drain(inflight: collections.deque[Any], recv: Callable[[Any], Any]) -> None
             pass
 
 
+Reader = tuple[Callable[[int, int, int], Any], Callable[[Any], Any]]  # (send(offset, length, charge), answer(request))
+
+
 def read_into(fd: Any, sink: BinaryIO, size: int, progress: Progress) -> int:
-    """Copy ``size`` bytes of the open file ``fd`` (an smbprotocol ``Open``) into ``sink``."""
+    """Copy ``size`` bytes of the open file ``fd`` (an smbprotocol ``Open``) into ``sink``.
+
+    Up to DEPTH READ requests are in flight. With the :class:`LeanReceiver` on
+    the connection (encrypted AES-GCM sessions) the data reaches ``sink`` as a
+    view into the one decrypted copy; else through smbprotocol's parsing.
+    """
     conn = fd.connection
-    sid = fd.tree_connect.session.session_id
-    tid = fd.tree_connect.tree_connect_id
     chunk = min(CHUNK, conn.max_read_size)
+    receiver = receiver_of(conn)
+    send, answer = _lean_reader(fd, receiver) if receiver is not None else _generic_reader(fd)
     inflight: collections.deque[tuple[Any, int]] = collections.deque()
     offset = done = 0
     try:
@@ -109,20 +143,72 @@ def read_into(fd: Any, sink: BinaryIO, size: int, progress: Progress) -> int:
                 if not n:
                     break
                 charge = (n - 1) // CREDIT_BYTES + 1
-                msg, _ = fd.read(offset, n, send=False)
-                request = conn.send(msg, sid=sid, tid=tid, credit_request=_credit_request(conn, charge))
-                inflight.append((request, n))
+                inflight.append((send(offset, n, charge), n))
                 offset += n
             request, n = inflight.popleft()
-            data = fd._read_response(request)
+            data = answer(request)
             if len(data) != n:
                 raise ShortTransfer(f"asked for {n} bytes, got {len(data)}")
             sink.write(data)
             done += n
             progress(n)
     finally:
-        _drain(inflight, fd._read_response)
+        _drain(inflight, answer)
     return done
+
+
+def _generic_reader(fd: Any) -> Reader:
+    conn = fd.connection
+    sid = fd.tree_connect.session.session_id
+    tid = fd.tree_connect.tree_connect_id
+
+    def send(offset: int, n: int, charge: int) -> Any:
+        msg, _ = fd.read(offset, n, send=False)
+        return conn.send(msg, sid=sid, tid=tid, credit_request=_credit_request(conn, charge))
+
+    return send, fd._read_response
+
+
+def _lean_reader(fd: Any, receiver: LeanReceiver) -> Reader:
+    conn = fd.connection
+    sid = fd.tree_connect.session.session_id
+    tid = fd.tree_connect.tree_connect_id
+    aead = receiver.cipher_for_sending(sid)
+    sock, sock_lock = conn.transport._sock, conn.transport._sock_lock
+    message = bytearray(_SMB2_HEADER.size + _READ_HEADER.size)
+    reads = receiver.reads
+
+    def send(offset: int, n: int, charge: int) -> Any:
+        credit_request = _credit_request(conn, charge)
+        message_id = _take_ids(conn, charge)
+        view = memoryview(message)
+        _SMB2_HEADER.pack_into(view, 0, b"\xfeSMB", 64, charge, 0, 0, Commands.SMB2_READ, credit_request,
+                               0, 0, message_id, 0, tid, sid, bytes(16))
+        # StructureSize 49, Padding 0x50 (where the data should start in the answer), as smbprotocol sends it.
+        _READ_HEADER.pack_into(view, _SMB2_HEADER.size, 49, 0x50, 0, n, offset, fd.file_id, 0, 0, 0, 0, 0, 0)
+        request = _register(conn, Commands.SMB2_READ, SMB2ReadRequest, charge, credit_request, message_id, tid, sid)
+        reads[message_id] = None  # before the request leaves: its answer may come back at once
+        try:
+            _seal_and_send(conn, aead, sock, sock_lock, view, sid)
+        except BaseException:
+            reads.pop(message_id, None)
+            raise
+        return request
+
+    def answer(request: Any) -> Any:
+        message_id = request.message["message_id"].get_value()
+        try:
+            response = conn.receive(request)  # waits; pending answers, errors and credits as smbprotocol does them
+            data = reads.get(message_id)
+        finally:
+            reads.pop(message_id, None)
+        if data is None:  # an answer the receiver left whole
+            parsed = SMB2ReadResponse()
+            parsed.unpack(response["data"].get_value())
+            return parsed["buffer"].get_value()
+        return data
+
+    return send, answer
 
 
 def _lean_ok(fd: Any) -> bool:
@@ -217,41 +303,57 @@ def _lean_sender(fd: Any, chunk: int) -> Sender:
     return send
 
 
+def _take_ids(conn: Any, charge: int) -> int:
+    """Reserve ``charge`` message ids (credits), as ``Connection._send`` does; return the first."""
+    with conn.sequence_lock:
+        if charge > _credits(conn):
+            raise ShortTransfer(f"a request needs {charge} credits, the server granted {_credits(conn)}")
+        message_id = int(conn.sequence_window["low"])
+        conn.sequence_window["low"] += charge
+    return message_id
+
+
+def _register(conn: Any, command: int, message_type: type, charge: int, credit_request: int, message_id: int,
+              tid: int, sid: int) -> Any:
+    """A Request in smbprotocol's table, with the header fields its receive thread and ``receive`` read."""
+    header = SMB2HeaderRequest()
+    header["credit_charge"] = charge
+    header["command"] = command
+    header["credit_request"] = credit_request
+    header["message_id"] = message_id
+    header["tree_id"] = tid
+    header["session_id"] = sid
+    request = Request(header, message_type, conn, session_id=sid)
+    conn.outstanding_requests[message_id] = request
+    return request
+
+
 def _send_lean(
     conn: Any, aead: Any, sock: Any, sock_lock: Any, view: memoryview, n: int, offset: int,
     charge: int, file_id: bytes, sid: int, tid: int,
 ) -> Any:
     """Frame, encrypt and send one WRITE whose data is already at ``view[_PREFIX:]``; return its Request."""
     credit_request = _credit_request(conn, charge)
-    with conn.sequence_lock:  # message ids and credits, as Connection._send takes them
-        if charge > _credits(conn):
-            raise ShortTransfer(f"a write needs {charge} credits, the server granted {_credits(conn)}")
-        message_id = conn.sequence_window["low"]
-        conn.sequence_window["low"] += charge
+    message_id = _take_ids(conn, charge)
     _SMB2_HEADER.pack_into(view, 0, b"\xfeSMB", 64, charge, 0, 0, Commands.SMB2_WRITE, credit_request,
                            0, 0, message_id, 0, tid, sid, bytes(16))
     _WRITE_HEADER.pack_into(view, _SMB2_HEADER.size, 49, _PREFIX, n, offset, file_id, 0, 0, 0, 0, 0)
+    request = _register(conn, Commands.SMB2_WRITE, SMB2WriteRequest, charge, credit_request, message_id, tid, sid)
+    _seal_and_send(conn, aead, sock, sock_lock, view[: _PREFIX + n], sid)
+    return request
 
-    header = SMB2HeaderRequest()  # what the receive thread and Connection.receive look at
-    header["credit_charge"] = charge
-    header["command"] = Commands.SMB2_WRITE
-    header["credit_request"] = credit_request
-    header["message_id"] = message_id
-    header["tree_id"] = tid
-    header["session_id"] = sid
-    request = Request(header, SMB2WriteRequest, conn, session_id=sid)
-    conn.outstanding_requests[message_id] = request
 
+def _seal_and_send(conn: Any, aead: Any, sock: Any, sock_lock: Any, message: memoryview, sid: int) -> None:
+    """Encrypt one SMB2 message (MS-SMB2 3.1.4.3) and send it with its transform and frame headers."""
     nonce = os.urandom(12)
-    transform = bytearray(_TRANSFORM.pack(b"\xfdSMB", bytes(16), nonce + bytes(4), _PREFIX + n, 0, 1, sid))
-    sealed = aead.encrypt(nonce, view[: _PREFIX + n], bytes(transform[20:]))
-    transform[4:20] = sealed[-16:]  # the GCM tag is the transform header's signature
-    body = memoryview(sealed)[:-16]
+    transform = bytearray(_TRANSFORM.pack(b"\xfdSMB", bytes(16), nonce + bytes(4), len(message), 0, 1, sid))
+    sealed = aead.encrypt(nonce, message, bytes(transform[20:]))
+    transform[4:20] = sealed[-_TAG:]  # the GCM tag is the transform header's signature
+    body = memoryview(sealed)[:-_TAG]
     frame = struct.pack(">I", len(transform) + len(body)) + bytes(transform)
     conn._check_worker_running()
     with sock_lock:
         _send_all(sock, [memoryview(frame), body])
-    return request
 
 
 def _send_all(sock: Any, parts: list[memoryview]) -> None:
@@ -265,10 +367,157 @@ def _send_all(sock: Any, parts: list[memoryview]) -> None:
             parts[0] = parts[0][sent:]
 
 
+# --------------------------------------------------------------------------- the receiving side
+
+
+class LeanReceiver:
+    """Stands in for ``Tcp.recv`` in smbprotocol's receive thread on an encrypted AES-GCM session.
+
+    ``Tcp.recv`` returns each frame as new bytes, assembled from ``recv``
+    pieces (a ``select`` before each); the thread then unpacks the transform
+    header into a structure, joins data and tag, packs the header again for
+    the associated data, decrypts, and slices and unpacks the result — about
+    eight copies of a 1 MiB READ answer before the caller sees its bytes.
+
+    Here a frame is read with ``recv_into`` into one reused buffer (``select``
+    only when the socket has nothing yet), its tag is put after the
+    ciphertext, and it is decrypted once. What the thread gets back is the
+    plaintext — which it treats as the decrypted message it is — except for
+    the answer to a READ sent by :func:`read_into`'s lean path (its message id
+    is in :attr:`reads`): then the thread gets only the SMB2 and READ headers,
+    and the data stays in :attr:`reads` as a view into the plaintext, for the
+    caller to write out. Closing, idle time-outs and the errors it raises are
+    those of ``Tcp.recv``.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.transport = conn.transport
+        #: Message id of each outstanding lean READ -> its data once the answer is in (None before).
+        self.reads: dict[int, memoryview | None] = {}
+        self._ciphers: dict[bytes, Any] = {}
+        self._head = bytearray(4 + _TRANSFORM.size)
+        self._body = bytearray(_SMB2_HEADER.size + _READ_HEADER.size + _TAG)
+
+    def _cipher(self, key: bytes) -> Any:
+        aead = self._ciphers.get(key)
+        if aead is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            aead = self._ciphers[key] = AESGCM(key)
+        return aead
+
+    def cipher_for_sending(self, sid: int) -> Any:
+        return self._cipher(self.conn.session_table[sid].encryption_key)
+
+    def recv(self, timeout: float) -> bytes | None:
+        head = memoryview(self._head)
+        left = self._read(head[:4], timeout)
+        if left is None:
+            return b""  # as Tcp.recv: the socket was closed
+        size = int.from_bytes(head[:4], "big")
+        first = min(size, _TRANSFORM.size)
+        left = self._read(head[4 : 4 + first], left)
+        if left is None:
+            return None
+        if first < _TRANSFORM.size or head[4:8] != b"\xfdSMB":  # not encrypted: hand it on whole
+            rest = bytearray(size - first)
+            if rest and self._read(memoryview(rest), left) is None:
+                return None
+            return bytes(head[4 : 4 + first]) + bytes(rest)
+        n = size - _TRANSFORM.size
+        if len(self._body) < n + _TAG:
+            self._body = bytearray(n + _TAG)
+        body = memoryview(self._body)
+        if self._read(body[:n], left) is None:
+            return None
+        _, tag, nonce, _, _, flags, sid = _TRANSFORM.unpack_from(head, 4)
+        if flags != 0x0001:
+            raise SMBException(f"Expecting flag of 0x0001 but got {flags:x} in the SMB Transform Header Response")
+        session = self.conn.session_table.get(sid)
+        if session is None:
+            raise SMBException(f"Failed to find valid session {sid} for message decryption")
+        body[n : n + _TAG] = tag
+        plain = self._cipher(session.decryption_key).decrypt(nonce[:12], body[: n + _TAG], bytes(head[24:56]))
+        return self._keep_read_data(plain)
+
+    def _keep_read_data(self, plain: bytes) -> bytes:
+        """The headers only, when ``plain`` answers a lean READ (its data kept in :attr:`reads`); else ``plain``."""
+        if len(plain) < _ANSWER_HEAD or not self.reads:
+            return plain
+        status, command = struct.unpack_from("<IH", plain, 8)
+        next_command, message_id = struct.unpack_from("<IQ", plain, 20)
+        if command != Commands.SMB2_READ or status != 0 or next_command or message_id not in self.reads:
+            return plain
+        _, data_offset, _, length, _, _ = _READ_ANSWER.unpack_from(plain, _SMB2_HEADER.size)
+        if data_offset < _ANSWER_HEAD or data_offset + length > len(plain):
+            return plain  # smbprotocol will parse it (and say what is wrong with it)
+        self.reads[message_id] = memoryview(plain)[data_offset : data_offset + length]
+        return plain[:_ANSWER_HEAD]
+
+    def _read(self, view: memoryview, timeout: float) -> float | None:
+        """Fill ``view`` from the socket; the time left, or None when the socket was closed (as ``Tcp._recv``)."""
+        transport = self.transport
+        done, total = 0, len(view)
+        while done < total:
+            with transport._close_lock:
+                if not transport.connected:
+                    return None
+                sock = transport._sock
+                try:
+                    try:
+                        got = sock.recv_into(view[done:], 0, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        started = timeit.default_timer()
+                        ready = select.select([sock], [], [], max(timeout, 1))[0]
+                        elapsed = timeit.default_timer() - started
+                        timeout -= elapsed
+                        if not ready:
+                            raise TimeoutError(f"recv idle for {elapsed:.1f}s ({done}/{total} bytes)") from None
+                        got = sock.recv_into(view[done:])
+                except OSError as exc:  # a reset peer reads as the end of the stream, as in Tcp._recv
+                    if exc.errno not in (errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED):
+                        raise
+                    got = 0
+            if not got:
+                transport.close()
+                return None
+            done += got
+        return timeout
+
+
+def receiver_of(conn: Any) -> LeanReceiver | None:
+    """The connection's :class:`LeanReceiver`, if :func:`use_lean_receiver` installed one."""
+    owner = getattr(conn.transport.recv, "__self__", None)
+    return owner if isinstance(owner, LeanReceiver) else None
+
+
+def use_lean_receiver(session: Any, tree: Any) -> bool:
+    """Put a :class:`LeanReceiver` in the connection's receive path when the session allows it.
+
+    Only on an encrypted SMB 3.1.1 AES-GCM session whose transport is the plain
+    TCP one this module knows, and unless ``PIBLADE_SMB_LEAN_READ=0``. Call it
+    once the session and tree are set up; the receive thread takes it up with
+    the next frame.
+    """
+    conn = session.connection
+    transport = conn.transport
+    ok = (
+        os.environ.get(LEAN_READ_ENV, "1") != "0"
+        and (session.encrypt_data or tree.encrypt_data)
+        and bool(session.decryption_key)
+        and conn.dialect >= Dialects.SMB_3_1_1
+        and getattr(conn, "cipher_id", None) in (Ciphers.AES_128_GCM, Ciphers.AES_256_GCM)
+        and not tree.is_dfs_share
+        and all(hasattr(transport, name) for name in ("_sock", "_sock_lock", "_close_lock", "connected"))
+    )
+    if ok and receiver_of(conn) is None:
+        transport.recv = LeanReceiver(conn).recv
+    return bool(ok)
+
+
 def no_delay(conn: Any) -> None:
     """Turn Nagle off on the connection's socket: pipelined requests must not wait for ACKs."""
-    import socket
-
     sock = getattr(conn.transport, "_sock", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -134,6 +134,7 @@ class SmbShare:
                 f"{t.display} did not agree to encrypt the session",
                 hint="set `server smb encrypt = desired` on the NAS, or pass --no-encrypt on a trusted LAN",
             )
+        _wire.use_lean_receiver(session, tree)
 
     def close(self) -> None:
         if self._cache and os.getpid() == self._pid:

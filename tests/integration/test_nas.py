@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import smbclient
+from smbprotocol.exceptions import SMBResponseException
 
 from piblade import local
-from piblade.nas import pattern, transfer
+from piblade.nas import _wire, pattern, transfer
 from piblade.nas.errors import (
     NasAuthFailed,
     NasDiskFull,
@@ -161,6 +164,41 @@ def test_both_upload_paths_move_the_same_bytes(share: SmbShare, smbd: SambaServe
         size, mtime = share.read_file("f1.bin", fh, seen.append)
     assert sink.read_bytes() == data and size == len(data) == sum(seen)
     assert mtime // 1000 == 1_700_000_000_123_456  # SMB lists times to the microsecond here
+
+
+def test_both_download_paths_move_the_same_bytes(share: SmbShare, smbd: SambaServer, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Several pipelined requests and a short last one, through the lean receiver and smbprotocol's own.
+    data = os.urandom(3 * _wire.CHUNK + 12_345)
+    (smbd.share_dir / "f.bin").write_bytes(data)
+    small = os.urandom(70_000)  # one compound request, whatever the receiver
+    (smbd.share_dir / "small.bin").write_bytes(small)
+    for lean in ("1", "0"):
+        monkeypatch.setenv("PIBLADE_SMB_LEAN_READ", lean)
+        with SmbShare(smbd.target()) as opened:
+            receiver = _wire.receiver_of(opened._session.connection)
+            assert (receiver is not None) == (lean == "1")
+            seen: list[int] = []
+            with open(tmp_path / f"back{lean}.bin", "wb") as fh:
+                size, _ = opened.read_file("f.bin", fh, seen.append)
+            assert (tmp_path / f"back{lean}.bin").read_bytes() == data
+            assert size == len(data) == sum(seen) and len(seen) == 4
+            with open(tmp_path / f"small{lean}.bin", "wb") as fh:
+                opened.read_file("small.bin", fh, lambda _n: None, size_hint=len(small))
+            assert (tmp_path / f"small{lean}.bin").read_bytes() == small
+            assert transfer.sha256_remote(opened, "f.bin") == hashlib.sha256(data).hexdigest()
+            if receiver is not None:
+                assert receiver.reads == {}  # every answer collected
+            # An error answer among pipelined READs (here: reading past the end) is raised once every
+            # answer is in, and the session goes on.
+            (smbd.share_dir / "f.bin").write_bytes(data[: _wire.CHUNK])
+            with smbclient.open_file(opened._unc("f.bin"), mode="rb", buffering=0, **opened._kw()) as raw, \
+                    open(tmp_path / "short.bin", "wb") as fh, pytest.raises(SMBResponseException):
+                _wire.read_into(raw.fd, fh, len(data), lambda _n: None)
+            if receiver is not None:
+                assert receiver.reads == {}
+            assert opened.stat("small.bin") is not None
+            (smbd.share_dir / "f.bin").write_bytes(data)
 
 
 def test_an_interrupted_upload_never_leaves_a_partial_file(smbd: SambaServer, share: SmbShare, tmp_path: Path) -> None:
