@@ -300,7 +300,7 @@ class SmbShare:
         """Write ``size`` bytes to a temporary sibling, then stamp ``mtime_ns`` and rename it over ``path``.
 
         The time stamp and the rename travel with the CLOSE in one compound
-        request on the same handle, and a file of one chunk or less is sent in
+        request on the same handle, and a file of SMALL_FILE (1 MiB) or less is sent in
         the same compound as its CREATE: two round trips for a small file, and
         the rename is only sent once the data is known to be written. An
         interrupted upload leaves at most the hidden temporary file, never a
@@ -312,7 +312,7 @@ class SmbShare:
                             **self._kw())
             done = False
             try:
-                if size <= _wire.CHUNK:
+                if size <= _wire.SMALL_FILE:
                     data = source.read(size) if size else b""
                     if len(data) != size:
                         raise _wire.ShortTransfer("the local file became shorter while being sent")
@@ -349,12 +349,12 @@ class SmbShare:
     def read_file(self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None) -> tuple[int, int]:
         """Copy the file at ``path`` into ``sink``; return its size and modification time (ns).
 
-        With a ``size_hint`` of one chunk or less (the size a listing showed),
+        With a ``size_hint`` of SMALL_FILE (1 MiB) or less (the size a listing showed),
         CREATE, READ and CLOSE go in one compound request: one round trip. If
         the file turns out to have another size, it is read again the normal way.
         """
         with self._errors(path):
-            if size_hint is not None and size_hint <= _wire.CHUNK:
+            if size_hint is not None and size_hint <= _wire.SMALL_FILE:
                 raw = SMBFileIO(self._unc(path), mode="rb", share_access="rw", **self._kw())
                 transaction = SMBFileTransaction(raw)
                 if size_hint:
