@@ -219,7 +219,7 @@ def still_hot(was_hot: bool, temp_c: float | None, max_temp: float, margin: floa
     return was_hot and temp_c > max_temp - margin
 
 
-def pause_reason(hot: bool, flags: ThrottleFlags | None) -> str | None:
+def why_pause(hot: bool, flags: ThrottleFlags | None) -> str | None:
     """Under-voltage first (a power supply problem explains the rest), then hot, then throttled."""
     now = flags.now_reason() if flags is not None else None
     if now == "under-voltage":
@@ -241,7 +241,7 @@ class PauseGate:
 
     def update(self, temp_c: float | None, flags: ThrottleFlags | None) -> str | None:
         self.hot = still_hot(self.hot, temp_c, self.max_temp, self.margin)
-        return pause_reason(self.hot, flags)
+        return why_pause(self.hot, flags)
 
 
 # -- the sample ----------------------------------------------------------------

@@ -101,7 +101,7 @@ def history(conn: redis.Redis, node: str, seconds: float = HISTORY_SECONDS, limi
     return [json.loads(fields[b"j"]) for _, fields in entries if fields]
 
 
-def pause_reason(conn: redis.Redis, node: str) -> str | None:
+def read_pause(conn: redis.Redis, node: str) -> str | None:
     """Why workers on ``node`` should not take new jobs now, or None."""
     value = conn.get(PAUSE_KEY.format(node))
     return text(value) if value else None

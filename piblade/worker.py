@@ -269,14 +269,14 @@ class BladeWorker(SimpleWorker):
     def dequeue_timeout(self) -> int:
         return DEQUEUE_BLOCK_SECONDS
 
-    def pause_reason(self) -> str | None:
+    def node_pause(self) -> str | None:
         """Why this node must not take new jobs now (set by its health agent), at most one GET a second."""
         if time.monotonic() - self._last_pause_check >= PAUSE_CHECK_INTERVAL:
-            from piblade.healthstore import pause_reason
+            from piblade.healthstore import read_pause
 
             self._last_pause_check = time.monotonic()
             try:
-                self._pause = pause_reason(self.connection, _runtime.node)
+                self._pause = read_pause(self.connection, _runtime.node)
             except (RedisError, OSError):  # Redis trouble is handled (and logged) by the dequeue path
                 self._pause = None
         return self._pause
@@ -291,7 +291,7 @@ class BladeWorker(SimpleWorker):
             self.heartbeat()
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()
-            reason = self.pause_reason() or ""
+            reason = self.node_pause() or ""
         log.warning("node %s resumed: taking jobs again", _runtime.node)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
@@ -330,7 +330,7 @@ class BladeWorker(SimpleWorker):
         self._last_suspension_check = time.monotonic()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        reason = self.pause_reason()
+        reason = self.node_pause()
         if reason:
             self._wait_while_paused(reason)
         if not self._stop_requested:
@@ -358,7 +358,7 @@ class BladeWorker(SimpleWorker):
             # the flag; RQ's blocking dequeue below would never look at it.
             return None
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        if result is not None and self.pause_reason():
+        if result is not None and self.node_pause():
             # The node became hot while this worker was blocked on the queue:
             # hand the untouched job back (it is still "queued") and wait.
             job, queue = result

@@ -13,22 +13,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from piblade.cli.common import InventoryFileOption
 from piblade.cli.output import console, print_json
 from piblade.errors import PibladeError
 from piblade.inventory import INVENTORY_ENV, Cluster
 
 app = typer.Typer(help="Check and show the cluster inventory (an Ansible YAML file).", no_args_is_help=True)
-
-InventoryOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--inventory",
-        "-i",
-        help=f"Inventory file (default: ${INVENTORY_ENV}).",
-        envvar=INVENTORY_ENV,
-        dir_okay=False,
-    ),
-]
 
 
 def resolve_inventory(path: Path | None) -> Cluster:
@@ -50,7 +40,7 @@ def _count(n: int, word: str, plural: str) -> str:
 
 
 @app.command()
-def check(inventory: InventoryOption = None) -> None:
+def check(inventory: Path = InventoryFileOption) -> None:
     """Validate the inventory and summarise the cluster."""
     cluster = resolve_inventory(inventory)
     summary = ", ".join(
@@ -65,7 +55,7 @@ def check(inventory: InventoryOption = None) -> None:
 
 @app.command()
 def show(
-    inventory: InventoryOption = None,
+    inventory: Path = InventoryFileOption,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List the nodes with their roles, address and worker settings."""

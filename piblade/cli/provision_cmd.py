@@ -11,6 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from piblade.cli.common import InventoryFileOption
 from piblade.cli.output import console, err_console, print_json
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def _split(value: str) -> frozenset[str]:
 def register(app: typer.Typer) -> None:
     @app.command()
     def provision(
-        inventory: Path = typer.Option(None, "--inventory", "-i", envvar="PIBLADE_INVENTORY", help="Inventory file."),
+        inventory: Path = InventoryFileOption,
         limit: str = typer.Option("", "--limit", "-l", help="Only these hosts (comma-separated)."),
         check: bool = typer.Option(False, "--check", help="Change nothing; report what would change."),
         diff: bool = typer.Option(False, "--diff", help="Show file differences."),
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def trust(
         host: str = typer.Argument(..., help="Inventory name of the node."),
-        inventory: Path = typer.Option(None, "--inventory", "-i", envvar="PIBLADE_INVENTORY"),
+        inventory: Path = InventoryFileOption,
         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     ) -> None:
         """Fetch a node's SSH host key, show its fingerprint and add it to known_hosts."""

@@ -15,14 +15,14 @@ Modules: :mod:`.system` (the host: processes, mounts, bridge), :mod:`.image`
 from __future__ import annotations
 
 from piblade.testbed.core import Testbed
-from piblade.testbed.info import NodeStatus, TestbedInfo, TestbedStatus
+from piblade.testbed.info import GuestStatus, TestbedInfo, TestbedStatus
 from piblade.testbed.node import BRIDGE, CONTROLLER_ADDRESS, TestbedNode
 from piblade.testbed.system import TestbedError, check_host
 
 __all__ = [
     "BRIDGE",
     "CONTROLLER_ADDRESS",
-    "NodeStatus",
+    "GuestStatus",
     "Testbed",
     "TestbedError",
     "TestbedInfo",

@@ -28,7 +28,7 @@ from typing import Any
 from piblade.state import private_dir, state_dir, write_private
 from piblade.testbed import node as nodes_mod
 from piblade.testbed.image import ensure_image, image_dir, is_complete
-from piblade.testbed.info import NodeStatus, TestbedInfo, TestbedStatus
+from piblade.testbed.info import GuestStatus, TestbedInfo, TestbedStatus
 from piblade.testbed.inventory_file import CLUSTER_NAME, is_generated, render_inventory
 from piblade.testbed.node import (
     BRIDGE,
@@ -206,13 +206,13 @@ class Testbed:
     def status(self) -> TestbedStatus:
         state = self._load()
         image = image_dir(self.root)
-        nodes: list[NodeStatus] = []
+        nodes: list[GuestStatus] = []
         namespaces: list[int] = []
         for entry in (state or {}).get("nodes", []):
             running = _running(entry)
             if running:
                 namespaces.append(running.pidns)
-            nodes.append(NodeStatus(
+            nodes.append(GuestStatus(
                 entry["name"], entry["address"], entry["role"], running is not None,
                 running is not None and _port_open(entry["address"], 22, 0.5),
                 running.nspawn.pid if running else None,

@@ -50,7 +50,7 @@ class TestbedInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeStatus:
+class GuestStatus:
     name: str
     address: str
     role: str
@@ -70,7 +70,7 @@ class TestbedStatus:
     up: bool  # a testbed was started and not taken down
     bridge: bool
     image: Path | None  # the cached image, if built
-    nodes: tuple[NodeStatus, ...]
+    nodes: tuple[GuestStatus, ...]
     stray_pids: tuple[int, ...]  # testbed processes no node accounts for
 
     def to_dict(self) -> dict[str, Any]:

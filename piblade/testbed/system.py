@@ -379,10 +379,6 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-def links_with_prefix(prefix: str) -> list[str]:
-    return sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(prefix))
-
-
 def create_bridge(name: str, cidr: str) -> None:
     """A bridge with the controller's address; IPv4 only, so nothing else is said on it."""
     run_tool(["ip", "link", "add", name, "type", "bridge"], what=f"creating bridge {name}")

@@ -190,15 +190,15 @@ def test_hot_node_pauses_and_resumes_with_hysteresis(
 ) -> None:
     agents(redis_server.target, pi)
     wait_for(lambda: sample_of(conn, "pi1.test"), what="the first heartbeat")
-    assert healthstore.pause_reason(conn, "pi1.test") is None
+    assert healthstore.read_pause(conn, "pi1.test") is None
     pi.set_temp(85)
-    wait_for(lambda: healthstore.pause_reason(conn, "pi1.test") == "hot", what="the pause key to say hot")
+    wait_for(lambda: healthstore.read_pause(conn, "pi1.test") == "hot", what="the pause key to say hot")
     assert sample_of(conn, "pi1.test")["paused"] == "hot"
     pi.set_temp(78)  # cooler than max_temp, not yet max_temp - 5
     wait_for(lambda: sample_of(conn, "pi1.test")["temp_c"] == 78.0, what="a sample at 78 C")
-    assert healthstore.pause_reason(conn, "pi1.test") == "hot"
+    assert healthstore.read_pause(conn, "pi1.test") == "hot"
     pi.set_temp(70)
-    wait_for(lambda: healthstore.pause_reason(conn, "pi1.test") is None, what="the pause to clear")
+    wait_for(lambda: healthstore.read_pause(conn, "pi1.test") is None, what="the pause to clear")
     assert sample_of(conn, "pi1.test")["paused"] is None
     assert gather(conn).node("pi1.test").paused is None
 
@@ -209,7 +209,7 @@ def test_under_voltage_now_pauses_and_since_boot_does_not(
     agents(redis_server.target, pi)
     wait_for(lambda: sample_of(conn, "pi1.test"), what="the first heartbeat")
     pi.set_throttled(0x50005)
-    wait_for(lambda: healthstore.pause_reason(conn, "pi1.test") == "under-voltage", what="an under-voltage pause")
+    wait_for(lambda: healthstore.read_pause(conn, "pi1.test") == "under-voltage", what="an under-voltage pause")
     sample = sample_of(conn, "pi1.test")
     assert sample["flags"]["under_voltage"] and sample["flags"]["throttled_since_boot"]
     assert sample["cpu_freq_mhz"] == 600  # the firmware's real clock while throttled
@@ -217,7 +217,7 @@ def test_under_voltage_now_pauses_and_since_boot_does_not(
     assert node.paused == "under-voltage" and node.state == "paused"
     assert node.throttling == ("under-voltage", "throttled")
     pi.set_throttled(0x50000)
-    wait_for(lambda: healthstore.pause_reason(conn, "pi1.test") is None, what="the pause to clear")
+    wait_for(lambda: healthstore.read_pause(conn, "pi1.test") is None, what="the pause to clear")
     assert gather(conn).node("pi1.test").throttling == ("under-voltage since boot", "throttled since boot")
 
 

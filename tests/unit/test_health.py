@@ -23,8 +23,8 @@ from piblade.healthmodel import (
     parse_millidegrees,
     parse_model,
     parse_throttled,
-    pause_reason,
     still_hot,
+    why_pause,
 )
 
 # -- vcgencmd get_throttled ---------------------------------------------------------
@@ -122,10 +122,10 @@ def test_firmware_flags_pause_without_hysteresis() -> None:
 
 
 def test_reason_priority_under_voltage_then_hot_then_throttled() -> None:
-    assert pause_reason(True, decode_throttled(0x1)) == "under-voltage"
-    assert pause_reason(True, decode_throttled(0x4)) == "hot"
-    assert pause_reason(False, decode_throttled(0x4)) == "throttled"
-    assert pause_reason(False, None) is None
+    assert why_pause(True, decode_throttled(0x1)) == "under-voltage"
+    assert why_pause(True, decode_throttled(0x4)) == "hot"
+    assert why_pause(False, decode_throttled(0x4)) == "throttled"
+    assert why_pause(False, None) is None
 
 
 # -- sensors ----------------------------------------------------------------------------
