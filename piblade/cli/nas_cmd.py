@@ -27,6 +27,7 @@ from rich.table import Table
 
 from piblade.cli.common import InventoryOption, JsonOption
 from piblade.cli.output import console, err_console, print_json
+from piblade.healthmodel import human_bytes as human
 
 app = typer.Typer(help="The NAS share: list, copy files and trees both ways, remove, disk usage.",
                   no_args_is_help=True)
@@ -40,15 +41,6 @@ UserOption = typer.Option(None, "--user", help="SMB user (default 'piblade'). Th
                           envvar="PIBLADE_SMB_USER", show_envvar=True)
 NoEncryptOption = typer.Option(False, "--no-encrypt", help="Accept an unencrypted SMB3 session (trusted LAN only).")
 ChecksumOption = typer.Option(False, "--checksum", help="Compare SHA-256 instead of size + time to skip files.")
-
-
-def human(n: float) -> str:
-    """Bytes in decimal units, as disks are sold: 1.5 GB."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 @contextmanager
