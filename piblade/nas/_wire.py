@@ -24,8 +24,8 @@ Samba's own ``smbclient`` does ~700, and downloads at half smbclient's rate.
 * :func:`write_from` does the same for WRITE. On an encrypted SMB 3.1.1
   session with AES-GCM (what piblade asks for by default) it builds each
   request in one preallocated buffer — SMB2 header, WRITE header and the file
-  data read straight into place — encrypts it once and hands the pieces to
-  ``sendmsg``; the request is registered with smbprotocol's connection exactly
+  data read straight into place — encrypts it once into a second reused buffer
+  (:class:`Sealer`) and hands the pieces to ``sendmsg``; the request is registered with smbprotocol's connection exactly
   as ``Connection._send`` does, so its receive thread matches the answer.
   Anything else (signing only, AES-CCM, DFS) takes the generic pipelined path.
 
@@ -49,6 +49,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from smbprotocol.connection import Ciphers, Dialects, Request
 from smbprotocol.exceptions import SMBException
 from smbprotocol.header import Commands, SMB2HeaderRequest
@@ -77,6 +78,7 @@ _TRANSFORM = struct.Struct("<4s16s16sIHHQ")  # MS-SMB2 2.2.41, 52 bytes
 _PREFIX = _SMB2_HEADER.size + _WRITE_HEADER.size  # data starts at 0x70, as DataOffset says
 _ANSWER_HEAD = _SMB2_HEADER.size + _READ_ANSWER.size  # what the receive thread gets of a lean READ's answer
 _TAG = 16  # AES-GCM tag, carried as the transform header's signature
+_BLOCK = 16  # AES block
 
 Progress = Callable[[int], None]
 
@@ -138,6 +140,8 @@ def read_into(fd: Any, sink: BinaryIO, size: int, progress: Progress) -> int:
     chunk = min(CHUNK, conn.max_read_size)
     receiver = receiver_of(conn)
     send, answer = _lean_reader(fd, receiver) if receiver is not None else _generic_reader(fd)
+    if receiver is not None and size > SMALL_FILE:  # buffers for the answers in flight and one being written
+        receiver.spare = [bytearray(min(chunk, size) + _ANSWER_HEAD + _BLOCK) for _ in range(DEPTH + 1)]
     inflight: collections.deque[tuple[Any, int]] = collections.deque()
     offset = done = 0
     try:
@@ -153,11 +157,15 @@ def read_into(fd: Any, sink: BinaryIO, size: int, progress: Progress) -> int:
             data = answer(request)
             if len(data) != n:
                 raise ShortTransfer(f"asked for {n} bytes, got {len(data)}")
-            sink.write(data)
+            sink.write(data)  # a write is done with its argument when it returns (io's rule)
+            if receiver is not None:
+                receiver.recycle(data)
             done += n
             progress(n)
     finally:
         _drain(inflight, answer)
+        if receiver is not None:
+            receiver.spare = []
     return done
 
 
@@ -177,7 +185,7 @@ def _lean_reader(fd: Any, receiver: LeanReceiver) -> Reader:
     conn = fd.connection
     sid = fd.tree_connect.session.session_id
     tid = fd.tree_connect.tree_connect_id
-    aead = receiver.cipher_for_sending(sid)
+    sealer = Sealer(conn.session_table[sid].encryption_key)  # READ requests are small: no buffer
     sock, sock_lock = conn.transport._sock, conn.transport._sock_lock
     message = bytearray(_SMB2_HEADER.size + _READ_HEADER.size)
     reads = receiver.reads
@@ -193,7 +201,7 @@ def _lean_reader(fd: Any, receiver: LeanReceiver) -> Reader:
         request = _register(conn, Commands.SMB2_READ, SMB2ReadRequest, charge, credit_request, message_id, tid, sid)
         reads[message_id] = None  # before the request leaves: its answer may come back at once
         try:
-            _seal_and_send(conn, aead, sock, sock_lock, view, sid)
+            _seal_and_send(conn, sealer, sock, sock_lock, view, sid)
         except BaseException:
             reads.pop(message_id, None)
             raise
@@ -285,26 +293,48 @@ def _generic_sender(fd: Any, chunk: int) -> Sender:
 
 
 def _lean_sender(fd: Any, chunk: int) -> Sender:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     conn = fd.connection
     session = fd.tree_connect.session
     sid = session.session_id
     tid = fd.tree_connect.tree_connect_id
-    aead = AESGCM(session.encryption_key)
+    sealer = Sealer(session.encryption_key, _PREFIX + chunk)
     sock, sock_lock = conn.transport._sock, conn.transport._sock_lock
-    # One buffer per request in flight plus the one being filled: the encryptor copies out of it.
-    buffers = [bytearray(_PREFIX + chunk) for _ in range(DEPTH + 1)]
-    turn = 0
+    # One buffer for the request being built: it is encrypted into the sealer's and sent before send() returns.
+    buffer = bytearray(_PREFIX + chunk)
 
     def send(source: BinaryIO, offset: int, n: int, charge: int) -> Any:
-        nonlocal turn
-        view = memoryview(buffers[turn])
-        turn = (turn + 1) % len(buffers)
+        view = memoryview(buffer)
         _fill_exactly(source, view[_PREFIX : _PREFIX + n])
-        return _send_lean(conn, aead, sock, sock_lock, view, n, offset, charge, fd.file_id, sid, tid)
+        return _send_lean(conn, sealer, sock, sock_lock, view, n, offset, charge, fd.file_id, sid, tid)
 
     return send
+
+
+class Sealer:
+    """AES-GCM for one session's outgoing messages; a large one is encrypted into one reused buffer.
+
+    ``AESGCM.encrypt`` returns a new object per message: for a 4 MiB WRITE that
+    is fresh memory (page faults) every time. The ciphertext is sent before
+    :func:`_seal_and_send` returns, so one output buffer serves every request.
+    """
+
+    def __init__(self, key: bytes, largest: int = 0) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.key = key
+        self.aead = AESGCM(key)
+        self.out = bytearray(largest + _BLOCK) if largest else None
+
+    def seal(self, nonce: bytes, message: memoryview, aad: bytes) -> tuple[memoryview, bytes]:
+        """The ciphertext (valid until the next call) and the tag."""
+        if self.out is None or len(message) < CREDIT_BYTES or len(self.out) < len(message) + _BLOCK - 1:
+            sealed = self.aead.encrypt(nonce, message, aad)
+            return memoryview(sealed)[:-_TAG], sealed[-_TAG:]
+        encryptor = Cipher(algorithms.AES(self.key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        written = encryptor.update_into(message, self.out)
+        encryptor.finalize()
+        return memoryview(self.out)[:written], encryptor.tag
 
 
 def _take_ids(conn: Any, charge: int) -> int:
@@ -333,7 +363,7 @@ def _register(conn: Any, command: int, message_type: type, charge: int, credit_r
 
 
 def _send_lean(
-    conn: Any, aead: Any, sock: Any, sock_lock: Any, view: memoryview, n: int, offset: int,
+    conn: Any, sealer: Sealer, sock: Any, sock_lock: Any, view: memoryview, n: int, offset: int,
     charge: int, file_id: bytes, sid: int, tid: int,
 ) -> Any:
     """Frame, encrypt and send one WRITE whose data is already at ``view[_PREFIX:]``; return its Request."""
@@ -343,17 +373,16 @@ def _send_lean(
                            0, 0, message_id, 0, tid, sid, bytes(16))
     _WRITE_HEADER.pack_into(view, _SMB2_HEADER.size, 49, _PREFIX, n, offset, file_id, 0, 0, 0, 0, 0)
     request = _register(conn, Commands.SMB2_WRITE, SMB2WriteRequest, charge, credit_request, message_id, tid, sid)
-    _seal_and_send(conn, aead, sock, sock_lock, view[: _PREFIX + n], sid)
+    _seal_and_send(conn, sealer, sock, sock_lock, view[: _PREFIX + n], sid)
     return request
 
 
-def _seal_and_send(conn: Any, aead: Any, sock: Any, sock_lock: Any, message: memoryview, sid: int) -> None:
+def _seal_and_send(conn: Any, sealer: Sealer, sock: Any, sock_lock: Any, message: memoryview, sid: int) -> None:
     """Encrypt one SMB2 message (MS-SMB2 3.1.4.3) and send it with its transform and frame headers."""
     nonce = os.urandom(12)
     transform = bytearray(_TRANSFORM.pack(b"\xfdSMB", bytes(16), nonce + bytes(4), len(message), 0, 1, sid))
-    sealed = aead.encrypt(nonce, message, bytes(transform[20:]))
-    transform[4:20] = sealed[-_TAG:]  # the GCM tag is the transform header's signature
-    body = memoryview(sealed)[:-_TAG]
+    body, tag = sealer.seal(nonce, message, bytes(transform[20:]))
+    transform[4:20] = tag  # the GCM tag is the transform header's signature
     frame = struct.pack(">I", len(transform) + len(body)) + bytes(transform)
     conn._check_worker_running()
     with sock_lock:
@@ -390,7 +419,9 @@ class LeanReceiver:
     the answer to a READ sent by :func:`read_into`'s lean path (its message id
     is in :attr:`reads`): then the thread gets only the SMB2 and READ headers,
     and the data stays in :attr:`reads` as a view into the plaintext, for the
-    caller to write out. Closing, idle time-outs and the errors it raises are
+    caller to write out. While such READs are out, large answers are decrypted
+    into buffers read_into lends (:attr:`spare`) and takes back once written,
+    rather than into a fresh object each. Closing, idle time-outs and the errors it raises are
     those of ``Tcp.recv``.
     """
 
@@ -399,6 +430,8 @@ class LeanReceiver:
         self.transport = conn.transport
         #: Message id of each outstanding lean READ -> its data once the answer is in (None before).
         self.reads: dict[int, memoryview | None] = {}
+        #: Buffers to decrypt large answers into, lent by read_into and handed back by :meth:`recycle`.
+        self.spare: list[bytearray] = []
         self._ciphers: dict[bytes, Any] = {}
         self._head = bytearray(4 + _TRANSFORM.size)
         self._body = bytearray(_SMB2_HEADER.size + _READ_HEADER.size + _TAG)
@@ -410,9 +443,6 @@ class LeanReceiver:
 
             aead = self._ciphers[key] = AESGCM(key)
         return aead
-
-    def cipher_for_sending(self, sid: int) -> Any:
-        return self._cipher(self.conn.session_table[sid].encryption_key)
 
     def recv(self, timeout: float) -> bytes | None:
         head = memoryview(self._head)
@@ -441,11 +471,44 @@ class LeanReceiver:
         session = self.conn.session_table.get(sid)
         if session is None:
             raise SMBException(f"Failed to find valid session {sid} for message decryption")
-        body[n : n + _TAG] = tag
-        plain = self._cipher(session.decryption_key).decrypt(nonce[:12], body[: n + _TAG], bytes(head[24:56]))
-        return self._keep_read_data(plain)
+        aad = bytes(head[24:56])
+        out = self._spare_for(n)
+        if out is None:
+            body[n : n + _TAG] = tag
+            return self._keep_read_data(self._cipher(session.decryption_key).decrypt(nonce[:12], body[: n + _TAG], aad))
+        # Into a reused buffer: no fresh 4 MiB (and its page faults) per answer; ~30 % less time than decrypt().
+        decryptor = Cipher(algorithms.AES(session.decryption_key), modes.GCM(nonce[:12], tag)).decryptor()
+        decryptor.authenticate_additional_data(aad)
+        decryptor.update_into(body[:n], out)
+        decryptor.finalize()  # checks the tag: InvalidTag, as decrypt() raises
+        kept = self._keep_read_data(memoryview(out)[:n])
+        if isinstance(kept, memoryview):  # not a lean READ's answer after all: give the thread its own copy
+            plain = bytes(kept)
+            kept.release()
+            self.spare.append(out)
+            return plain
+        return kept
 
-    def _keep_read_data(self, plain: bytes) -> bytes:
+    def _spare_for(self, n: int) -> bytearray | None:
+        """A lent buffer for an answer of ``n`` bytes, while lean READs are out and it is a large one."""
+        if n < CREDIT_BYTES or not self.reads:
+            return None
+        try:
+            out = self.spare.pop()
+        except IndexError:
+            return None
+        if len(out) < n + _BLOCK - 1:  # update_into's rule: room for one block more
+            return None
+        return out
+
+    def recycle(self, data: Any) -> None:
+        """Take back the buffer under ``data`` (an answer's data, written out by now) for the next answer."""
+        owner = data.obj if isinstance(data, memoryview) else None
+        if isinstance(owner, bytearray):
+            data.release()
+            self.spare.append(owner)
+
+    def _keep_read_data(self, plain: Any) -> Any:
         """The headers only, when ``plain`` answers a lean READ (its data kept in :attr:`reads`); else ``plain``."""
         if len(plain) < _ANSWER_HEAD or not self.reads:
             return plain
@@ -456,8 +519,9 @@ class LeanReceiver:
         _, data_offset, _, length, _, _ = _READ_ANSWER.unpack_from(plain, _SMB2_HEADER.size)
         if data_offset < _ANSWER_HEAD or data_offset + length > len(plain):
             return plain  # smbprotocol will parse it (and say what is wrong with it)
-        self.reads[message_id] = memoryview(plain)[data_offset : data_offset + length]
-        return plain[:_ANSWER_HEAD]
+        whole = plain if isinstance(plain, memoryview) else memoryview(plain)
+        self.reads[message_id] = whole[data_offset : data_offset + length]
+        return bytes(whole[:_ANSWER_HEAD])
 
     def _read(self, view: memoryview, timeout: float) -> float | None:
         """Fill ``view`` from the socket; the time left, or None when the socket was closed (as ``Tcp._recv``)."""
