@@ -6,22 +6,28 @@ guest, `server smb encrypt = desired`) serves a share on a free loopback port.
 * one 256 MiB file up and down: `piblade nas put/get` vs `smbclient -c put/get` with
   `--client-protection=encrypt` (both encrypted, as piblade requires by default). Both are
   timed with the same clock: time.perf_counter() around the client's whole process (start,
-  session setup, transfer, close), nothing taken from a client's own report. The clients
-  alternate (A B A B ...) within each phase, REPEAT >= 5 times each; before every transfer
-  the script runs `sync` and, as root, drops the page cache (`echo 3 > /proc/sys/vm/drop_caches`,
-  skipped when not permitted), then sleeps SETTLE seconds so the server's writeback of the
-  previous upload does not land on the next transfer. Medians, min-max and ratios printed.
+  session setup, transfer, close, exit), nothing taken from a client's own report; the
+  process's CPU time (user + sys, from os.wait4's rusage) is reported too, per GiB moved, as
+  it depends much less on what else the machine is doing. Each phase (connect only, put, get)
+  starts with one untimed run of each client, then alternates them A B B A ... REPEAT (>= 5)
+  times each; before every run the script runs `sync` and sleeps SETTLE seconds, so the
+  server's writeback of the previous upload does not land on the next transfer. Medians,
+  min-max and ratios are printed, for the whole process and for the transfer alone: the
+  median whole-process time minus the median time of the same client connecting, doing
+  one small request (disk usage) and exiting.
 * 1,000 files of 4 KiB up and down (skipped with --large-only): piblade in process and as the
   `piblade nas` CLI vs `smbclient` `mput`/`mget` (process wall time).
 
 Files and the share live on tmpfs (/dev/shm) when there is one, so the disk does not set the
-pace. Target: large-file throughput at least 0.8x smbclient both ways. Run as root (smbd).
+pace; for the same reason the page cache is not dropped between runs (there is no file data
+to drop on tmpfs, only the two programs' own files, which a user's next run would find
+cached too). Target: large-file throughput at least 0.8x smbclient both ways. Run as root
+(smbd).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +46,18 @@ from piblade.nas.smb import SmbShare
 from tests.integration.smbd import SHARE, SambaServer, start_smbd
 
 MiB = 1 << 20
+GiB = 1 << 30
 BIG = 256 * MiB
 SMALL_COUNT, SMALL_SIZE = 1000, 4096
-REPEAT = int(os.environ.get("BENCH_NAS_REPEAT", "5"))
+REPEAT = max(5, int(os.environ.get("BENCH_NAS_REPEAT", "5")))
 SMALL_REPEAT = 3
 SETTLE = 2.0
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float  # seconds, the whole process
+    cpu: float  # user + sys seconds of the process (all its threads)
 
 
 def median_of(fn: Callable[[], float]) -> float:
@@ -51,30 +65,37 @@ def median_of(fn: Callable[[], float]) -> float:
 
 
 def settle() -> None:
-    """Flush dirty pages (the server's copy of the last upload), drop caches when root, wait."""
+    """Flush dirty pages (the server's copy of the last upload), then let the machine settle."""
     subprocess.run(["sync"], check=False)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
     time.sleep(SETTLE)
 
 
-def smbclient(server: SambaServer, auth: Path, commands: str, *, encrypt: bool = True) -> tuple[float, str]:
+def timed(args: list[str], env: dict[str, str] | None = None) -> Run:
+    """Run a client to completion; its wall time (perf_counter) and CPU time (rusage of that process)."""
+    with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            out.seek(0)
+            raise RuntimeError(f"{args[:6]} failed ({proc.returncode}):\n{out.read().decode(errors='replace')}")
+    return Run(wall, usage.ru_utime + usage.ru_stime)
+
+
+def smbclient_args(server: SambaServer, auth: Path, commands: str, *, encrypt: bool = True) -> list[str]:
     args = ["smbclient", f"//127.0.0.1/{SHARE}", "-p", str(server.port), "-A", str(auth), "-c", commands]
     if encrypt:
         args.insert(1, "--client-protection=encrypt")
+    return args
+
+
+def smbclient(server: SambaServer, auth: Path, commands: str, *, encrypt: bool = True) -> tuple[float, str]:
+    args = smbclient_args(server, auth, commands, encrypt=encrypt)
     started = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, check=True)
     return time.perf_counter() - started, proc.stdout + proc.stderr
-
-
-def smbclient_rate(output: str) -> float:
-    """Bytes/s from smbclient's own "(123456.7 kb/s)" (KiB/s) report: transfer time, no process start."""
-    found = re.findall(r"\(([\d.]+) (?:kb/s|KiloBytes/sec)\)", output)
-    if not found:
-        raise RuntimeError(f"no rate in smbclient's output:\n{output}")
-    return float(found[0]) * 1024
 
 
 def main() -> None:
@@ -87,6 +108,24 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def interleaved(cases: dict[str, Callable[[], Run]], check: Callable[[str], None] | None = None) -> dict[str, list[Run]]:
+    """One untimed run of each case, then REPEAT timed rounds, the order flipping each round (A B, B A, ...)."""
+    order = list(cases)
+    for name in order:
+        cases[name]()
+    runs: dict[str, list[Run]] = {name: [] for name in order}
+    for i in range(REPEAT):
+        for name in (order if i % 2 == 0 else order[::-1]):
+            runs[name].append(cases[name]())
+            if check is not None:
+                check(name)
+    return runs
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
 
 def run(server: SambaServer, work: Path) -> None:
@@ -104,65 +143,81 @@ def run(server: SambaServer, work: Path) -> None:
     env = {**os.environ, **server.env()}
     with SmbShare(server.target()) as share:
         print(f"smbd {server.address}, share [{SHARE}], encrypted session: {share.encrypted}, SMB {share.dialect}")
+    load_before = os.getloadavg()
 
-    def piblade_cli(*args: str) -> float:
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "piblade", "nas", *args, "--json"], env=env, check=True,
-                       capture_output=True)
-        return time.perf_counter() - started
-
-    def put_piblade() -> float:
-        (share_dir / "big.bin").unlink(missing_ok=True)
+    def piblade(*args: str) -> Run:
         settle()
-        return piblade_cli("put", str(big), "big.bin")
+        return timed([sys.executable, "-m", "piblade", "nas", *args, "--json"], env)
 
-    def put_smbclient() -> float:
-        (share_dir / "big.bin").unlink(missing_ok=True)
+    def smb(commands: str) -> Run:
         settle()
-        return smbclient(server, auth, f"put {big} big.bin")[0]
+        return timed(smbclient_args(server, auth, commands))
 
-    def get_piblade() -> float:
-        (work / "big.back").unlink(missing_ok=True)
-        settle()
-        return piblade_cli("get", "big.bin", str(work / "big.back"))
+    def fresh_upload() -> None:
+        for leftover in share_dir.glob("*big.bin*"):
+            leftover.unlink()
 
-    def get_smbclient() -> float:
-        (work / "big.back").unlink(missing_ok=True)
-        settle()
-        return smbclient(server, auth, f"get big.bin {work / 'big.back'}")[0]
+    def fresh_download() -> None:
+        for leftover in work.glob("*big.back*"):
+            leftover.unlink()
 
-    def startup_piblade() -> float:
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "piblade", "--help"], env=env, check=True, capture_output=True)
-        return time.perf_counter() - started
+    def put_piblade() -> Run:
+        fresh_upload()
+        return piblade("put", str(big), "big.bin")
 
-    times: dict[str, list[float]] = {k: [] for k in ("put piblade", "put smbclient", "get piblade", "get smbclient")}
-    for i in range(REPEAT):  # upload phase, interleaved; the order flips each round (ABBA...)
-        pair = [("put piblade", put_piblade), ("put smbclient", put_smbclient)]
-        for name, fn in (pair if i % 2 == 0 else pair[::-1]):
-            times[name].append(fn())
-    shutil.copyfile(big, share_dir / "big.bin")
-    for i in range(REPEAT):  # download phase, interleaved
-        pair = [("get piblade", get_piblade), ("get smbclient", get_smbclient)]
-        for name, fn in (pair if i % 2 == 0 else pair[::-1]):
-            times[name].append(fn())
-            if (work / "big.back").stat().st_size != BIG:
-                raise RuntimeError(f"{name}: short download")
-    start_s = statistics.median(startup_piblade() for _ in range(REPEAT))
+    def put_smbclient() -> Run:
+        fresh_upload()
+        return smb(f"put {big} big.bin")
 
-    print(f"\n256 MiB file, encrypted; wall time of each client's whole process, same clock; "
-          f"interleaved, median of {REPEAT} (min-max); sync + settle {SETTLE:.0f} s before each")
-    for name, ts in times.items():
-        rates = sorted(BIG / t / 1e6 for t in ts)
-        print(f"  {name:<16} {BIG / statistics.median(ts) / 1e6:6.0f} MB/s  ({rates[0]:.0f}-{rates[-1]:.0f})  "
-              f"median {statistics.median(ts):.3f} s")
-    print(f"  piblade process start (--help): {start_s:.3f} s (included in its times above)")
+    def get_piblade() -> Run:
+        fresh_download()
+        return piblade("get", "big.bin", str(work / "big.back"))
+
+    def get_smbclient() -> Run:
+        fresh_download()
+        return smb(f"get big.bin {work / 'big.back'}")
+
+    def whole_download(name: str) -> None:
+        if (work / "big.back").stat().st_size != BIG:
+            raise RuntimeError(f"{name}: short download")
+
+    runs = interleaved({"connect piblade": lambda: piblade("df"), "connect smbclient": lambda: smb("du")})
+    runs |= interleaved({"put piblade": put_piblade, "put smbclient": put_smbclient})
+    if (share_dir / "big.bin").read_bytes() != big.read_bytes():
+        raise RuntimeError("the last upload differs from the file sent")
+    runs |= interleaved({"get piblade": get_piblade, "get smbclient": get_smbclient}, whole_download)
+    load_after = os.getloadavg()
+
+    wall = {name: statistics.median(r.wall for r in rs) for name, rs in runs.items()}
+    print(f"\n256 MiB file, encrypted; each client's whole process timed by the same clock; one untimed "
+          f"run each, then {REPEAT} interleaved; sync + {SETTLE:.0f} s settle before each run")
+    print(f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {'/'.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs")
+    print(f"  {'':<18} {'MB/s median':>11} {'(min-max)':>11} {'wall s':>7} {'CPU s/GiB':>10} {'(min-max)':>11}")
+    for name, rs in runs.items():
+        cpu = [r.cpu for r in rs]
+        if name.startswith("connect"):
+            print(f"  {name:<18} {'':>11} {'':>11} {wall[name]:7.3f} {'':>10} {'':>11}  "
+                  f"(CPU {statistics.median(cpu):.3f} s; wall {spread([r.wall for r in rs], '{:.3f}')})")
+            continue
+        rates = [BIG / r.wall / 1e6 for r in rs]
+        per_gib = [c * GiB / BIG for c in cpu]
+        print(f"  {name:<18} {BIG / wall[name] / 1e6:11.0f} {spread(rates):>11} {wall[name]:7.3f} "
+              f"{statistics.median(per_gib):10.2f} {spread(per_gib, '{:.2f}'):>11}")
     ratios = {}
     for op in ("put", "get"):
-        r = [s / p for p, s in zip(times[f"{op} piblade"], times[f"{op} smbclient"])]
-        ratios[op] = statistics.median(times[f"{op} smbclient"]) / statistics.median(times[f"{op} piblade"])
-        print(f"  ratio piblade/smbclient {op}: {ratios[op]:.2f}x (per pair {min(r):.2f}-{max(r):.2f}x)")
-    print(f"  target >= 0.8x: {'met' if min(ratios.values()) >= 0.8 else 'NOT met'}")
+        pairs = [s.wall / p.wall for p, s in zip(runs[f"{op} piblade"], runs[f"{op} smbclient"], strict=True)]
+        ratios[op] = wall[f"{op} smbclient"] / wall[f"{op} piblade"]
+        net = {c: wall[f"{op} {c}"] - wall[f"connect {c}"] for c in ("piblade", "smbclient")}
+        cpu = {c: statistics.median(r.cpu for r in runs[f"{op} {c}"]) for c in ("piblade", "smbclient")}
+        net_cpu = {c: (cpu[c] - statistics.median(r.cpu for r in runs[f"connect {c}"])) * GiB / BIG for c in cpu}
+        print(f"  {op}: piblade/smbclient rate {ratios[op]:.2f}x whole process (per pair {min(pairs):.2f}-"
+              f"{max(pairs):.2f}x); transfer alone {net['smbclient'] / net['piblade']:.2f}x "
+              f"({net['piblade']:.3f} s vs {net['smbclient']:.3f} s)")
+        print(f"       CPU {cpu['piblade'] / cpu['smbclient']:.1f}x smbclient's whole process; transfer alone "
+              f"{net_cpu['piblade']:.2f} vs {net_cpu['smbclient']:.2f} CPU s/GiB "
+              f"({net_cpu['piblade'] / net_cpu['smbclient']:.1f}x)")
+    print(f"  target >= 0.8x (whole process): {'met' if min(ratios.values()) >= 0.8 else 'NOT met'}")
     if "--large-only" in sys.argv:
         return
 
@@ -211,7 +266,7 @@ def small_files(server: SambaServer, auth: Path, small: Path, work: Path) -> Non
         server, auth, f"prompt OFF; recurse ON; lcd {work / 'small.mget'}; mget small")[0])[1])
     assert len(list((work / "small.mget" / "small").iterdir())) == SMALL_COUNT
 
-    print(f"\n{SMALL_COUNT:,} files of {SMALL_SIZE // 1024} KiB (median of {REPEAT})")
+    print(f"\n{SMALL_COUNT:,} files of {SMALL_SIZE // 1024} KiB (median of {SMALL_REPEAT})")
     for name, seconds in times.items():
         print(f"  {name:<34} {seconds:6.2f} s  {SMALL_COUNT / seconds:7.0f} files/s")
     print(f"  ratio piblade (in process)/smbclient files/s: put "
