@@ -1,14 +1,16 @@
 """The JSON API, the Prometheus endpoint and the SSE stream: the same snapshot in three shapes.
 
 API reads are fresh (not the hub's last push), so a script sees what Redis
-holds now. When Redis cannot be read and there is nothing to show, the answer
-is 503 with the reason; with older data, the data comes with ``error`` set.
+holds now. When Redis cannot be read the answer is a JSON 503 with the reason
+(``error``) and what is still known: the node names, with state ``unknown``
+since ``unknown_since``, and the last queues and runs read.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -26,8 +28,9 @@ async def _fresh(request: Request) -> Snapshot:
 
 def _answer(snap: Snapshot, body: dict[str, Any]) -> JSONResponse:
     body = {"cluster": snap.cluster, "time": snap.time, **body, "error": snap.error}
-    stale_and_empty = snap.error is not None and not (snap.nodes or snap.queues or snap.jobs)
-    return JSONResponse(body, status_code=503 if stale_and_empty else 200)
+    if snap.error is not None:
+        body["unknown_since"] = snap.unknown_since
+    return JSONResponse(body, status_code=503 if snap.error is not None else 200)
 
 
 async def nodes(request: Request) -> Response:
@@ -57,7 +60,11 @@ async def history(request: Request) -> Response:
     if not 60 <= seconds <= MAX_HISTORY_SECONDS:
         return JSONResponse({"error": f"seconds must be 60 to {MAX_HISTORY_SECONDS}"}, status_code=400)
     hub: SnapshotHub = request.app.state.hub
-    points = await anyio.to_thread.run_sync(hub.source.history, name, float(seconds))
+    try:
+        points = await anyio.to_thread.run_sync(hub.source.history, name, float(seconds))
+    except (redis.RedisError, OSError) as exc:
+        error = f"cannot read Redis: {exc.__class__.__name__}: {exc}"
+        return JSONResponse({"node": name, "error": error}, status_code=503)
     if points is None:
         return JSONResponse({"error": f"no node {name!r}"}, status_code=404)
     return JSONResponse({"node": name, "seconds": seconds, "points": points})

@@ -2,7 +2,8 @@
 
 Pure: a function of the snapshot dict, so it is tested without a server. A
 value a node cannot tell (no temperature sensor) is left out rather than
-written as 0, which Prometheus would chart as a real reading.
+written as 0, which Prometheus would chart as a real reading; while Redis
+cannot be read, every node and queue series is left out.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def render(snapshot: dict[str, Any]) -> str:
             ("piblade_redis_up", "gauge", "1 when the dashboard could read Redis for this scrape."),
         )
     }
-    for node in snapshot.get("nodes", ()):
+    current = snapshot.get("error") is None
+    # While Redis cannot be read, nothing is known about nodes or queues: no series at all (an alert on
+    # piblade_node_up == 0 or absent() fires), only piblade_redis_up 0.
+    for node in snapshot.get("nodes", ()) if current else ():
         key = {"node": node["name"]}
         fam["piblade_node_up"].add({**key, "role": node.get("role") or ""}, node.get("up"))
         fam["piblade_node_paused"].add(key, bool(node.get("paused")) if node.get("up") else None)
@@ -90,13 +94,13 @@ def render(snapshot: dict[str, Any]) -> str:
         if flags is not None:
             for flag in THROTTLE_FLAGS:
                 fam["piblade_node_throttled"].add({**key, "flag": flag}, bool(flags.get(flag)))
-    for queue in snapshot.get("queues", ()):
+    for queue in snapshot.get("queues", ()) if current else ():
         key = {"queue": queue["name"]}
         fam["piblade_queue_depth"].add(key, queue.get("queued"))
         fam["piblade_queue_started"].add(key, queue.get("started"))
         fam["piblade_queue_failed"].add(key, queue.get("failed"))
         fam["piblade_queue_workers"].add(key, queue.get("workers"))
-    fam["piblade_redis_up"].add({}, snapshot.get("error") is None)
+    fam["piblade_redis_up"].add({}, current)
     return _join(f.lines for f in fam.values())
 
 

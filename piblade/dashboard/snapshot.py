@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -42,6 +42,8 @@ class Snapshot:
     jobs: tuple[dict[str, Any], ...] = ()
     share: dict[str, Any] | None = None
     error: str | None = None
+    #: While Redis cannot be read: when the last good read was (None: never, or Redis is fine).
+    unknown_since: float | None = None
     #: JSON of the content without clocks: equal fingerprints mean nothing worth pushing changed.
     fingerprint: str = field(default="", compare=False)
 
@@ -54,7 +56,29 @@ class Snapshot:
             "jobs": list(self.jobs),
             "share": self.share,
             "error": self.error,
+            "unknown_since": self.unknown_since,
         }
+
+
+def unknown(last: Snapshot | None, cluster: str | None, now: float, error: str) -> Snapshot:
+    """What can be said while Redis cannot be read: which nodes there were, and nothing about them.
+
+    Re-serving the last readings would show a dead controller's cluster as up
+    and healthy (with a green dot, and ``piblade_node_up 1`` for alerts that
+    should fire). The nodes keep their names and roles, so their cards stay
+    where they were, with state ``unknown`` since the last good read; queues
+    and runs are the last ones known, which the page marks as of that time.
+    """
+    since = last.time if last is not None else None
+    nodes = tuple(
+        {"name": n["name"], "role": n.get("role"), "state": "unknown", "up": None,
+         "in_inventory": n.get("in_inventory"), "last_seen": n.get("last_seen"), "unknown_since": since}
+        for n in (last.nodes if last is not None else ())
+    )
+    queues = last.queues if last is not None else ()
+    jobs = last.jobs if last is not None else ()
+    return Snapshot(cluster, now, nodes, queues, jobs, None, error, unknown_since=since,
+                    fingerprint=_fingerprint(nodes, queues, jobs, None, error))
 
 
 def _fingerprint(nodes: Any, queues: Any, jobs: Any, share: Any, error: str | None) -> str:
@@ -101,19 +125,13 @@ class SnapshotSource:
         return self.cluster.name if self.cluster is not None else None
 
     def read(self) -> Snapshot:
-        """A fresh snapshot; if Redis fails, the last good one marked with the error."""
+        """A fresh snapshot; if Redis fails, one that says what is unknown since when (see :func:`unknown`)."""
         now = time.time()
         try:
             snap = self._read(now)
         except (redis.RedisError, OSError) as exc:
             error = f"cannot read Redis: {exc.__class__.__name__}: {exc}"
-            base = self._last or Snapshot(cluster=self.name, time=now)
-            return replace(
-                base,
-                time=now,
-                error=error,
-                fingerprint=_fingerprint(base.nodes, base.queues, base.jobs, base.share, error),
-            )
+            return unknown(self._last, self.name, now, error)
         self._last = snap
         return snap
 
@@ -126,7 +144,7 @@ class SnapshotSource:
         share = status.share.to_dict() if status.share else None
         jobs = tuple(self.jobs(now))
         return Snapshot(
-            self.name, now, nodes, queues, jobs, share, None, _fingerprint(nodes, queues, jobs, share, None)
+            self.name, now, nodes, queues, jobs, share, fingerprint=_fingerprint(nodes, queues, jobs, share, None)
         )
 
     def jobs(self, now: float | None = None) -> list[dict[str, Any]]:

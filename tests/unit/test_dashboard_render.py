@@ -57,14 +57,26 @@ def test_metrics_leave_out_unknown_and_stale_values_and_escape_labels() -> None:
     snap = {
         "nodes": [_node(name='we"ird\\node', temp_c=None, sample=None), _node(name="gone", up=False)],
         "queues": [],
-        "error": "cannot read Redis",
+        "error": None,
     }
     text = metrics.render(snap)
     assert 'piblade_node_up{node="we\\"ird\\\\node",role="worker"} 1' in text
     assert "piblade_node_temperature_celsius{" not in text.split('node="gone"')[0]
     assert 'piblade_node_up{node="gone",role="worker"} 0' in text
     assert 'piblade_node_cpu_percent{node="gone"}' not in text
-    assert "piblade_redis_up 0" in text
+    assert "piblade_redis_up 1" in text
+
+
+def test_metrics_say_nothing_about_nodes_while_redis_cannot_be_read() -> None:
+    from piblade.dashboard.snapshot import Snapshot, unknown
+
+    last = Snapshot("home", 1000.0, (_node(),), ({"name": "default", "queued": 3, "started": 1, "failed": 2,
+                                                   "workers": 4},))
+    snap = unknown(last, "home", 1070.0, "cannot read Redis: ConnectionError")
+    assert snap.nodes == ({"name": "pi1", "role": "worker", "state": "unknown", "up": None, "in_inventory": None,
+                           "last_seen": 1700000000.5, "unknown_since": 1000.0},)
+    text = metrics.render(snap.to_dict())
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["piblade_redis_up 0"]
 
 
 def test_job_view() -> None:

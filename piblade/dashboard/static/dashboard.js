@@ -39,8 +39,15 @@
     return Math.floor(seconds / 3600) + " h " + Math.round(seconds % 3600 / 60) + " min";
   }
 
+  function clock(t) {
+    if (!t) return "?";
+    var d = new Date(t * 1000);
+    return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+  }
+
   function stateText(node) {
     if (node.state === "paused") return "paused: " + (node.paused || "");
+    if (node.state === "unknown") return "unknown since " + clock(node.unknown_since);
     return node.state;
   }
 
@@ -119,6 +126,9 @@
       r.badges.appendChild(h("span", "badge" + (/since boot/.test(flag) ? " past" : ""), flag));
     });
     var work = [];
+    if (node.state === "unknown") {  // Redis cannot be read: the last numbers are not current
+      Object.keys(r.bars).forEach(function (k) { setBar(r.bars[k], { value: null, level: "none" }); });
+    }
     (node.readings || []).forEach(function (reading) {
       if (!reading.bar) {
         if (reading.value !== null && reading.value !== undefined) work.push(reading.label + " " + reading.text);
@@ -202,7 +212,10 @@
     });
     $("no-nodes").hidden = nodes.length > 0;
     var counts = {};
-    nodes.forEach(function (n) { var k = n.up ? "up" : "down"; counts[k] = (counts[k] || 0) + 1; });
+    nodes.forEach(function (n) {
+      var k = n.state === "unknown" ? "unknown" : n.up ? "up" : "down";
+      counts[k] = (counts[k] || 0) + 1;
+    });
     $("node-summary").textContent = nodes.length
       ? Object.keys(counts).sort().reverse().map(function (k) { return counts[k] + " " + k; }).join(" · ") : "";
   }
@@ -265,7 +278,11 @@
     $("cluster").textContent = snap.cluster || "";
     var banner = $("error");
     banner.hidden = !snap.error;
-    banner.textContent = snap.error ? "Data may be stale: " + snap.error : "";
+    banner.textContent = !snap.error ? "" : snap.unknown_since
+      ? "No current data since " + clock(snap.unknown_since) + " (queues and jobs as of then): " + snap.error
+      : "No data: " + snap.error;
+    redisDown = !!snap.error;
+    showConn();
     renderNodes(snap.nodes);
     syncRows($("queues").tBodies[0], snap.queues, function (q) { return q.name; }, QUEUE_COLUMNS);
     syncRows($("jobs").tBodies[0], snap.jobs, function (j) { return j.run; }, JOB_COLUMNS);
@@ -281,7 +298,8 @@
     Object.keys(cards).forEach(function (name) {
       var node = cards[name].node;
       var seen = node.last_seen ? t - node.last_seen : null;
-      cards[name].refs.seen.textContent = node.up ? "seen " + ago(seen) : "last seen " + ago(seen);
+      cards[name].refs.seen.textContent = node.state === "unknown" ? "no data: Redis cannot be read"
+        : node.up ? "seen " + ago(seen) : "last seen " + ago(seen);
     });
     if (!latest) return;
     latest.jobs.forEach(function (j) {
@@ -293,10 +311,19 @@
 
   /* ---- live connection ---- */
 
-  function setConn(state, label) {
+  var streamState = ["connecting", "connecting…"], redisDown = false;
+
+  /* The dot is green only while the stream is open AND the server can read Redis: grey otherwise. */
+  function showConn() {
     var c = $("conn");
-    c.dataset.state = state;
-    c.textContent = label;
+    var state = redisDown && streamState[0] === "live" ? ["stale", "no data"] : streamState;
+    c.dataset.state = state[0];
+    c.textContent = state[1];
+  }
+
+  function setConn(state, label) {
+    streamState = [state, label];
+    showConn();
   }
 
   function connect() {
