@@ -58,7 +58,9 @@ class Reading:
     """One number a node reports, declared once for every renderer.
 
     ``key`` names the value in a node's status (``NodeStatus`` property, or the
-    sample field of the same name); ``metric`` is its Prometheus family.
+    sample field of the same name); ``metric`` is its Prometheus family, in
+    Prometheus's base units: a percentage is exported as a 0-1 ``_ratio``
+    (``metric_divisor`` 100).
     """
 
     key: str
@@ -71,6 +73,13 @@ class Reading:
     digits: int = 0
     #: Shown as a bar (percentages) rather than as a number.
     bar: bool = False
+    #: /metrics exports ``value / metric_divisor``.
+    metric_divisor: float = 1.0
+
+    def metric_value(self, value: float | None) -> float | None:
+        if value is None or self.metric_divisor == 1:
+            return value
+        return round(value / self.metric_divisor, 9)  # 33.3 / 100 is 0.33299999999999996 in floats
 
     def level(self, value: float | None) -> Level:
         if value is None:
@@ -88,15 +97,17 @@ class Reading:
 
 
 READINGS: tuple[Reading, ...] = (
-    Reading("cpu_percent", "CPU", "%", "piblade_node_cpu_percent", "CPU use over the last sample interval.",
-            warn=90.0, bar=True),
-    Reading("mem_percent", "Mem", "%", "piblade_node_memory_percent", "Memory in use.", warn=80.0, bad=95.0, bar=True),
-    Reading("disk_percent", "Disk", "%", "piblade_node_disk_percent", "Use of the root file system.",
-            warn=80.0, bad=95.0, bar=True),
+    Reading("cpu_percent", "CPU", "%", "piblade_node_cpu_usage_ratio",
+            "CPU use over the last sample interval (0-1).", warn=90.0, bar=True, metric_divisor=100),
+    Reading("mem_percent", "Mem", "%", "piblade_node_memory_used_ratio", "Memory in use (0-1).",
+            warn=80.0, bad=95.0, bar=True, metric_divisor=100),
+    Reading("disk_percent", "Disk", "%", "piblade_node_disk_used_ratio", "Use of the root file system (0-1).",
+            warn=80.0, bad=95.0, bar=True, metric_divisor=100),
     Reading("fan_rpm", "Fan", " rpm", "piblade_node_fan_rpm", "Fan speed, where the board has one (Pi 5 active cooler)."),
 )
 #: The share is judged like a disk.
-SHARE = Reading("share_percent", "Share", "%", "piblade_share_percent", "Use of the NAS share.", warn=80.0, bad=95.0)
+SHARE = Reading("share_percent", "Share", "%", "piblade_share_used_ratio", "Use of the NAS share (0-1).",
+                warn=80.0, bad=95.0, metric_divisor=100)
 
 
 def reading(key: str) -> Reading:

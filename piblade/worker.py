@@ -49,7 +49,7 @@ from rq import Queue
 from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
 
-from piblade import envvars, runs, tasks
+from piblade import envvars, runs, taskcounts, tasks
 from piblade.errors import PibladeError, TaskStopped, UnregisteredCallable
 from piblade.registry import REGISTRY, Registry, TaskContext, load_registry
 
@@ -424,6 +424,7 @@ class BladeWorker(SimpleWorker):
             self._state = WorkerStatus.IDLE
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        self._ending_queue = queue.name
         super().handle_job_success(job, queue, *args, **kwargs)
         meta = job.meta or {}
         if meta.get("reduce") and meta.get("phase") == "task":
@@ -432,6 +433,22 @@ class BladeWorker(SimpleWorker):
                 from piblade.dispatch import enqueue_reduce
 
                 enqueue_reduce(self.connection, run_id)
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        self._ending_queue = queue.name
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
+    # RQ calls these two inside the pipeline that records a task's end: piblade's per-node,
+    # per-queue counters (piblade.taskcounts, for /metrics) ride along, no extra round trip.
+    def increment_successful_job_count(self, pipeline: Any = None) -> None:
+        super().increment_successful_job_count(pipeline=pipeline)
+        taskcounts.count(pipeline if pipeline is not None else self.connection, _runtime.node,
+                         getattr(self, "_ending_queue", ""), "finished")
+
+    def increment_failed_job_count(self, pipeline: Any = None) -> None:
+        super().increment_failed_job_count(pipeline)
+        taskcounts.count(pipeline if pipeline is not None else self.connection, _runtime.node,
+                         getattr(self, "_ending_queue", ""), "failed")
 
 
 def warm_up(registry: Registry) -> dict[str, float]:

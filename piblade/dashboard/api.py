@@ -72,7 +72,7 @@ async def history(request: Request) -> Response:
 
 async def prometheus(request: Request) -> Response:
     snap = await _fresh(request)
-    return PlainTextResponse(metrics.render(snap.to_dict()), media_type=metrics.CONTENT_TYPE)
+    return PlainTextResponse(metrics.render(snap.to_dict(), snap.task_counts), media_type=metrics.CONTENT_TYPE)
 
 
 async def events(request: Request) -> Response:

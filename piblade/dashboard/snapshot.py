@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from piblade import healthstore, runs
+from piblade import healthstore, runs, taskcounts
 from piblade.inventory import Cluster
 
 #: Recent runs listed on the page and by /api/jobs.
@@ -44,6 +44,8 @@ class Snapshot:
     error: str | None = None
     #: While Redis cannot be read: when the last good read was (None: never, or Redis is fine).
     unknown_since: float | None = None
+    #: Tasks finished/failed per (node, queue, outcome), for /metrics only (not sent to the page).
+    task_counts: dict[tuple[str, str, str], int] = field(default_factory=dict, compare=False)
     #: JSON of the content without clocks: equal fingerprints mean nothing worth pushing changed.
     fingerprint: str = field(default="", compare=False)
 
@@ -144,7 +146,8 @@ class SnapshotSource:
         share = status.share.to_dict() if status.share else None
         jobs = tuple(self.jobs(now))
         return Snapshot(
-            self.name, now, nodes, queues, jobs, share, fingerprint=_fingerprint(nodes, queues, jobs, share, None)
+            self.name, now, nodes, queues, jobs, share, task_counts=taskcounts.read(self.conn),
+            fingerprint=_fingerprint(nodes, queues, jobs, share, None),
         )
 
     def jobs(self, now: float | None = None) -> list[dict[str, Any]]:

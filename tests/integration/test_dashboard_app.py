@@ -269,13 +269,36 @@ async def test_metrics_return_what_the_agents_wrote(client: httpx.AsyncClient) -
     assert 'piblade_node_up{node="pi-a",role="worker"} 1' in text
     assert 'piblade_node_temperature_celsius{node="pi-a"} 54' in text
     assert 'piblade_node_temperature_celsius{node="pi-b"} 83' in text
-    assert 'piblade_node_cpu_percent{node="pi-b"} 97.5' in text
-    assert 'piblade_node_memory_percent{node="pi-a"} 40' in text
+    assert 'piblade_node_cpu_usage_ratio{node="pi-b"} 0.975' in text
+    assert 'piblade_node_memory_used_ratio{node="pi-a"} 0.4' in text
     assert 'piblade_node_throttled{node="pi-b",flag="under_voltage"} 1' in text
     assert 'piblade_node_throttled{node="pi-b",flag="freq_capped"} 0' in text
     assert 'piblade_node_paused{node="pi-b"} 1' in text
     assert re.search(r'^piblade_queue_depth\{queue="default"\} 0$', text, re.MULTILINE)
     assert "# TYPE piblade_node_up gauge" in text
+
+
+async def test_metrics_follow_prometheus_conventions(client: httpx.AsyncClient) -> None:
+    """Read back with the official parser: ratios in 0-1, base units, counters typed as counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await client.get("/metrics", headers=BEARER)).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    pi_b = (("node", "pi-b"),)
+    assert values[("piblade_node_cpu_usage_ratio", pi_b)] == 0.975
+    assert values[("piblade_node_disk_used_ratio", pi_b)] == 0.3
+    assert values[("piblade_node_temperature_celsius", pi_b)] == 83.0
+    assert values[("piblade_node_network_receive_bytes_per_second", pi_b)] == 1000.0
+    assert values[("piblade_node_network_transmit_bytes_per_second", pi_b)] == 500.0
+    assert values[("piblade_node_memory_total_bytes", pi_b)] == 4 * 2**30
+    for family in families.values():
+        if family.name.endswith("_ratio"):
+            assert all(0 <= s.value <= 1 for s in family.samples), family
+        assert family.type in ("gauge", "counter"), family
+        assert not family.name.endswith("_percent"), family.name
+    assert families["piblade_tasks_finished"].type == "counter"
+    assert families["piblade_tasks_failed"].type == "counter"
 
 
 async def test_events_stream_pushes_a_snapshot(client: httpx.AsyncClient) -> None:
@@ -324,6 +347,48 @@ async def test_jobs_show_state_duration_nodes_and_failure_reason(conn: redis.Red
     assert good["seconds"] is not None and good["seconds"] >= 0
     assert failed["state"] == "failed" and failed["failed"] == 1
     assert failed["failure"] == "ValueError: test failure: disk on fire"
+
+
+def _task_counters(text: str) -> dict[tuple[str, str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, s.labels["node"], s.labels["queue"]): s.value
+        for f in text_string_to_metric_families(text)
+        if f.type == "counter"
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+
+
+async def test_task_counters_per_node_and_queue_survive_a_dashboard_restart(conn: redis.Redis, workers: Any) -> None:
+    """Real workers count in Redis as they record each task's end; a new dashboard reads the same counts."""
+    from piblade import dispatch
+    from piblade.registry import load_registry
+    from tests.integration.conftest import TEST_JOBS
+
+    registry = load_registry([TEST_JOBS])
+    for record in (
+        dispatch.submit(conn, registry, "test-sleep", {"count": "4"}),
+        dispatch.submit(conn, registry, "test-fail", {"message": "disk on fire"}),
+    ):
+        dispatch.wait(conn, record.id, timeout=60)
+
+    async def scrape() -> dict[tuple[str, str, str], float]:
+        transport = httpx.ASGITransport(app=make_app(conn))  # a new app each time: a restarted dashboard
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as c:
+            return _task_counters((await c.get("/metrics", headers=BEARER)).text)
+
+    first = await scrape()
+    assert first == {  # four tasks and the run's reduce
+        ("piblade_tasks_finished_total", "testnode", "default"): 5.0,
+        ("piblade_tasks_failed_total", "testnode", "default"): 1.0,
+    }
+    assert await scrape() == first  # reading changes nothing
+    dispatch.wait(conn, dispatch.submit(conn, registry, "test-sleep", {"count": "2"}).id, timeout=60)
+    later = await scrape()
+    assert later[("piblade_tasks_finished_total", "testnode", "default")] == 8.0
+    assert later[("piblade_tasks_failed_total", "testnode", "default")] == 1.0
 
 
 def test_history_of_an_inventory_localhost_reads_what_its_agent_writes(conn: redis.Redis, tmp_path) -> None:

@@ -43,7 +43,7 @@ def test_metrics_text() -> None:
     text = metrics.render(snap)
     assert 'piblade_node_up{node="pi1",role="worker"} 1\n' in text
     assert 'piblade_node_temperature_celsius{node="pi1"} 51.2\n' in text
-    assert 'piblade_node_memory_percent{node="pi1"} 33.3\n' in text
+    assert 'piblade_node_memory_used_ratio{node="pi1"} 0.333\n' in text
     assert 'piblade_node_throttled{node="pi1",flag="under_voltage"} 0\n' in text
     assert 'piblade_node_running_jobs{node="pi1"} 1\n' in text
     assert 'piblade_queue_depth{queue="default"} 3\n' in text
@@ -51,6 +51,35 @@ def test_metrics_text() -> None:
     assert "piblade_redis_up 1\n" in text
     for line in text.splitlines():  # every line is a comment or `name{labels} number`
         assert line.startswith("# ") or re.fullmatch(r"[a-z_0-9]+(\{[^}]*\})? -?[0-9.e+-]+", line), line
+
+
+def test_metrics_parse_with_the_official_parser_and_use_base_units() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    snap = {
+        "nodes": [_node(sample={"load_avg": [0.5, 0.4, 0.3], "net_rx_bps": 2500.0, "net_tx_bps": 1200.5,
+                                "mem_total": 4_000_000_000, "mem_used": 1_332_000_000})],
+        "queues": [{"name": "default", "queued": 3, "started": 1, "failed": 2, "workers": 4}],
+        "share": {"node": "pi1", "path": "/mnt/piblade", "total": 1_000_000_000, "used": 250_000_000,
+                  "free": 750_000_000, "percent": 25.0},
+        "error": None,
+    }
+    counts = {("pi1", "default", "finished"): 12, ("pi1", "default", "failed"): 2, ("pi2", "gpu", "finished"): 1}
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render(snap, counts))}
+    value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert value[("piblade_node_cpu_usage_ratio", (("node", "pi1"),))] == 0.12
+    assert value[("piblade_node_disk_used_ratio", (("node", "pi1"),))] == 0.4
+    assert value[("piblade_node_network_receive_bytes_per_second", (("node", "pi1"),))] == 2500.0
+    assert value[("piblade_node_network_transmit_bytes_per_second", (("node", "pi1"),))] == 1200.5
+    assert value[("piblade_node_memory_used_bytes", (("node", "pi1"),))] == 1_332_000_000
+    assert value[("piblade_share_size_bytes", (("path", "/mnt/piblade"),))] == 1_000_000_000
+    assert value[("piblade_share_free_bytes", (("path", "/mnt/piblade"),))] == 750_000_000
+    assert value[("piblade_share_used_ratio", (("path", "/mnt/piblade"),))] == 0.25
+    assert families["piblade_tasks_finished"].type == "counter"
+    assert value[("piblade_tasks_finished_total", (("node", "pi1"), ("queue", "default")))] == 12
+    assert value[("piblade_tasks_failed_total", (("node", "pi1"), ("queue", "default")))] == 2
+    assert value[("piblade_tasks_finished_total", (("node", "pi2"), ("queue", "gpu")))] == 1
+    assert not [name for name in families if name.endswith("_percent")]
 
 
 def test_metrics_leave_out_unknown_and_stale_values_and_escape_labels() -> None:
@@ -63,7 +92,7 @@ def test_metrics_leave_out_unknown_and_stale_values_and_escape_labels() -> None:
     assert 'piblade_node_up{node="we\\"ird\\\\node",role="worker"} 1' in text
     assert "piblade_node_temperature_celsius{" not in text.split('node="gone"')[0]
     assert 'piblade_node_up{node="gone",role="worker"} 0' in text
-    assert 'piblade_node_cpu_percent{node="gone"}' not in text
+    assert 'piblade_node_cpu_usage_ratio{node="gone"}' not in text
     assert "piblade_redis_up 1" in text
 
 
