@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
             False, "--no-auth", help="Serve without a token: only with --bind 127.0.0.1, never with --tunnel."
         ),
         show_token: bool = typer.Option(False, "--show-token", help="Print the dashboard token and exit."),
+        rotate_token: bool = typer.Option(
+            False, "--rotate-token", help="Write a new token and exit; a running dashboard ends every session."
+        ),
         tunnel_timeout: float = typer.Option(
             10.0, "--tunnel-timeout", min=0.5, envvar="PIBLADE_TUNNEL_TIMEOUT", help="Seconds to wait for ngrok."
         ),
@@ -65,6 +68,17 @@ def register(app: typer.Typer) -> None:
         """Serve the live dashboard: node health, queues, recent jobs, history charts."""
         from piblade.dashboard.auth import is_loopback_bind, load_token, token_path
 
+        if rotate_token:
+            from piblade.dashboard.auth import rotate_token as write_new_token
+
+            path = write_new_token()
+            console.print(
+                f"new dashboard token written to {path}; the old one no longer works and every session has ended "
+                "(print it with `piblade dashboard --show-token`)",
+                markup=False,
+                soft_wrap=True,
+            )
+            return
         if show_token:
             console.print(load_token(), markup=False, highlight=False, soft_wrap=True)
             return
@@ -105,7 +119,8 @@ def register(app: typer.Typer) -> None:
         )
         sock = bind_socket(bind, port)
         local_url = url_for(bind, sock.getsockname()[1])
-        app = create_app(SnapshotSource(conn, cluster), DashboardSettings(token=token, proxies=(forward_host,)))
+        settings = DashboardSettings(token=None, token_file=token_path() if token else None, proxies=(forward_host,))
+        app = create_app(SnapshotSource(conn, cluster), settings)
         # soft_wrap: a URL or path broken over two lines cannot be copied.
         console.print(
             f"piblade dashboard: [bold]{local_url}/[/]" + ("  (all interfaces)" if bind in ("0.0.0.0", "::") else ""),

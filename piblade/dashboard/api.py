@@ -8,6 +8,7 @@ since ``unknown_since``, and the last queues and runs read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -15,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from piblade.dashboard import metrics
+from piblade.dashboard.auth import SESSION_COOKIE, Authenticator
+from piblade.dashboard.guard import bearer_token
 from piblade.dashboard.snapshot import Snapshot
 from piblade.dashboard.sse import SnapshotHub
 
@@ -70,6 +73,16 @@ async def history(request: Request) -> Response:
     return JSONResponse({"node": name, "seconds": seconds, "points": points})
 
 
+def still_allowed(request: Request) -> Callable[[], bool]:
+    """Whether the credentials this request came with still work (the guard checked them once, at the start)."""
+    auth: Authenticator | None = request.app.state.auth
+    if auth is None:
+        return lambda: True
+    cookie = request.cookies.get(SESSION_COOKIE)
+    token = bearer_token(request.scope)
+    return lambda: auth.check_session(cookie) or (token is not None and auth.check_token(token))
+
+
 async def prometheus(request: Request) -> Response:
     snap = await _fresh(request)
     return PlainTextResponse(metrics.render(snap.to_dict(), snap.task_counts), media_type=metrics.CONTENT_TYPE)
@@ -78,7 +91,7 @@ async def prometheus(request: Request) -> Response:
 async def events(request: Request) -> Response:
     hub: SnapshotHub = request.app.state.hub
     return StreamingResponse(
-        hub.stream(),
+        hub.stream(still_allowed(request)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

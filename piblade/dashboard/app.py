@@ -8,6 +8,7 @@ change anything on the cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,9 +27,11 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
 @dataclass(frozen=True, slots=True)
 class DashboardSettings:
-    """How the app behaves; ``token`` None means authentication is off (loopback only, checked by the CLI)."""
+    """How the app behaves; no ``token`` and no ``token_file`` means authentication is off (loopback only,
+    checked by the CLI). A ``token_file`` is watched: replacing it ends every session (``--rotate-token``)."""
 
     token: str | None
+    token_file: Path | None = None
     #: Addresses of proxies we run (the tunnel's forwarder) whose X-Forwarded-For picks a rate-limit bucket.
     proxies: tuple[str, ...] = ()
     interval: float = 2.0
@@ -39,7 +42,12 @@ class DashboardSettings:
 
 
 def create_app(source: SnapshotSource, settings: DashboardSettings) -> Starlette:
-    auth = Authenticator(settings.token) if settings.token is not None else None
+    if settings.token_file is not None:
+        auth: Authenticator | None = Authenticator(token_file=settings.token_file)
+    elif settings.token is not None:
+        auth = Authenticator(settings.token)
+    else:
+        auth = None
     limiter = RateLimiter(settings.failures_allowed, settings.failure_window)
     hub = SnapshotHub(source, interval=settings.interval, keepalive=settings.keepalive, max_age=settings.stream_max_age)
     routes = [

@@ -1,11 +1,15 @@
-"""Who may see the dashboard: one token, signed session cookies, and a limit on wrong guesses.
+"""Who may see the dashboard: one token, sessions held by the dashboard process, and a limit on wrong guesses.
 
 * The token lives in ``<state dir>/dashboard.token`` (0600), generated on first
   run. Scripts send it as ``Authorization: Bearer <token>``; people type it once
   into the login form and get a session cookie.
-* The cookie never holds the token: it holds an issue time and an HMAC of it,
-  keyed by a key *derived* from the token. Stealing a cookie gives a session
-  that expires, not the token; replacing the token file ends every session.
+* A session is a random id that only this process knows (with its issue time
+  and the token *generation* it was made under); the cookie never holds the
+  token. Logging out forgets that id, so the same cookie no longer works.
+* The token file is watched: each check compares its inode, size and mtime
+  (one ``stat``) and, when they change, its content hash. A new token (``piblade
+  dashboard --rotate-token`` writes one) is a new generation: the old token is
+  refused, the new one works, and every session ends at once, without a restart.
 * The peer address is never trusted: through an ngrok tunnel every request
   arrives from 127.0.0.1, so "local" proves nothing.
 * Wrong tokens are counted per client; after :attr:`RateLimiter.limit` failures
@@ -21,17 +25,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import secrets
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from piblade.state import ensure_secret, state_dir
+from piblade.state import ensure_secret, read_secret, state_dir, write_private
 
 TOKEN_FILE = "dashboard.token"
 SESSION_COOKIE = "piblade_session"
 SESSION_SECONDS = 7 * 24 * 3600
-_KEY_LABEL = b"piblade dashboard session v1"
+#: Sessions kept at most (the oldest go first): logins are rate-limited, so this is generous.
+MAX_SESSIONS = 10_000
+MIN_TOKEN_LENGTH = 16
 
 
 def token_path() -> Path:
@@ -43,35 +51,113 @@ def load_token(path: Path | None = None) -> str:
     return ensure_secret(path or token_path())
 
 
-class Authenticator:
-    """Checks tokens and session cookies in constant time."""
+def rotate_token(path: Path | None = None) -> Path:
+    """Write a new random token (0600, atomically: a new inode); running dashboards end every session."""
+    path = path or token_path()
+    write_private(path, secrets.token_urlsafe(32) + "\n")
+    return path
 
-    def __init__(self, token: str, *, session_seconds: int = SESSION_SECONDS, clock: Callable[[], float] = time.time):
-        if len(token) < 16:
-            raise ValueError("the dashboard token is too short to be safe")
-        self._token = token.encode()
-        self._key = hmac.new(self._token, _KEY_LABEL, hashlib.sha256).digest()
+
+class Authenticator:
+    """Checks tokens in constant time and keeps the sessions of one token generation.
+
+    Either a fixed ``token`` (tests, embedding) or a ``token_file`` that is
+    re-read whenever it changes on disk.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        token_file: Path | None = None,
+        session_seconds: int = SESSION_SECONDS,
+        clock: Callable[[], float] = time.time,
+        max_sessions: int = MAX_SESSIONS,
+    ):
+        if (token is None) == (token_file is None):
+            raise ValueError("give the dashboard a token or a token file, not both")
         self.session_seconds = session_seconds
         self._clock = clock
+        self._max_sessions = max_sessions
+        self._file = token_file
+        self._lock = threading.Lock()
+        self._stat: tuple[int, int, int, int] | None = None
+        self._digest = b""
+        self.generation = 0
+        #: session id -> (issued, generation)
+        self._sessions: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._token = b""
+        if token is not None:
+            self._set_token(token)
+        else:
+            self._refresh()
+
+    def _set_token(self, token: str) -> None:
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError("the dashboard token is too short to be safe")
+        digest = hashlib.sha256(token.encode()).digest()
+        if digest == self._digest:
+            return
+        self._token = token.encode()
+        self._digest = digest
+        self.generation += 1
+        self._sessions.clear()  # a new token ends every session
+
+    def _refresh(self) -> None:
+        """Re-read the token file if it changed on disk (one stat per check)."""
+        if self._file is None:
+            return
+        try:
+            info = self._file.stat()
+        except OSError:
+            return  # removed for a moment (an editor's save): keep the token we have
+        key = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns)
+        if key == self._stat:
+            return
+        with self._lock:
+            try:
+                token = read_secret(self._file)
+            except Exception:  # noqa: BLE001 - a half-written or unreadable file: try again next request
+                return
+            self._stat = key
+            self._set_token(token)
 
     def check_token(self, candidate: str) -> bool:
+        self._refresh()
         return hmac.compare_digest(candidate.strip().encode(), self._token)
 
-    def _sign(self, issued: str) -> str:
-        return hmac.new(self._key, b"session:" + issued.encode(), hashlib.sha256).hexdigest()
-
     def new_session(self) -> str:
-        issued = str(int(self._clock()))
-        return f"{issued}.{self._sign(issued)}"
+        self._refresh()
+        session = secrets.token_urlsafe(32)
+        with self._lock:
+            self._sessions[session] = (self._clock(), self.generation)
+            while len(self._sessions) > self._max_sessions:
+                self._sessions.popitem(last=False)
+        return session
 
     def check_session(self, value: str | None) -> bool:
         if not value:
             return False
-        issued, _, signature = value.partition(".")
-        if not issued.isdigit() or not hmac.compare_digest(signature.encode(), self._sign(issued).encode()):
+        self._refresh()
+        entry = self._sessions.get(value)
+        if entry is None:
             return False
-        age = self._clock() - int(issued)
-        return -60 <= age <= self.session_seconds
+        issued, generation = entry
+        age = self._clock() - issued
+        if generation != self.generation or not -60 <= age <= self.session_seconds:
+            self.end_session(value)
+            return False
+        return True
+
+    def end_session(self, value: str | None) -> None:
+        """Logout: this session id stops working at once."""
+        if value:
+            with self._lock:
+                self._sessions.pop(value, None)
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
 
 
 class RateLimiter:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio.to_thread
 
@@ -81,8 +81,12 @@ class SnapshotHub:
         if self._loop is not None and self._closing is not None:
             self._loop.call_soon_threadsafe(self._closing.set)
 
-    async def stream(self) -> AsyncIterator[str]:
-        """The text of one SSE response: the current snapshot now, then each change."""
+    async def stream(self, allowed: Callable[[], bool] = lambda: True) -> AsyncIterator[str]:
+        """The text of one SSE response: the current snapshot now, then each change.
+
+        ``allowed`` is asked before each event: a stream whose session ended (logout, a new
+        token) stops, and the browser's reconnect meets the login.
+        """
         self._subscribers += 1
         self._start()
         assert self._closing is not None
@@ -92,7 +96,7 @@ class SnapshotHub:
             seen = self.version  # read together with the snapshot: no await in between
             yield "retry: 3000\n" + event(self.snapshot, seen)
             ends = time.monotonic() + self.max_age
-            while not self._closing.is_set():
+            while not self._closing.is_set() and allowed():
                 remaining = ends - time.monotonic()
                 if remaining <= 0:
                     break

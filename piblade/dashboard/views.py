@@ -137,6 +137,9 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     if not same_origin(request):
         return JSONResponse({"error": "cross-site logout refused"}, status_code=403)
+    auth: Authenticator | None = request.app.state.auth
+    if auth is not None:
+        auth.end_session(request.cookies.get(SESSION_COOKIE))  # the cookie's copy, kept by anyone, is dead too
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=is_https(request))
     return response
