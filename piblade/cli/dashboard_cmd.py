@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         if show_token:
             console.print(load_token(), markup=False, highlight=False, soft_wrap=True)
             return
-        from piblade.dashboard.server import DashboardError, bind_socket, url_for
+        from piblade.dashboard.server import DashboardError
 
         if no_auth and tunnel:
             raise DashboardError(
@@ -98,15 +98,15 @@ def register(app: typer.Typer) -> None:
         from piblade import tunnel as ngrok_tunnel
         from piblade.cli.common import open_redis
         from piblade.context import resolve_cluster
-        from piblade.dashboard.app import DashboardSettings, create_app
-        from piblade.dashboard.server import serve
+        from piblade.dashboard import publish
         from piblade.dashboard.snapshot import SnapshotSource
 
         where = resolve_cluster(inventory)
         conn = open_redis(where)
-        cluster = where.inventory
-        token = None if no_auth else load_token()
-        forward_host = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
+        token_file = None
+        if not no_auth:
+            load_token()  # generated (0600) the first time
+            token_file = token_path()
         options = ngrok_tunnel.TunnelOptions(
             basic_auth_file=ngrok_basic_auth_file,
             oauth_provider=ngrok_oauth,
@@ -117,65 +117,57 @@ def register(app: typer.Typer) -> None:
             server_addr=ngrok_server_addr,
             deadline=tunnel_timeout,
         )
-        sock = bind_socket(bind, port)
-        local_url = url_for(bind, sock.getsockname()[1])
-        settings = DashboardSettings(token=None, token_file=token_path() if token else None, proxies=(forward_host,))
-        app = create_app(SnapshotSource(conn, cluster), settings)
-        # soft_wrap: a URL or path broken over two lines cannot be copied.
-        console.print(
-            f"piblade dashboard: [bold]{local_url}/[/]" + ("  (all interfaces)" if bind in ("0.0.0.0", "::") else ""),
-            soft_wrap=True,
-        )
-        if token is None:
-            err_console.print("[yellow]warning:[/] authentication is off: anyone on this machine can open the page")
-        else:
-            console.print(
-                f"token: in {token_path()} (print it with `piblade dashboard --show-token`)",
-                markup=False,
-                soft_wrap=True,
-            )
-            if not is_loopback_bind(bind):
-                console.print(
-                    "plain HTTP on the LAN: use it on a network you trust, or --tunnel for HTTPS", style="dim"
-                )
-        console.print("Ctrl-C stops it", style="dim")
-        authtoken = None
-        if tunnel:
-            try:
-                authtoken = ngrok_tunnel.find_authtoken()
-            except ngrok_tunnel.TunnelError as exc:  # say so at once, and serve locally anyway
-                _tunnel_failed(exc, local_url)
-
-        opened: list[ngrok_tunnel.Tunnel] = []
-
-        def open_tunnel() -> None:
-            assert authtoken is not None
-            err_console.print(f"opening the ngrok tunnel (waiting up to {tunnel_timeout:g} s)…")
-            try:
-                handle = ngrok_tunnel.open_tunnel(f"http://{forward_host}:{sock.getsockname()[1]}", options, authtoken)
-            except ngrok_tunnel.TunnelError as exc:
-                _tunnel_failed(exc, local_url)
-                return
-            opened.append(handle)
-            console.print(f"public URL: [bold]{handle.url}/[/]", soft_wrap=True)
-            for rule in options.describe():
-                console.print(f"  ngrok enforces {rule}", markup=False)
-
         try:
-            serve(app, sock, after_start=open_tunnel if authtoken else None)
+            publish.run(
+                SnapshotSource(conn, where.inventory),
+                publish.Publish(bind, port, token_file, options if tunnel else None),
+                _Printer(bind, token_file),
+            )
         finally:
-            for handle in opened:
-                handle.close()
-                console.print("ngrok tunnel closed")
             conn.close()
 
 
-def _tunnel_failed(exc: PibladeError, local_url: str) -> None:
-    """A tunnel that fails is reported, never fatal: the local dashboard keeps serving."""
-    err_console.print(
-        f"[bold red]error:[/] {escape(exc.message)}; the dashboard is still serving on {local_url}/",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if exc.hint:
-        err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+class _Printer:
+    """How `piblade dashboard` tells people what the server does (publish.Events)."""
+
+    def __init__(self, bind: str, token_file: Path | None) -> None:
+        self.bind = bind
+        self.token_file = token_file
+
+    def serving(self, url: str, all_interfaces: bool) -> None:
+        from piblade.dashboard.auth import is_loopback_bind
+
+        # soft_wrap: a URL or path broken over two lines cannot be copied.
+        console.print(f"piblade dashboard: [bold]{url}/[/]" + ("  (all interfaces)" if all_interfaces else ""),
+                      soft_wrap=True)
+        if self.token_file is None:
+            err_console.print("[yellow]warning:[/] authentication is off: anyone on this machine can open the page")
+        else:
+            console.print(f"token: in {self.token_file} (print it with `piblade dashboard --show-token`)",
+                          markup=False, soft_wrap=True)
+            if not is_loopback_bind(self.bind):
+                console.print("plain HTTP on the LAN: use it on a network you trust, or --tunnel for HTTPS",
+                              style="dim")
+        console.print("Ctrl-C stops it", style="dim")
+
+    def tunnel_opening(self, forward_to: str, deadline: float) -> None:
+        err_console.print(f"opening the ngrok tunnel to {forward_to}, a listener of its own "
+                          f"(waiting up to {deadline:g} s)…", markup=False, soft_wrap=True)
+
+    def tunnel_opened(self, url: str, rules: list[str]) -> None:
+        console.print(f"public URL: [bold]{url}/[/]", soft_wrap=True)
+        for rule in rules:
+            console.print(f"  ngrok enforces {rule}", markup=False)
+
+    def tunnel_failed(self, error: PibladeError, local_url: str) -> None:
+        """A tunnel that fails is reported, never fatal: the local dashboard keeps serving."""
+        err_console.print(
+            f"[bold red]error:[/] {escape(error.message)}; the dashboard is still serving on {local_url}/",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if error.hint:
+            err_console.print(f"[yellow]hint:[/] {escape(error.hint)}", highlight=False)
+
+    def tunnel_closed(self) -> None:
+        console.print("ngrok tunnel closed")

@@ -32,8 +32,9 @@ class DashboardSettings:
 
     token: str | None
     token_file: Path | None = None
-    #: Addresses of proxies we run (the tunnel's forwarder) whose X-Forwarded-For picks a rate-limit bucket.
-    proxies: tuple[str, ...] = ()
+    #: The (host, port) of the listener only the ngrok forwarder uses: requests accepted there may name
+    #: their client in X-Forwarded-For (for the rate limit); nowhere else.
+    tunnel_listener: tuple[str, int] | None = None
     interval: float = 2.0
     keepalive: float = 15.0
     stream_max_age: float = 600.0
@@ -69,13 +70,13 @@ def create_app(source: SnapshotSource, settings: DashboardSettings) -> Starlette
         auth=auth,
         limiter=limiter,
         csp=content_security_policy(views.login_style_hash()),
-        proxies=settings.proxies,
+        tunnel_listener=settings.tunnel_listener,
         allowed_hosts=None if auth is not None else LOOPBACK_NAMES,
         login_page=views.login_html,
     )
     app = Starlette(routes=routes, middleware=[guard])
     app.state.auth = auth
     app.state.limiter = limiter
-    app.state.proxies = settings.proxies
+    app.state.tunnel_listener = settings.tunnel_listener
     app.state.hub = hub
     return app

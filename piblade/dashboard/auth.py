@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from piblade.state import ensure_secret, read_secret, state_dir, write_private
@@ -204,19 +204,21 @@ class RateLimiter:
             self._failures.popitem(last=False)
 
 
-def client_key(peer: str | None, forwarded_for: str | None, proxies: Iterable[str]) -> str:
+def client_key(peer: str | None, forwarded_for: str | None, via_tunnel: bool) -> str:
     """Which client to count failures against.
 
-    Requests from a proxy we run ourselves (the in-process ngrok agent connects
-    from loopback) carry the real client in ``X-Forwarded-For``; its last entry
-    is the one the proxy saw. This only picks a rate-limit bucket: it never
-    grants access.
+    Only a request that arrived on the tunnel's own listener (a loopback port
+    that only the ngrok forwarder is told about) names its client in
+    ``X-Forwarded-For``, whose last entry is the one ngrok saw. Anywhere else the
+    header is whatever the sender wrote: by address alone, ngrok's in-process
+    forwarder and any other loopback client look the same, so "loopback" cannot
+    be the test (a rotating header used to get a fresh bucket per guess). This
+    only picks a rate-limit bucket: it never grants access.
     """
     peer = peer or "unknown"
-    if forwarded_for and (_is_loopback(peer) or peer in set(proxies)):
-        last = forwarded_for.split(",")[-1].strip()
-        if last:
-            return f"via-proxy:{last}"
+    if via_tunnel:
+        last = (forwarded_for or "").split(",")[-1].strip()
+        return f"via-tunnel:{last}" if last else "via-tunnel"
     return peer
 
 

@@ -10,7 +10,7 @@ Server-Sent Events stream passes through unbuffered.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -83,9 +83,16 @@ def bearer_token(scope: Scope) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-def scope_client_key(scope: Scope, proxies: Iterable[str]) -> str:
+def via_tunnel(scope: Scope, tunnel_listener: tuple[str, int] | None) -> bool:
+    """The request came in on the tunnel's own listener (the local address it was accepted on)."""
+    server = scope.get("server")
+    return tunnel_listener is not None and server is not None and tuple(server) == tunnel_listener
+
+
+def scope_client_key(scope: Scope, tunnel_listener: tuple[str, int] | None) -> str:
     client = scope.get("client")
-    return client_key(client[0] if client else None, header(scope, b"x-forwarded-for"), proxies)
+    forwarded = header(scope, b"x-forwarded-for")
+    return client_key(client[0] if client else None, forwarded, via_tunnel(scope, tunnel_listener))
 
 
 class Guard:
@@ -98,7 +105,7 @@ class Guard:
         auth: Authenticator | None,
         limiter: RateLimiter,
         csp: str,
-        proxies: tuple[str, ...] = (),
+        tunnel_listener: tuple[str, int] | None = None,
         allowed_hosts: frozenset[str] | None = None,
         login_page: Callable[[str | None], bytes] | None = None,
     ) -> None:
@@ -106,7 +113,7 @@ class Guard:
         self.auth = auth
         self.limiter = limiter
         self.csp = csp
-        self.proxies = proxies
+        self.tunnel_listener = tunnel_listener
         self.allowed_hosts = allowed_hosts
         #: message -> HTML of the login form, shown instead of the page to a visitor without a session.
         self.login_page = login_page
@@ -135,7 +142,7 @@ class Guard:
             return
         token = bearer_token(scope)
         if token is not None:
-            key = scope_client_key(scope, self.proxies)
+            key = scope_client_key(scope, self.tunnel_listener)
             wait = self.limiter.retry_after(key)
             if wait is not None:
                 await _reply(

@@ -70,8 +70,10 @@ class _Server(uvicorn.Server):
             captured.clear()
 
 
-def serve(app: Starlette, sock: socket.socket, *, after_start: Callable[[], None] | None = None) -> None:
-    """Serve until Ctrl-C or SIGTERM; run ``after_start`` on a thread once the server answers."""
+def serve(
+    app: Starlette, sockets: list[socket.socket], *, after_start: Callable[[], None] | None = None
+) -> None:
+    """Serve on every socket until Ctrl-C or SIGTERM; run ``after_start`` on a thread once the server answers."""
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -90,4 +92,4 @@ def serve(app: Starlette, sock: socket.socket, *, after_start: Callable[[], None
                 after_start()
 
         threading.Thread(target=_when_started, name="piblade-dashboard-start", daemon=True).start()
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from piblade.dashboard.auth import SESSION_COOKIE, Authenticator, RateLimiter
-from piblade.dashboard.guard import scope_client_key
+from piblade.dashboard.guard import scope_client_key, via_tunnel
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -97,9 +97,12 @@ def same_origin(request: Request) -> bool:
 
 
 def is_https(request: Request) -> bool:
-    """Over HTTPS, directly or through a proxy such as ngrok (which says so in X-Forwarded-Proto)."""
-    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return request.url.scheme == "https" or forwarded == "https"
+    """Over HTTPS, directly or through ngrok (which says so in X-Forwarded-Proto on its own listener)."""
+    if request.url.scheme == "https":
+        return True
+    if not via_tunnel(request.scope, request.app.state.tunnel_listener):
+        return False
+    return request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower() == "https"
 
 
 async def login(request: Request) -> Response:
@@ -109,7 +112,7 @@ async def login(request: Request) -> Response:
         return RedirectResponse("/", status_code=303)
     if not same_origin(request):
         return HTMLResponse(login_html("Log in from this dashboard's own page."), status_code=403)
-    key = scope_client_key(request.scope, request.app.state.proxies)
+    key = scope_client_key(request.scope, request.app.state.tunnel_listener)
     wait = limiter.retry_after(key)
     if wait is not None:
         return HTMLResponse(

@@ -166,9 +166,10 @@ async def test_wrong_bearer_tokens_are_rate_limited(client: httpx.AsyncClient) -
     assert 1 <= int(limited.headers["retry-after"]) <= 61
     # While limited even the right token is not checked, so guessing learns nothing.
     assert (await client.get("/api/nodes", headers=BEARER)).status_code == 429
-    # Another client (behind the tunnel: another X-Forwarded-For) is not locked out.
-    other = {**BEARER, "X-Forwarded-For": "203.0.113.9"}
-    assert (await client.get("/api/nodes", headers=other)).status_code == 200
+    # Off the tunnel's listener, X-Forwarded-For is what the sender wrote: a new one is no new client.
+    for n in range(5):
+        spoofed = {"Authorization": "Bearer guess", "X-Forwarded-For": f"203.0.113.{n}"}
+        assert (await client.get("/api/nodes", headers=spoofed)).status_code == 429
 
 
 async def test_login_sets_a_strict_httponly_signed_cookie(client: httpx.AsyncClient) -> None:
@@ -187,10 +188,15 @@ async def test_login_sets_a_strict_httponly_signed_cookie(client: httpx.AsyncCli
     assert (await client.get("/api/nodes")).status_code == 200
 
 
-async def test_cookie_is_secure_behind_https_proxy(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/login", data={"token": TOKEN}, headers={"Origin": ORIGIN, "X-Forwarded-Proto": "https"}
-    )
+async def test_cookie_is_secure_behind_https_proxy(conn: redis.Redis, client: httpx.AsyncClient) -> None:
+    https = {"Origin": ORIGIN, "X-Forwarded-Proto": "https"}
+    response = await client.post("/login", data={"token": TOKEN}, headers=https)
+    assert "Secure" not in response.headers["set-cookie"]  # anyone can send the header: not on the main listener
+    # ASGITransport's requests arrive at the URL's host and port: call that the tunnel's listener.
+    tunnel = httpx.ASGITransport(app=make_app(conn, tunnel_listener=("testserver", 8471)))
+    async with httpx.AsyncClient(transport=tunnel, base_url="http://testserver:8471") as via_ngrok:
+        response = await via_ngrok.post("/login", data={"token": TOKEN},
+                                        headers={**https, "Origin": "http://testserver:8471"})
     assert response.status_code == 303
     assert "Secure" in response.headers["set-cookie"]
 

@@ -11,6 +11,7 @@ connect(), to 127.0.0.1.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -235,3 +236,54 @@ def test_show_token_prints_the_private_token(tmp_path: Path) -> None:
     assert len(done.stdout.strip()) >= 40
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert _cli(env, "--show-token").stdout == done.stdout  # generated once, then kept
+
+
+# -- the tunnel's own listener: the only place X-Forwarded-For counts -------------------------
+
+
+def _wrong(url: str, forwarded_for: str) -> int:
+    return _get_with(url + "/api/nodes", {"Authorization": "Bearer wrong-guess", "X-Forwarded-For": forwarded_for})
+
+
+def _get_with(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_forwarded_for_counts_only_on_the_tunnel_listener(
+    redis_server: RedisServer, conn: object, tmp_path: Path, refusing_addr: str
+) -> None:
+    """ngrok cannot be reached here, so the test is ngrok: it connects to the tunnel's listener itself.
+
+    Before, any loopback client chose its rate-limit bucket with X-Forwarded-For: 30 wrong
+    tokens with a new header each got 30 401s and never a 429.
+    """
+    log = tmp_path / "out.log"
+    env = _env(redis_server, tmp_path / "state", NGROK_AUTHTOKEN="fake-authtoken-for-tests",
+               PIBLADE_NGROK_SERVER_ADDR=refusing_addr)
+    proc, url = _run_dashboard(env, log, "--tunnel")
+    try:
+        _wait_for_text(log, "could not open the ngrok tunnel", proc, timeout=20)  # fails fast, serves on
+        match = re.search(r"opening the ngrok tunnel to (http://127\.0\.0\.1:\d+), a listener of its own", log.read_text())
+        assert match, log.read_text()
+        tunnel_url = match.group(1)
+        assert tunnel_url != url
+        token = (tmp_path / "state" / "dashboard.token").read_text().strip()
+
+        # The main listener: a rotating header is no new client.
+        answers = [_wrong(url, f"198.51.100.{i}") for i in range(30)]
+        assert answers[:5] == [401] * 5 and set(answers[5:]) == {429}, answers
+
+        # The tunnel's listener: each client its own bucket, as ngrok reports them.
+        assert [_wrong(tunnel_url, f"203.0.113.{i}") for i in range(10)] == [401] * 10
+        answers = [_wrong(tunnel_url, "203.0.113.77") for _ in range(7)]
+        assert answers == [401] * 5 + [429] * 2, answers
+        assert _get_with(tunnel_url + "/api/nodes", {"Authorization": f"Bearer {token}",
+                                                     "X-Forwarded-For": "203.0.113.78"}) == 200
+        assert _get(tunnel_url + "/api/nodes") == 401  # the tunnel's listener wants the token like any other
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, log.read_text()

@@ -106,12 +106,13 @@ def test_rate_limiter_keeps_a_bounded_number_of_clients() -> None:
     assert limiter.retry_after("client-999") is not None
 
 
-def test_client_key_uses_forwarded_for_only_behind_our_proxy() -> None:
-    assert client_key("192.168.1.20", "203.0.113.5", ()) == "192.168.1.20"
-    assert client_key("127.0.0.1", "203.0.113.5", ()) == "via-proxy:203.0.113.5"
-    assert client_key("127.0.0.1", "10.0.0.1, 203.0.113.5", ()) == "via-proxy:203.0.113.5"
-    assert client_key("192.168.1.2", "203.0.113.5", ("192.168.1.2",)) == "via-proxy:203.0.113.5"
-    assert client_key("127.0.0.1", None, ()) == "127.0.0.1"
+def test_client_key_uses_forwarded_for_only_on_the_tunnel_listener() -> None:
+    assert client_key("192.168.1.20", "203.0.113.5", via_tunnel=False) == "192.168.1.20"
+    assert client_key("127.0.0.1", "203.0.113.5", via_tunnel=False) == "127.0.0.1"  # loopback proves nothing
+    assert client_key("127.0.0.1", "203.0.113.5", via_tunnel=True) == "via-tunnel:203.0.113.5"
+    assert client_key("127.0.0.1", "10.0.0.1, 203.0.113.5", via_tunnel=True) == "via-tunnel:203.0.113.5"
+    assert client_key("127.0.0.1", None, via_tunnel=True) == "via-tunnel"
+    assert client_key("127.0.0.1", None, via_tunnel=False) == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
