@@ -21,6 +21,7 @@ check() {
     iproute2)     have ip ;;  # the testbed's bridge
     openssh-server) [ -x /usr/sbin/sshd ] ;;  # a real sshd on loopback for the SSH tests
     samba)        [ -x /usr/sbin/smbd ] && have pdbedit ;;  # a real smbd on loopback for the NAS tests
+    samba-vfs-modules) ls /usr/lib/*/samba/vfs/streams_xattr.so >/dev/null 2>&1 ;;  # streams and Apple metadata
     smbclient)    have smbclient ;;  # Samba's own client: the baseline of bench/nas.py
     *) return 1 ;;
   esac
@@ -28,7 +29,7 @@ check() {
 
 case "${1:-}" in
   base) wanted=(python3-venv redis-server) ;;
-  test) wanted=(python3-venv redis-server redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba smbclient) ;;
+  test) wanted=(python3-venv redis-server redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba samba-vfs-modules smbclient) ;;
   *) echo "usage: $0 base|test" >&2; exit 2 ;;
 esac
 

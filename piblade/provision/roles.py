@@ -143,7 +143,7 @@ def nas(node: Node, facts: NodeFacts, ctx: Context) -> list[Step]:
     tags = frozenset({"nas", "samba"})
     v = template_vars(node, ctx)
     return [
-        Packages(("samba",), tags=tags),
+        Packages(("samba", "samba-vfs-modules"), tags=tags),
         Directory(node.settings.nas_path, USER, USER, "2775", tags=tags),
         File("/etc/samba/smb.conf", render("smb.conf.j2", v), notify=("smbd",), tags=tags),
         SambaUser(USER, ctx.secrets.smb_password, tags=tags),

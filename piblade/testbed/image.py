@@ -35,20 +35,25 @@ from pathlib import Path
 from piblade.testbed.system import TestbedError, find_tool, remove_tree, run_tool
 
 #: Bump when the customisation in :func:`_customise` changes, so cached images are rebuilt.
-IMAGE_FORMAT = 1
+IMAGE_FORMAT = 2
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "openssh-server", "sudo", "python3", "python3-venv", "python3-pip", "python3-apt",
     "systemd", "systemd-sysv", "dbus", "iproute2", "procps", "ca-certificates",
-    "samba", "smbclient", "cifs-utils", "sshfs", "fuse3", "redis-tools",
+    "samba", "samba-vfs-modules", "smbclient", "cifs-utils", "sshfs", "fuse3", "redis-tools",
     "systemd-timesyncd", "less", "curl",
+    # The results database (PostgreSQL on the NAS node) and first boot from a seed (cloud-init).
+    # Nodes have no apt, so what provisioning installs must already be here. debootstrap does not
+    # resolve virtual packages: python3-cffi-backend provides what python3-cryptography needs.
+    "postgresql", "cloud-init", "python3-cffi-backend",
 )
 MARKER = ".piblade-image"
 #: Units the packages enable that a testbed node should not run at boot.
 _DISABLED_UNITS = (
     "smbd.service", "nmbd.service", "samba-ad-dc.service", "e2scrub_reap.service", "getty@tty1.service",
     "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer", "fstrim.timer",
+    "postgresql.service",
 )
 _SSHD_CONFIG = "# piblade testbed: keys only\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
 
@@ -127,7 +132,7 @@ def _debootstrap(target: Path, cache: Path, log: Path, progress: Progress) -> No
                     out.write(line)
                     if line.startswith("I: "):
                         elapsed = time.monotonic() - started
-                        progress(f"building the node image (once, ≈1 min; log {log}): {line[3:].strip()} "
+                        progress(f"building the node image (once, ≈2 min; log {log}): {line[3:].strip()} "
                                  f"[{elapsed:.0f} s]")
                 code = proc.wait()
             except BaseException:
@@ -160,6 +165,9 @@ def _customise(image: Path) -> None:
     (image / "etc" / "resolv.conf").write_text("# piblade testbed: nodes have no DNS server and no internet\n")
     (image / "etc" / "hostname").write_text("piblade-node\n")
     (image / "etc" / "ssh" / "sshd_config.d" / "piblade-testbed.conf").write_text(_SSHD_CONFIG)
+    # cloud-init stays off unless a node is booted from a seed on purpose (it would rewrite host
+    # keys and network settings the testbed hands out).
+    (image / "etc" / "cloud" / "cloud-init.disabled").write_text("piblade testbed: off unless seeded\n")
 
     units = [u for u in _DISABLED_UNITS if _unit_exists(image, u)]
     systemctl = find_tool("systemctl") or "systemctl"
