@@ -70,7 +70,7 @@ def provision_json(inventory: Path, *extra: str) -> dict[str, dict[str, Any]]:
     return {h["host"]: h for h in json.loads(run.stdout)["hosts"]}
 
 
-def ansible_playbook(inventory: Path) -> dict[str, dict[str, int]]:
+def ansible_playbook(inventory: Path) -> dict[str, dict[str, Any]]:
     """Run the playbook as a user would (with ansible/ansible.cfg); the PLAY RECAP per host."""
     with tempfile.TemporaryDirectory(prefix="piblade-ansible-cp-") as control:
         env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible" / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
@@ -80,9 +80,18 @@ def ansible_playbook(inventory: Path) -> dict[str, dict[str, int]]:
                               "ansible/site.yml"], check=False, capture_output=True, text=True, timeout=1200,
                              env=env, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr
-    recap = {m[0]: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m[1:]), strict=True))
-             for m in RECAP.findall(run.stdout)}
+    recap: dict[str, dict[str, Any]] = {
+        m[0]: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m[1:]), strict=True))
+        for m in RECAP.findall(run.stdout)
+    }
     assert set(recap) == {"tb-ctl", *NODES}, run.stdout[-3000:]
+    # Which tasks changed, per host: a failing comparison then says what differed.
+    task = ""
+    for line in run.stdout.splitlines():
+        if line.startswith("TASK ["):
+            task = line[6:].split("]")[0]
+        elif line.startswith("changed: [") and (host := line[10:].split("]")[0].split(" ")[0]) in recap:
+            recap[host].setdefault("changed_tasks", []).append(task)
     return recap
 
 
@@ -115,14 +124,14 @@ class AfterPiblade:
 
     first: dict[str, dict[str, Any]]
     state: dict[str, str]
-    ansible_recap: dict[str, dict[str, int]]
+    ansible_recap: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class AfterAnsible:
     """Fresh nodes again, provisioned by ansible-playbook only: its recap and each node's state."""
 
-    recap: dict[str, dict[str, int]]
+    recap: dict[str, dict[str, Any]]
     state: dict[str, str]
 
 
@@ -147,7 +156,8 @@ def after_ansible(fresh, inventory: Path, after_piblade: AfterPiblade) -> AfterA
 
 def test_ansible_finds_nothing_to_change_after_piblade(after_piblade: AfterPiblade) -> None:
     recap = after_piblade.ansible_recap
-    assert {h: (r["changed"], r["failed"]) for h, r in recap.items()} == dict.fromkeys(recap, (0, 0)), recap
+    changed = {h: r.get("changed_tasks", []) for h, r in recap.items() if r["changed"] or r["failed"]}
+    assert not changed, f"ansible-playbook changed after piblade provision: {changed}"
 
 
 def test_ansible_provisions_fresh_nodes_to_exactly_piblades_state(after_piblade: AfterPiblade,
