@@ -12,6 +12,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -74,7 +75,9 @@ def create_app(source: SnapshotSource, settings: DashboardSettings) -> Starlette
         allowed_hosts=None if auth is not None else LOOPBACK_NAMES,
         login_page=views.login_html,
     )
-    app = Starlette(routes=routes, middleware=[guard])
+    # gzip for the page, scripts and JSON (a first load well under 50 kB); Starlette leaves the
+    # event stream alone, which api.events compresses itself, event by event.
+    app = Starlette(routes=routes, middleware=[guard, Middleware(GZipMiddleware, minimum_size=500)])
     app.state.auth = auth
     app.state.limiter = limiter
     app.state.tunnel_listener = settings.tunnel_listener

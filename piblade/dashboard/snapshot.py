@@ -88,8 +88,8 @@ def _fingerprint(nodes: Any, queues: Any, jobs: Any, share: Any, error: str | No
     return json.dumps([steady, queues, jobs, share, error], sort_keys=True, default=str)
 
 
-def job_view(status: dict[str, Any], now: float) -> dict[str, Any]:
-    """A run as a row of the jobs table: what, how far, how long, where, and why it failed."""
+def job_view(status: dict[str, Any], now: float, failed_nodes: dict[str, int] | None = None) -> dict[str, Any]:
+    """A run as a row of the jobs table: what, how far, how long, where (finished and failed), why it failed."""
     failures = status.get("failures") or []
     # RunStatus decides what counts as done and failed (an expired task is failed), not this view.
     failed = status["failed"]
@@ -107,6 +107,7 @@ def job_view(status: dict[str, Any], now: float) -> dict[str, Any]:
         "created": status["created"],
         "seconds": round(seconds, 2) if seconds is not None else None,
         "nodes": status.get("nodes") or {},
+        "failed_nodes": failed_nodes or {},
         "failure": failures[0]["error"] if failures else None,
     }
 
@@ -164,7 +165,8 @@ class SnapshotSource:
                     try:
                         quick = run_status(self.conn, record.id, details=False)
                         if quick.state in _TERMINAL:
-                            cached = job_view(run_status(self.conn, record.id, details=True).to_dict(), now)
+                            done = run_status(self.conn, record.id, details=True).to_dict()
+                            cached = job_view(done, now, self._failed_nodes(done))
                             self._finished[record.id] = cached
                         else:
                             cached = job_view(quick.to_dict(), now)
@@ -174,6 +176,25 @@ class SnapshotSource:
             keep = {r.id for r in recent}
             for run_id in [r for r in self._finished if r not in keep]:
                 del self._finished[run_id]
+        return out
+
+    def _failed_nodes(self, status: dict[str, Any]) -> dict[str, int]:
+        """Where a finished run's failed tasks ran (RQ's worker name is ``<node>.<pid>``); read once per run."""
+        from piblade import tasks
+        from piblade.clusterstatus import node_of_worker
+        from piblade.errors import NotFound
+
+        out: dict[str, int] = {}
+        for failure in status.get("failures") or ():
+            task = failure.get("job")
+            if not task:
+                continue
+            try:
+                node = node_of_worker(tasks.task_info(self.conn, task).get("worker") or "")
+            except NotFound:
+                continue
+            if node:
+                out[node] = out.get(node, 0) + 1
         return out
 
     def history(self, node: str, seconds: float, points: int = HISTORY_POINTS) -> list[dict[str, Any]] | None:

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from piblade.dashboard import pageview
 from piblade.dashboard.auth import SESSION_COOKIE, Authenticator, RateLimiter
 from piblade.dashboard.guard import scope_client_key, via_tunnel
 
@@ -71,7 +72,7 @@ async def index(request: Request) -> Response:
     snap = await request.app.state.hub.current()
     body = _template("index.html").substitute(
         title=html.escape(f"piblade · {snap.cluster}" if snap.cluster else "piblade"),
-        initial=json_for_script(snap.to_dict()),
+        initial=json_for_script({"time": snap.time, "view": pageview.view(snap)}),
         auth="on" if request.app.state.auth is not None else "off",
         css_v=static_version("style.css"),
         chart_v=static_version("chart.js"),

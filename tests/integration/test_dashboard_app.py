@@ -6,6 +6,7 @@ Health is written the way agents write it (``healthstore.publish``), so the API,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -310,9 +311,49 @@ async def test_metrics_follow_prometheus_conventions(client: httpx.AsyncClient) 
 async def test_events_stream_pushes_a_snapshot(client: httpx.AsyncClient) -> None:
     response = await client.get("/events", headers=BEARER)  # ends after stream_max_age
     assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["content-encoding"] == "gzip"  # httpx asks for it, and decodes it
     data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
-    snapshot = json.loads(data[0])
-    assert {n["name"] for n in snapshot["nodes"]} == {"pi-a", "pi-b"}
+    first = json.loads(data[0])
+    assert set(first["view"]["nodes"]) == {"pi-a", "pi-b"}
+    assert "sample" not in first["view"]["nodes"]["pi-a"]  # the page's view, not the raw snapshot
+
+
+async def test_events_after_the_first_carry_only_what_changed(conn: redis.Redis) -> None:
+    from piblade.dashboard import pageview
+
+    publish_two_nodes(conn)
+    app = create_app(SnapshotSource(conn), DashboardSettings(token=TOKEN, interval=0.05, keepalive=5,
+                                                              stream_max_age=1.5))
+    transport = httpx.ASGITransport(app=app)
+
+    async def next_heartbeat() -> None:  # pi-a's, once the stream has started
+        await asyncio.sleep(0.5)
+        healthstore.publish(conn, "pi-a", fake_sample("pi-a", temp=61.5, cpu=70.0), interval=10, role="worker")
+
+    beat = asyncio.create_task(next_heartbeat())
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as c:
+        response = await c.get("/events", headers={**BEARER, "Accept-Encoding": "identity"})
+    await beat
+    assert "content-encoding" not in response.headers
+    events: list[tuple[str, dict]] = []
+    kind = ""
+    for line in response.text.splitlines():
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line[6:])))
+    assert [k for k, _ in events[:2]] == ["view", "delta"], events
+    patch = events[1][1]
+    assert set(patch) == {"nodes"} and set(patch["nodes"]) == {"pi-a"}  # nothing about pi-b, queues or jobs
+    assert patch["nodes"]["pi-a"]["temp_c"] == 61.5
+    assert patch["nodes"]["pi-a"]["readings"]["cpu_percent"] == {"value": 70.0, "text": "70%"}  # level unchanged
+    page = events[0][1]["view"]
+    for _, later in events[1:]:
+        page = pageview.apply(page, later)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
+        now = (await c.get("/", headers=BEARER)).text
+    initial = json.loads(re.search(r'<script id="initial" type="application/json">(.*?)</script>', now).group(1))
+    assert page == initial["view"]
 
 
 async def test_a_node_whose_heartbeat_expired_is_down(conn: redis.Redis) -> None:

@@ -175,6 +175,15 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.1)
 
 
+def _wait_until(page, expression: str, timeout: float = 10.0) -> None:
+    """Poll an expression (the page's CSP forbids the eval that wait_for_function's string form uses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            pytest.fail(f"still false after {timeout:g} s: {expression}")
+        page.wait_for_timeout(100)
+
+
 def test_dashboard_in_chromium(dashboard: dict, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -212,6 +221,23 @@ def test_dashboard_in_chromium(dashboard: dict, tmp_path: Path) -> None:
             assert "test failure: disk on fire" in page.locator("#jobs").inner_text()
             page.wait_for_timeout(600)  # let the bars' transitions finish for the picture
             page.screenshot(path=str(tmp_path / "dashboard-desktop.png"), full_page=True)
+
+            # Events keep arriving one by one (deltas, gzip flushed per event), not in a burst at the end.
+            seen = int(page.evaluate("document.body.dataset.events || '0'"))
+            for step in (1, 2, 3):
+                _wait_until(page, f"Number(document.body.dataset.events) >= {seen + step}")
+            assert page.evaluate("document.body.dataset.stream") == "live"
+
+            # A hidden tab asks for one event a minute; back in view, it is live again.
+            hide = """hidden => { Object.defineProperty(document, 'visibilityState', {value: hidden ? 'hidden' : 'visible',
+                                                                                     configurable: true});
+                                  document.dispatchEvent(new Event('visibilitychange')); }"""
+            page.evaluate(hide, True)
+            _wait_until(page, "document.body.dataset.stream === 'slow'")
+            page.evaluate(hide, False)
+            _wait_until(page, "document.body.dataset.stream === 'live'")
+            seen = int(page.evaluate("document.body.dataset.events"))
+            _wait_until(page, f"Number(document.body.dataset.events) >= {seen + 2}")
 
             # Stop pi-b's heartbeats: its card turns "down" live, with no reload.
             page.evaluate("window.__sameDocument = true")

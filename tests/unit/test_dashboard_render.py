@@ -130,6 +130,7 @@ def test_job_view() -> None:
         "created": 100.0,
         "seconds": 2.5,
         "nodes": {"pi1": 3},
+        "failed_nodes": {},
         "failure": "ValueError: bad",
     }
     running = job_view({**status.to_dict(), "state": "running", "seconds": None, "failures": []}, now=112.0)
@@ -163,3 +164,17 @@ def test_templates_and_static_files_ship_in_the_wheel() -> None:
     for path in [*views.TEMPLATES.iterdir(), *views.STATIC.iterdir()]:
         relative = path.relative_to(package).as_posix()
         assert any(fnmatch(relative, p) for p in patterns), f"{relative} would be left out of the wheel"
+
+
+def test_page_view_patches_carry_only_changes_and_apply_back() -> None:
+    from piblade.dashboard import pageview
+
+    old = {"a": 1, "nodes": {"pi1": {"temp": 50, "readings": {"cpu": {"value": 1, "text": "1%"}}}, "gone": {"x": 1}},
+           "order": ["pi1", "gone"], "error": None}
+    new = {"a": 1, "nodes": {"pi1": {"temp": 51, "readings": {"cpu": {"value": 1, "text": "1%"}}},
+                             "pi2": {"temp": None}}, "order": ["pi1", "pi2"], "error": None}
+    patch = pageview.diff(old, new)
+    assert patch == {"nodes": {"pi1": {"temp": 51}, "pi2": {"temp": None}, "gone": {"$del": 1}},
+                     "order": ["pi1", "pi2"]}
+    assert pageview.apply(old, patch) == new
+    assert pageview.diff(new, new) == {}

@@ -1,5 +1,6 @@
-/* The dashboard page: draws every snapshot (the one embedded in the page, then each one pushed
-   over Server-Sent Events) by updating the existing elements in place. Text goes in through
+/* The dashboard page: keeps the server's view of the cluster (the one embedded in the page, then
+   patched by each "delta" pushed over Server-Sent Events: only what changed; see
+   piblade/dashboard/pageview.py) and draws it by updating the existing elements in place. Text goes in through
    textContent only, never innerHTML, so a node or job name cannot inject markup. */
 (function () {
   "use strict";
@@ -116,11 +117,10 @@
     card.node = node;
     card.root.dataset.state = node.state;
     r.state.textContent = stateText(node);
-    var sample = node.sample || {};
     var meta = [node.role || "node", node.model].filter(Boolean).join(" · ");
     r.meta.textContent = meta;
     r.temp.textContent = node.temp_c === null || node.temp_c === undefined ? "– °C" : node.temp_c.toFixed(1) + " °C";
-    r.temp.dataset.level = (node.levels || {}).temp || "none";
+    r.temp.dataset.level = node.temp_level || "none";
     r.badges.textContent = "";
     (node.throttling || []).forEach(function (flag) {
       r.badges.appendChild(h("span", "badge" + (/since boot/.test(flag) ? " past" : ""), flag));
@@ -129,24 +129,27 @@
     if (node.state === "unknown") {  // Redis cannot be read: the last numbers are not current
       Object.keys(r.bars).forEach(function (k) { setBar(r.bars[k], { value: null, level: "none" }); });
     }
-    (node.readings || []).forEach(function (reading) {
+    var readings = node.readings || {};
+    Object.keys(readings).forEach(function (key) {
+      var reading = readings[key];
       if (!reading.bar) {
         if (reading.value !== null && reading.value !== undefined) work.push(reading.label + " " + reading.text);
         return;
       }
-      if (!r.bars[reading.key]) {
-        r.bars[reading.key] = bar(reading.label);
-        r.barBox.appendChild(r.bars[reading.key].row);
+      if (!r.bars[key]) {
+        r.bars[key] = bar(reading.label);
+        r.barBox.appendChild(r.bars[key].row);
       }
-      setBar(r.bars[reading.key], reading);
+      setBar(r.bars[key], reading);
     });
-    if (sample.load_avg) work.push("load " + sample.load_avg[0].toFixed(2));
+    if (node.load1 !== null && node.load1 !== undefined) work.push("load " + node.load1.toFixed(2));
     if (node.workers) work.push(node.workers + (node.workers === 1 ? " worker" : " workers"));
-    if (node.running_jobs && node.running_jobs.length) work.push(node.running_jobs.length + " running");
+    if (node.running) work.push(node.running + " running");
     r.work.textContent = work.length ? " · " + work.join(" · ") : "";
-    if (node.up && sample.time && (!card.points.length || sample.time > card.points[card.points.length - 1].t)) {
-      card.points.push({ t: sample.time, temp_c: sample.temp_c, cpu_percent: sample.cpu_percent,
-                         mem_percent: sample.mem_percent });
+    var t = node.last_seen;
+    if (node.up && t && (!card.points.length || t > card.points[card.points.length - 1].t)) {
+      card.points.push({ t: t, temp_c: node.temp_c, cpu_percent: (readings.cpu_percent || {}).value,
+                         mem_percent: (readings.mem_percent || {}).value });
     }
   }
 
@@ -163,9 +166,10 @@
   function drawChart(card) {
     var to = now(), from = to - range;
     while (card.points.length && card.points[0].t < from) card.points.shift();
-    // A young node's few minutes of history would be a sliver at the right edge: zoom to it (10 min at least).
+    // A young node's few minutes of history would be a sliver at the right edge: the chart spans the data
+    // there is (a minute at least), and the whole range once there is that much.
     var first = card.points.length ? card.points[0].t : to;
-    var start = Math.max(from, Math.min(first, to - 600));
+    var start = Math.max(from, Math.min(first, to - 60));
     window.PibladeChart.draw(card.refs.chart, {
       from: start, to: to, gap: gapSeconds(card.points), limit: card.node && card.node.max_temp,
       label: "history of " + card.root.dataset.node,
@@ -265,16 +269,46 @@
     } },
     { label: "Duration", cls: "num duration", fill: function (td, j) { td.textContent = duration(j.seconds); } },
     { label: "Nodes", fill: function (td, j) {
-      td.textContent = Object.keys(j.nodes).sort().map(function (n) { return n + " ×" + j.nodes[n]; }).join(", ") || "–";
+      var failed = j.failed_nodes || {}, names = {};
+      Object.keys(j.nodes).concat(Object.keys(failed)).forEach(function (n) { names[n] = true; });
+      td.textContent = Object.keys(names).sort().map(function (n) {
+        var parts = [];
+        if (j.nodes[n]) parts.push("×" + j.nodes[n]);
+        if (failed[n]) parts.push(failed[n] + " failed");
+        return n + " " + parts.join(", ");
+      }).join("; ") || (j.state === "queued" ? "" : "–");
     } },
     { label: "Failure", cls: "failure", fill: function (td, j) { td.textContent = j.failure || ""; td.title = j.failure || ""; } }
   ];
 
   /* ---- the whole snapshot ---- */
 
-  function render(snap) {
+  function ordered(map, order) { return order.map(function (k) { return map[k]; }).filter(Boolean); }
+
+  /* Patches are objects merged key by key; {"$del": 1} removes a key (pageview.apply in Python). */
+  function applyPatch(target, patch) {
+    var out = Object.assign({}, target);
+    Object.keys(patch).forEach(function (k) {
+      var v = patch[k];
+      if (v && typeof v === "object" && !Array.isArray(v) && v["$del"] === 1 && Object.keys(v).length === 1) {
+        delete out[k];
+      } else if (v && typeof v === "object" && !Array.isArray(v) && out[k] && typeof out[k] === "object"
+                 && !Array.isArray(out[k])) {
+        out[k] = applyPatch(out[k], v);
+      } else {
+        out[k] = v;
+      }
+    });
+    return out;
+  }
+
+  function render(view) {
+    var snap = {
+      cluster: view.cluster, error: view.error, unknown_since: view.unknown_since, share: view.share,
+      nodes: ordered(view.nodes, view.node_order), queues: ordered(view.queues, view.queue_order),
+      jobs: ordered(view.jobs, view.job_order)
+    };
     latest = snap;
-    offset = snap.time - Date.now() / 1000;
     $("cluster").textContent = snap.cluster || "";
     var banner = $("error");
     banner.hidden = !snap.error;
@@ -326,19 +360,48 @@
     showConn();
   }
 
+  var view = null, source = null, events = 0;
+
+  function received() {
+    events += 1;
+    document.body.dataset.events = String(events);
+  }
+
+  /* A hidden tab asks for at most one event a minute; back in view, it reconnects at full speed
+     (and gets the whole view at once). */
   function connect() {
-    var source = new EventSource("/events");
-    source.addEventListener("snapshot", function (ev) { render(JSON.parse(ev.data)); });
-    source.onopen = function () { setConn("live", "live"); };
-    source.onerror = function () {
+    if (source) source.close();
+    var hidden = document.visibilityState === "hidden";
+    document.body.dataset.stream = hidden ? "slow" : "live";
+    var es = source = new EventSource(hidden ? "/events?every=60" : "/events");
+    es.addEventListener("view", function (ev) {
+      var data = JSON.parse(ev.data);
+      offset = data.time - Date.now() / 1000;
+      view = data.view;
+      received();
+      render(view);
+    });
+    es.addEventListener("delta", function (ev) {
+      view = applyPatch(view, JSON.parse(ev.data));
+      received();
+      render(view);
+    });
+    es.onopen = function () { setConn("live", "live"); };
+    es.onerror = function () {
+      if (es !== source) return;
       setConn("lost", "reconnecting…");
-      if (source.readyState !== EventSource.CLOSED) return;   // the browser retries by itself
+      if (es.readyState !== EventSource.CLOSED) return;   // the browser retries by itself
       fetch("/api/queues", { credentials: "same-origin" }).then(function (res) {
         if (res.status === 401) window.location.assign("/login");
         else setTimeout(connect, 5000);
       }).catch(function () { setTimeout(connect, 5000); });
     };
   }
+
+  document.addEventListener("visibilitychange", function () {
+    var wanted = document.visibilityState === "hidden" ? "slow" : "live";
+    if (document.body.dataset.stream !== wanted) connect();
+  });
 
   function setRange(seconds) {
     range = seconds;
@@ -361,7 +424,10 @@
     }, 150);
   });
 
-  render(JSON.parse($("initial").textContent));
+  var initial = JSON.parse($("initial").textContent);
+  offset = initial.time - Date.now() / 1000;
+  view = initial.view;
+  render(view);
   setInterval(tick, 1000);
   connect();
 })();
