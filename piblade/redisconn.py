@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import redis
 
 from piblade import envvars
 from piblade.errors import PibladeError, RedisUnavailable
 from piblade.state import read_secret
+
+if TYPE_CHECKING:  # redis-py costs ~80 ms to import: only the commands that talk to Redis pay it
+    import redis
 
 #: Environment a worker or agent is started with (systemd env file, local cluster).
 URL_ENV = envvars.REDIS_URL.name
@@ -45,6 +47,8 @@ class RedisTarget:
 
     def client(self, *, timeout: float = 10.0) -> redis.Redis:
         """A client for RQ (bytes responses), authenticated but not yet checked."""
+        import redis
+
         password = read_secret(self.password_file) if self.password_file else None
         return redis.Redis(
             host=self.host,
@@ -88,6 +92,8 @@ def target_from_env() -> RedisTarget | None:
 
 def connect(target: RedisTarget, *, timeout: float = 10.0) -> redis.Redis:
     """Connect and check with PING; translate failures into errors that say what to do."""
+    import redis
+
     client = target.client(timeout=timeout)
     try:
         client.ping()

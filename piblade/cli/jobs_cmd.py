@@ -10,7 +10,6 @@ from rich.table import Table
 
 from piblade.cli.common import InventoryOption, JsonOption, open_redis
 from piblade.cli.output import console, print_json
-from piblade.context import resolve_cluster
 
 app = typer.Typer(help="Registered jobs and their runs.", no_args_is_help=True)
 
@@ -46,6 +45,7 @@ def status(
     """Show recent runs, or one run (or task) in detail."""
     from piblade import dispatch, runs
     from piblade.cli.submit_cmd import render_status
+    from piblade.context import resolve_cluster
     from piblade.errors import NotFound
 
     cluster = resolve_cluster(inventory)
@@ -90,6 +90,7 @@ def cancel(
 ) -> None:
     """Cancel the tasks of a run that have not started yet (and with --running, stop those that have)."""
     from piblade import dispatch
+    from piblade.context import resolve_cluster
 
     result = dispatch.cancel(open_redis(resolve_cluster(inventory)), run_id, running=running)
     if as_json:
@@ -107,6 +108,7 @@ def cancel(
 def retry(run_id: str = typer.Argument(...), inventory: Path = InventoryOption) -> None:
     """Re-queue the failed tasks of a run."""
     from piblade import dispatch
+    from piblade.context import resolve_cluster
 
     count = dispatch.retry(open_redis(resolve_cluster(inventory)), run_id)
     console.print(f"run {run_id}: {count} task(s) re-queued" if count else f"run {run_id}: nothing failed")
