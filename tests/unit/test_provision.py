@@ -338,21 +338,22 @@ def test_fstab_line_replaces_only_its_mount_point(tmp_path: Path) -> None:
 def test_tags_filter_steps(ctx: roles.Context) -> None:
     steps, _ = roles.plan(ctx.cluster.node("nas1"), parse_facts(PI_FACTS), ctx, _wheelhouse())
     assert {s.name for s in roles.filter_tags(steps, frozenset({"samba"}))} == {
-        "packages: samba", "directory /srv/data", "file /etc/samba/smb.conf", "samba user piblade", "service smbd"}
+        "packages: samba samba-vfs-modules", "directory /srv/data", "file /etc/samba/smb.conf", "samba user piblade", "service smbd"}
 
 
 def test_a_host_plan_is_a_value_decided_by_its_probes(ctx: roles.Context) -> None:
     plan = host_plan(ctx.cluster.node("nas1"), parse_facts(PI_FACTS), ctx, _wheelhouse(), frozenset({"samba"}))
-    assert [s.name for s in plan.steps] == ["packages: samba", "directory /srv/data", "file /etc/samba/smb.conf",
+    assert [s.name for s in plan.steps] == ["packages: samba samba-vfs-modules", "directory /srv/data", "file /etc/samba/smb.conf",
                                             "samba user piblade", "service smbd"]
     assert plan.decisions is None  # built from the facts, before any probe
     assert plan.notes == ("data: directory /srv/data (set piblade_nas_device to mount a USB disk there)",)
     conf = next(s for s in plan.steps if isinstance(s, File))
-    as_provisioned = ["samba installed", "piblade:piblade:2775", f"{conf.digest}\nroot:root:644:9\n",
+    as_provisioned = ["samba installed\nsamba-vfs-modules installed", "piblade:piblade:2775",
+                      f"{conf.digest}\nroot:root:644:9\n",
                       "present\n" + hashlib.sha256(b"smbpw").hexdigest(), "enabled\nactive"]
     quiet = plan.decide(as_provisioned)
     assert quiet.changes == () and [ok(d) for d in quiet.outcome] == [
-        "samba is installed", "directory /srv/data is piblade:piblade 2775",
+        "samba, samba-vfs-modules are installed", "directory /srv/data is piblade:piblade 2775",
         "file /etc/samba/smb.conf matches (root:root 644)", "Samba user piblade exists with the cluster's password",
         "smbd is enabled and running"]
     # A hand-made drift in smb.conf: the file is updated and smbd, which runs, restarted.
