@@ -28,12 +28,24 @@ def list_jobs(as_json: bool = JsonOption) -> None:
             for s in registry
         ])
         return
+    from rich.padding import Padding
+    from rich.text import Text
+
+    # Grids, so a line that wraps goes on under its own text (not back at column 0) in any width.
     for spec in registry:
-        console.print(f"[bold]{spec.name}[/] — {spec.summary}")
+        head = Table.grid(padding=(0, 1))
+        head.add_column(no_wrap=True)
+        head.add_column()
+        head.add_row(Text(f"{spec.name} —", style="bold"), Text(spec.summary))
+        console.print(head)
+        params = Table.grid(padding=(0, 1))
+        params.add_column(no_wrap=True)
+        params.add_column()
         for p in spec.params:
             default = "required" if p.required else f"default {p.default!r}"
             bounds = f", {p.describe_bounds()}" if p.describe_bounds() else ""
-            console.print(f"    {p.name}: {p.type_name} ({default}{bounds}) {p.help}", markup=False)
+            params.add_row(Text(f"{p.name}:"), Text(f"{p.type_name} ({default}{bounds}) {p.help}"))
+        console.print(Padding(params, (0, 0, 0, 4), expand=False))
 
 
 @app.command("status")

@@ -16,6 +16,7 @@ from piblade.healthmodel import READINGS, Level, human_bytes, reading
 
 if TYPE_CHECKING:
     from rich.console import Group
+    from rich.table import Table
 
     from piblade.clusterstatus import ClusterStatus, NodeStatus
 
@@ -63,37 +64,75 @@ def _throttling(node: NodeStatus) -> str:
     return ", ".join(f"[yellow]{label}[/]" if label.endswith("since boot") else f"[red]{label}[/]" for label in labels)
 
 
-def render(status: ClusterStatus) -> Group:
-    from rich.console import Group
+_LEFT = ("node", "role", "state", "throttling", "paused")
+
+
+def _nodes_table(status: ClusterStatus, compact: bool) -> Table:
+    """The node table; ``compact`` is for a narrow terminal (80 columns): one space between columns and
+    no inner rules, roles and throttling flags wrap at their commas, a pause's reason goes below the
+    table (:func:`render`), and no header or node name is ever cut."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     title = f"cluster {status.name}" if status.name else "nodes"
-    nodes = Table(title=title, title_justify="left")
+    style = {"box": box.SIMPLE_HEAD, "show_edge": False, "padding": 0} if compact else {}
+    nodes = Table(title=title, title_justify="left", **style)  # type: ignore[arg-type]
     # Every reading of the health model gets a column: the percentages always, the
     # others (a fan, say) only when some node reports them.
     shown = [r for r in READINGS if r.bar or any(n.reading(r) is not None for n in status.nodes)]
-    columns = ["node", "role", "state", "temp", "throttling", *(r.label.lower() for r in shown), "jobs", "paused"]
+    columns = ["node", "role", "state", "temp", "throttling", *(r.label.lower() for r in shown), "jobs"]
+    if not compact:
+        columns.append("paused")
+    words = {
+        "node": [n.name for n in status.nodes],
+        "role": [w for n in status.nodes for w in (n.role or "-").split(",")],
+        "throttling": [label + "," for n in status.nodes for label in n.throttling],
+        "state": ["paused"] if any(n.paused for n in status.nodes) else [],
+    }
     for column in columns:
-        nodes.add_column(column, justify="left" if column in ("node", "role", "state", "throttling", "paused")
-                         else "right")
+        longest = max((len(w) for w in words.get(column, ()) if w), default=0)
+        nodes.add_column(
+            column,
+            justify="left" if column in _LEFT else "right",
+            no_wrap=column not in ("role", "state", "throttling", "paused"),
+            min_width=max(len(column), longest) if compact else None,
+        )
+    joiner = ", " if compact else ","
     for node in status.nodes:
-        if node.up:
-            state = "[green]up[/]"
-        else:
+        if not node.up:
             state = f"[bold red]down[/] [dim]({ago(node.seen_ago)})[/]"
+        elif compact and node.paused:
+            state = "[bold yellow]paused[/]"
+        else:
+            state = "[green]up[/]"
+        paused = [f"[bold yellow]paused: {escape(node.paused)}[/]" if node.paused else ""] if not compact else []
         nodes.add_row(
             escape(node.name),
-            escape(node.role or "-"),
+            escape(joiner.join((node.role or "-").split(","))),
             state,
             _temp(node),
             _throttling(node),
             *(_reading(node, r.key) for r in shown),
             str(len(node.running_jobs)) if node.up or node.running_jobs else "-",
-            f"[bold yellow]paused: {escape(node.paused)}[/]" if node.paused else "",
+            *paused,
         )
     if not status.nodes:
         nodes.add_row("[dim]no node has sent a heartbeat yet[/]", *[""] * (len(columns) - 1))
+    return nodes
+
+
+def render(status: ClusterStatus) -> Group:
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    nodes = _nodes_table(status, compact=False)
+    wide = Measurement.get(console, console.options.update_width(10_000), nodes).maximum
+    compact = wide > console.width
+    if compact:
+        nodes = _nodes_table(status, compact=True)
     queues = Table(title="queues", title_justify="left")
     for column in ("queue", "queued", "started", "failed", "workers"):
         queues.add_column(column, justify="left" if column == "queue" else "right")
@@ -101,7 +140,11 @@ def render(status: ClusterStatus) -> Group:
         failed = f"[red]{q.failed}[/]" if q.failed else "0"
         workers = f"[yellow]{q.workers}[/]" if q.workers == 0 else str(q.workers)
         queues.add_row(escape(q.name), str(q.queued), str(q.started), failed, workers)
-    parts: list[Table | str] = [nodes, queues]
+    parts: list[Table | str] = [nodes]
+    if compact:
+        parts += [f"[bold yellow]paused:[/] {escape(n.name)} ({escape(n.paused)})" for n in status.nodes
+                  if n.paused and n.up]
+    parts.append(queues)
     share = status.share
     if share is not None:
         parts.append(

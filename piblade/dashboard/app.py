@@ -59,7 +59,8 @@ def create_app(source: SnapshotSource, settings: DashboardSettings) -> Starlette
         Route("/logout", views.logout, methods=["POST"]),
         Route("/healthz", views.healthz, methods=["GET"]),
         Route("/api/nodes", api.nodes, methods=["GET"]),
-        Route("/api/nodes/{name}/history", api.history, methods=["GET"]),
+        # path: a node name may hold "/" (the page sends it %2F-encoded, which arrives decoded).
+        Route("/api/nodes/{name:path}/history", api.history, methods=["GET"]),
         Route("/api/queues", api.queues, methods=["GET"]),
         Route("/api/jobs", api.jobs, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),

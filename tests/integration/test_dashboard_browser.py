@@ -123,6 +123,10 @@ def dashboard(redis_server: RedisServer, conn: redis.Redis, workers: WorkerPool,
         dispatch.wait(conn, record.id, timeout=60)
     beats = Heartbeats(conn)
     beats.start()
+    now = time.time()
+    for i in range(8, -1, -1):  # a node two minutes old, named with a slash
+        healthstore.publish(conn, "rack-2/pi-young", fake_sample("rack-2/pi-young", temp=45 + i, cpu=10 + i * 5,
+                                                                 t=now - i * 15), interval=60, role="worker")
     port = local.free_port()
     state = tmp_path / "state"
     env = dict(
@@ -221,6 +225,21 @@ def test_dashboard_in_chromium(dashboard: dict, tmp_path: Path) -> None:
             assert "test failure: disk on fire" in page.locator("#jobs").inner_text()
             page.wait_for_timeout(600)  # let the bars' transitions finish for the picture
             page.screenshot(path=str(tmp_path / "dashboard-desktop.png"), full_page=True)
+
+            # What a user sees: number headers over their numbers, whole run ids, where a failed run ran,
+            # a young node's chart across the chart (not a sliver at the right), a chart for a name with "/".
+            for th in page.locator("table.rows th.num").all():
+                assert th.evaluate("e => getComputedStyle(e).textAlign") == "right"
+            assert page.locator("#jobs td.mono").first.evaluate("e => getComputedStyle(e).whiteSpace") == "nowrap"
+            failed_row = page.locator("#jobs tbody tr", has=page.locator('.pill[data-state="failed"]'))
+            assert "testnode" in failed_row.locator('td[data-label="Nodes"]').inner_text()
+            page.wait_for_selector('.node[data-node="rack-2/pi-young"] .chart svg path.line', timeout=10_000)
+            span = page.locator('.node[data-node="rack-2/pi-young"] .chart svg').evaluate(
+                """svg => { const xs = [...svg.querySelectorAll('path.line')].flatMap(p =>
+                              [...p.getAttribute('d').matchAll(/[ML]([0-9.]+) /g)].map(m => Number(m[1])));
+                            return (Math.max(...xs) - Math.min(...xs)) / svg.getBoundingClientRect().width; }"""
+            )
+            assert span > 0.6, f"a young node's history covers only {span:.0%} of its chart"
 
             # Events keep arriving one by one (deltas, gzip flushed per event), not in a burst at the end.
             seen = int(page.evaluate("document.body.dataset.events || '0'"))
