@@ -71,8 +71,33 @@ def transfer_progress(label: str, total: int, quiet: bool) -> Iterator[Callable[
 
 def _summary(report: Any, where: str) -> str:
     rate = f" ({human(report.rate)}/s)" if report.bytes else ""
-    return (f"{report.direction} {where}: {report.copied} file(s) copied ({human(report.bytes)}), "
+    resumed = f", {human(report.resumed)} kept from an interrupted copy" if report.resumed else ""
+    return (f"{report.direction} {where}: {report.copied} file(s) copied ({human(report.bytes)}{resumed}), "
             f"{report.skipped} already there, in {report.seconds:.2f}s{rate}")
+
+
+@contextmanager
+def _stoppable(direction: str) -> Iterator[None]:
+    """Ctrl-C, SIGTERM (systemd, kill) and SIGHUP (a closed terminal) stop a copy the same way.
+
+    Each raises KeyboardInterrupt where the copy is, so the part being written
+    and its resume record are left consistent, and the same command resumes.
+    """
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(f"{direction} interrupted: what was copied is kept; run the same command again to resume",
+                          highlight=False)
+        raise typer.Exit(130) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command("ls")
@@ -87,7 +112,7 @@ def ls(
 ) -> None:
     """List a directory on the share."""
     from piblade.nas.errors import RemoteNotFound
-    from piblade.nas.paths import share_path
+    from piblade.nas.paths import is_temp_name, share_path
 
     target = share_path(path)
     with _share(inventory, server, share, user, no_encrypt) as opened:
@@ -95,6 +120,8 @@ def ls(
         if target and entry is None:
             raise RemoteNotFound(f"{target}: no such file or directory on {opened.description}")
         entries = [entry] if entry is not None and not entry.is_dir else opened.scandir(target)
+        # Parts of copies in progress (or interrupted, to be resumed) are not files of the share.
+        entries = [e for e in entries if not is_temp_name(e.name)]
         entries.sort(key=lambda e: (not e.is_dir, e.name))
         if as_json:
             print_json([e.to_dict() for e in entries])
@@ -121,7 +148,7 @@ def put(
     """Copy a file or a whole directory to the share; files already there are skipped."""
     from piblade.nas import transfer
 
-    with _share(inventory, server, share, user, no_encrypt) as opened:
+    with _stoppable("put"), _share(inventory, server, share, user, no_encrypt) as opened:
         plan = transfer.plan_put(opened, local, dest, checksum=checksum)
         with transfer_progress("put", plan.bytes_to_copy, as_json or not plan.to_copy) as progress:
             report = transfer.run_put(opened, plan, progress)
@@ -148,7 +175,7 @@ def get(
     """Copy a file or a whole directory from the share; files already here are skipped."""
     from piblade.nas import transfer
 
-    with _share(inventory, server, share, user, no_encrypt) as opened:
+    with _stoppable("get"), _share(inventory, server, share, user, no_encrypt) as opened:
         plan = transfer.plan_get(opened, remote, local, checksum=checksum)
         with transfer_progress("get", plan.bytes_to_copy, as_json or not plan.to_copy) as progress:
             report = transfer.run_get(opened, plan, progress)

@@ -129,8 +129,8 @@ def _drain(inflight: collections.deque[Any], recv: Callable[[Any], Any]) -> None
 Reader = tuple[Callable[[int, int, int], Any], Callable[[Any], Any]]  # (send(offset, length, charge), answer(request))
 
 
-def read_into(fd: Any, sink: BinaryIO, size: int, progress: Progress) -> int:
-    """Copy ``size`` bytes of the open file ``fd`` (an smbprotocol ``Open``) into ``sink``.
+def read_into(fd: Any, sink: BinaryIO, size: int, progress: Progress, start: int = 0) -> int:
+    """Copy bytes ``[start, size)`` of the open file ``fd`` (an smbprotocol ``Open``) into ``sink``.
 
     Up to DEPTH READ requests are in flight. With the :class:`LeanReceiver` on
     the connection (encrypted AES-GCM sessions) the data reaches ``sink`` as a
@@ -140,10 +140,10 @@ def read_into(fd: Any, sink: BinaryIO, size: int, progress: Progress) -> int:
     chunk = min(CHUNK, conn.max_read_size)
     receiver = receiver_of(conn)
     send, answer = _lean_reader(fd, receiver) if receiver is not None else _generic_reader(fd)
-    if receiver is not None and size > SMALL_FILE:  # buffers for the answers in flight and one being written
-        receiver.spare = [bytearray(min(chunk, size) + _ANSWER_HEAD + _BLOCK) for _ in range(DEPTH + 1)]
+    if receiver is not None and size - start > SMALL_FILE:  # buffers for the answers in flight and one being written
+        receiver.spare = [bytearray(min(chunk, size - start) + _ANSWER_HEAD + _BLOCK) for _ in range(DEPTH + 1)]
     inflight: collections.deque[tuple[Any, int]] = collections.deque()
-    offset = done = 0
+    offset, done = start, 0
     try:
         while offset < size or inflight:
             while offset < size and len(inflight) < DEPTH:
@@ -237,8 +237,8 @@ def _lean_ok(fd: Any) -> bool:
     )
 
 
-def write_from(fd: Any, source: BinaryIO, size: int, progress: Progress) -> int:
-    """Write ``size`` bytes from ``source`` to the open file ``fd`` from offset 0.
+def write_from(fd: Any, source: BinaryIO, size: int, progress: Progress, start: int = 0) -> int:
+    """Write bytes ``[start, size)`` read from ``source`` (positioned at ``start``) to the open file ``fd``.
 
     Up to DEPTH WRITE requests are in flight; each is filled from ``source``
     and sent by the lean sender (our own encryption, no copies) when the
@@ -248,7 +248,7 @@ def write_from(fd: Any, source: BinaryIO, size: int, progress: Progress) -> int:
     chunk = min(CHUNK, conn.max_write_size)
     send = _lean_sender(fd, chunk) if _lean_ok(fd) else _generic_sender(fd, chunk)
     inflight: collections.deque[tuple[Any, int]] = collections.deque()
-    offset = done = 0
+    offset, done = start, 0
     try:
         while offset < size or inflight:
             while offset < size and len(inflight) < DEPTH:

@@ -92,15 +92,26 @@ class Share(Protocol):
     def disk_usage(self) -> DiskUsage: ...
 
     def write_file(
-        self, path: str, source: BinaryIO, size: int, progress: Progress, mtime_ns: int | None = None
+        self, path: str, source: BinaryIO, size: int, progress: Progress, mtime_ns: int | None = None,
+        *, part: str | None = None, start: int = 0,
     ) -> None:
-        """Write ``size`` bytes to a temporary name, stamp ``mtime_ns``, rename over ``path``."""
+        """Write ``size`` bytes to a temporary name, stamp ``mtime_ns``, rename over ``path``.
+
+        ``part``: the temporary name of a resumable upload, kept on failure; ``start``: where to go on in it.
+        """
         ...
 
     def read_file(
-        self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None
+        self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None, *, start: int = 0
     ) -> tuple[int, int]:
-        """Copy ``path`` into ``sink``; return (bytes, modification time in ns). ``size_hint``: from a listing."""
+        """Copy ``path`` from byte ``start`` into ``sink``; return (size, modification time in ns).
+
+        ``size_hint``: the size a listing showed.
+        """
+        ...
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of ``path``."""
         ...
 
 
@@ -182,14 +193,17 @@ class LocalShare:
         return DiskUsage(usage.total, usage.free)
 
     def write_file(
-        self, path: str, source: BinaryIO, size: int, progress: Progress, mtime_ns: int | None = None
+        self, path: str, source: BinaryIO, size: int, progress: Progress, mtime_ns: int | None = None,
+        *, part: str | None = None, start: int = 0,
     ) -> None:
-        tmp = self._p(temp_name(path))
+        tmp = self._p(part or temp_name(path))
 
         def copy() -> None:
             try:
-                with open(tmp, "wb") as out:
-                    remaining = size
+                with open(tmp, "r+b" if start else "wb") as out:
+                    out.seek(start)
+                    out.truncate()
+                    remaining = size - start
                     while remaining > 0:
                         block = source.read(min(CHUNK, remaining))
                         if not block:
@@ -201,21 +215,35 @@ class LocalShare:
                     os.utime(tmp, ns=(mtime_ns, mtime_ns))
                 os.replace(tmp, self._p(path))
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                if part is None:
+                    tmp.unlink(missing_ok=True)
                 raise
 
         self._call(path, copy)
 
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        data = b""
+
+        def read() -> None:
+            nonlocal data
+            with open(self._p(path), "rb") as src:
+                src.seek(offset)
+                data = src.read(length)
+
+        self._call(path, read)
+        return data
+
     def read_file(
-        self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None
+        self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None, *, start: int = 0
     ) -> tuple[int, int]:
-        total = 0
+        total = start
         mtime_ns = 0
 
         def copy() -> None:
             nonlocal total, mtime_ns
             with open(self._p(path), "rb") as src:
                 mtime_ns = os.fstat(src.fileno()).st_mtime_ns
+                src.seek(start)
                 while block := src.read(CHUNK):
                     sink.write(block)
                     total += len(block)

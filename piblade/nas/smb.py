@@ -296,8 +296,14 @@ class SmbShare:
             volume = smbclient.stat_volume(self._unc(""), **self._kw())
         return DiskUsage(int(volume.total_size), int(volume.caller_available_size))
 
-    def write_file(self, path: str, source: BinaryIO, size: int, progress: Progress, mtime_ns: int | None = None) -> None:
+    def write_file(self, path: str, source: BinaryIO, size: int, progress: Progress, mtime_ns: int | None = None,
+                   *, part: str | None = None, start: int = 0) -> None:
         """Write ``size`` bytes to a temporary sibling, then stamp ``mtime_ns`` and rename it over ``path``.
+
+        ``part`` names that sibling for a resumable upload (``piblade.nas.resume``):
+        with ``start`` > 0 the existing part is written on from there, and a
+        failure leaves it in place for the next attempt. Without ``part`` the
+        sibling has a random name and is removed on failure.
 
         The time stamp and the rename travel with the CLOSE in one compound
         request on the same handle, and a file of SMALL_FILE (1 MiB) or less is sent in
@@ -306,13 +312,13 @@ class SmbShare:
         interrupted upload leaves at most the hidden temporary file, never a
         partial file under ``path``; a failure seen here removes that too.
         """
-        tmp = temp_name(path)
+        tmp = part or temp_name(path)
         with self._errors(path):
-            raw = SMBFileIO(self._unc(tmp), mode="wb", share_access="rwd", desired_access=_UPLOAD_ACCESS,
-                            **self._kw())
+            raw = SMBFileIO(self._unc(tmp), mode="r+b" if start else "wb", share_access="rwd",
+                            desired_access=_UPLOAD_ACCESS, **self._kw())
             done = False
             try:
-                if size <= _wire.SMALL_FILE:
+                if size <= _wire.SMALL_FILE and not start:
                     data = source.read(size) if size else b""
                     if len(data) != size:
                         raise _wire.ShortTransfer("the local file became shorter while being sent")
@@ -326,7 +332,7 @@ class SmbShare:
                     progress(size)
                 else:
                     raw.open()
-                    _wire.write_from(raw.fd, source, size, progress)
+                    _wire.write_from(raw.fd, source, size, progress, start=start)
                 with SMBFileTransaction(raw) as transaction:
                     if mtime_ns is not None:
                         basic = FileBasicInformation()
@@ -342,19 +348,31 @@ class SmbShare:
                 if not raw.closed:
                     with contextlib.suppress(Exception):
                         raw.close()
-                if not done:
+                if not done and part is None:
                     with contextlib.suppress(Exception):
                         smbclient.remove(self._unc(tmp), **self._kw())
 
-    def read_file(self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None) -> tuple[int, int]:
-        """Copy the file at ``path`` into ``sink``; return its size and modification time (ns).
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of ``path``: what a resumed upload checks its part by."""
+        with self._errors(path), smbclient.open_file(self._unc(path), mode="rb", share_access="rwd",
+                                                     **self._kw()) as opened:
+            opened.seek(offset)
+            chunks = []
+            while length > 0 and (data := opened.read(min(length, 1 << 20))):
+                chunks.append(data)
+                length -= len(data)
+            return b"".join(chunks)
+
+    def read_file(self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None,
+                  *, start: int = 0) -> tuple[int, int]:
+        """Copy the file at ``path`` (from byte ``start``) into ``sink``; return its size and modification time (ns).
 
         With a ``size_hint`` of SMALL_FILE (1 MiB) or less (the size a listing showed),
         CREATE, READ and CLOSE go in one compound request: one round trip. If
         the file turns out to have another size, it is read again the normal way.
         """
         with self._errors(path):
-            if size_hint is not None and size_hint <= _wire.SMALL_FILE:
+            if size_hint is not None and size_hint <= _wire.SMALL_FILE and not start:
                 raw = SMBFileIO(self._unc(path), mode="rb", share_access="rw", **self._kw())
                 transaction = SMBFileTransaction(raw)
                 if size_hint:
@@ -367,4 +385,4 @@ class SmbShare:
                     return len(data), _ns(raw.fd.last_write_time)
             with smbclient.open_file(self._unc(path), mode="rb", buffering=0, share_access="rw", **self._kw()) as opened:
                 size, mtime_ns = int(opened.fd.end_of_file), _ns(opened.fd.last_write_time)
-                return _wire.read_into(opened.fd, sink, size, progress), mtime_ns
+                return start + _wire.read_into(opened.fd, sink, size, progress, start=start), mtime_ns

@@ -12,7 +12,10 @@ running it twice is harmless):
 A file counts as *already there* when sizes match and modification times are
 within :data:`MTIME_WINDOW` (copies keep the source's time), or with
 ``checksum=True`` when the SHA-256 of both sides match. Every copy goes to a
-hidden temporary name and is renamed over the real one when complete.
+hidden temporary name and is renamed over the real one when complete; a copy
+larger than one resume block that was interrupted (Ctrl-C, SIGTERM, SIGHUP,
+SIGKILL, a lost network) goes on where it stopped next time
+(:mod:`piblade.nas.resume`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from piblade.nas import resume as resumes
 from piblade.nas.errors import NasError, RemoteExists, RemoteNotFound
 from piblade.nas.paths import is_temp_name, join, name, parent, share_path
 from piblade.nas.share import RemoteEntry, Share
@@ -46,6 +51,8 @@ class FileCopy:
     dest: str
     size: int
     skip: str | None = None
+    #: The source's modification time, for a get: a resumed download checks it is unchanged.
+    mtime_ns: int = 0
 
 
 @dataclass(slots=True)
@@ -72,6 +79,8 @@ class TransferReport:
     skipped: int
     bytes: int
     seconds: float
+    #: Bytes an interrupted copy had already moved, kept instead of sent again.
+    resumed: int = 0
 
     @property
     def rate(self) -> float:
@@ -79,7 +88,8 @@ class TransferReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"direction": self.direction, "files": self.files, "copied": self.copied, "skipped": self.skipped,
-                "bytes": self.bytes, "seconds": round(self.seconds, 3), "bytes_per_second": round(self.rate)}
+                "bytes": self.bytes, "resumed_bytes": self.resumed, "seconds": round(self.seconds, 3),
+                "bytes_per_second": round(self.rate)}
 
 
 def sha256_local(path: Path) -> str:
@@ -180,19 +190,21 @@ def plan_put(share: Share, local: Path, dest: str | None = None, *, checksum: bo
             elif _same(info.st_size, info.st_mtime_ns, there.size, there.mtime_ns):
                 skip = "same size and time"
         plan.files.append(FileCopy(str(path), remote, info.st_size, skip))
+    ours = {resumes.upload_part(f.dest) for f in plan.files}  # resumed, not removed
     for directory, listing in listings.items():
         plan.stale += [join(directory, e.name) for e in listing.values()
-                       if not e.is_dir and is_temp_name(e.name) and now - e.mtime_ns > STALE_TEMP_NS]
+                       if not e.is_dir and is_temp_name(e.name) and now - e.mtime_ns > STALE_TEMP_NS
+                       and join(directory, e.name) not in ours]
     return plan
 
 
-def run_put(share: Share, plan: TransferPlan, progress: Progress) -> TransferReport:
+def run_put(share: Share, plan: TransferPlan, progress: Progress, *, resume: bool = True) -> TransferReport:
     started = time.perf_counter()
     made: set[str] = set()
     for directory in plan.dirs:
         share.makedirs(directory)
         made.add(directory)
-    moved = 0
+    moved = kept = 0
     for item in plan.to_copy:
         folder = parent(item.dest)
         if folder not in made:
@@ -200,14 +212,50 @@ def run_put(share: Share, plan: TransferPlan, progress: Progress) -> TransferRep
             made.add(folder)
         with open(item.source, "rb", buffering=0) as fh:
             info = os.fstat(fh.fileno())  # the file as it is now, not as planned
-            share.write_file(item.dest, fh, info.st_size, progress, mtime_ns=info.st_mtime_ns)
-        moved += info.st_size
+            start = _put_one(share, item, fh, info, progress) if resume else None
+            if start is None:  # small, or another copy of it is running: a fresh, private part
+                share.write_file(item.dest, fh, info.st_size, progress, mtime_ns=info.st_mtime_ns)
+                start = 0
+        moved += info.st_size - start
+        kept += start
     for leftover in plan.stale:
         try:
             share.remove(leftover)
         except NasError:
             pass  # another upload may still own it; it is hidden either way
-    return _report(plan, moved, started)
+    return _report(plan, moved, started, kept)
+
+
+def _put_one(share: Share, item: FileCopy, fh: BinaryIO, info: os.stat_result, progress: Progress) -> int | None:
+    """Upload through this machine's resumable part; return where it went on from, or None to copy plainly."""
+    if info.st_size <= resumes.BLOCK:
+        return None
+    slot = resumes.Slot(f"put {share.description} {item.dest}")
+    if not slot.acquire():
+        return None
+    with slot:
+        part = resumes.upload_part(item.dest)
+        source = str(Path(item.source).resolve())
+        there = share.stat(part)
+        start = resumes.good_prefix(slot.load(), source, info.st_size, info.st_mtime_ns,
+                                    there.size if there is not None else None,
+                                    lambda offset, n: share.read_range(part, offset, n))
+        record = slot.load() if start else None
+        if record is None:
+            record = resumes.Record(source, info.st_size, info.st_mtime_ns)
+            slot.save(record)
+        recorder = resumes.Recorder(slot, record)
+        fh.seek(start)
+        progress(start)
+
+        def acknowledged(n: int) -> None:
+            recorder.acknowledged(n)
+            progress(n)
+
+        share.write_file(item.dest, resumes.HashingReader(fh, recorder.feed),  # type: ignore[arg-type]
+                         info.st_size, acknowledged, mtime_ns=info.st_mtime_ns, part=part, start=start)
+        slot.clear()
+    return start
 
 
 # --------------------------------------------------------------------------- get
@@ -268,18 +316,23 @@ def plan_get(share: Share, remote: str, local: Path | None = None, *, checksum: 
                 skip = "same SHA-256" if sha256_local(target) == sha256_remote(share, item.path) else None
             elif _same(info.st_size, info.st_mtime_ns, item.size, item.mtime_ns):
                 skip = "same size and time"
-        plan.files.append(FileCopy(item.path, str(target), item.size, skip))
+        plan.files.append(FileCopy(item.path, str(target), item.size, skip, item.mtime_ns))
     return plan
 
 
-def run_get(share: Share, plan: TransferPlan, progress: Progress) -> TransferReport:
+def run_get(share: Share, plan: TransferPlan, progress: Progress, *, resume: bool = True) -> TransferReport:
     started = time.perf_counter()
     for directory in plan.dirs:
         Path(directory).mkdir(parents=True, exist_ok=True)
-    moved = 0
+    moved = kept = 0
     for item in plan.to_copy:
         target = Path(item.dest)
         target.parent.mkdir(parents=True, exist_ok=True)
+        got = _get_one(share, item, target, progress) if resume else None
+        if got is not None:
+            moved += got[0]
+            kept += got[1]
+            continue
         tmp = target.with_name(f".{target.name}.piblade-{os.getpid()}.part")
         try:
             with open(tmp, "wb") as fh:
@@ -290,13 +343,53 @@ def run_get(share: Share, plan: TransferPlan, progress: Progress) -> TransferRep
             tmp.unlink(missing_ok=True)
             raise
         moved += size
-    return _report(plan, moved, started)
+    return _report(plan, moved, started, kept)
 
 
-def _report(plan: TransferPlan, moved: int, started: float) -> TransferReport:
+def _get_one(share: Share, item: FileCopy, target: Path, progress: Progress) -> tuple[int, int] | None:
+    """Download through this machine's resumable part; return (bytes moved, bytes kept), or None to copy plainly."""
+    if item.size <= resumes.BLOCK:
+        return None
+    slot = resumes.Slot(f"get {share.description} {item.source} {target.resolve()}")
+    if not slot.acquire():
+        return None
+    with slot:
+        part = resumes.download_part(target)
+        source = f"{share.description}/{item.source}"
+
+        def read_block(offset: int, n: int) -> bytes:
+            with open(part, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(n)
+
+        start = resumes.good_prefix(slot.load(), source, item.size, item.mtime_ns,
+                                    part.stat().st_size if part.exists() else None, read_block)
+        record = slot.load() if start else None
+        if record is None:
+            record = resumes.Record(source, item.size, item.mtime_ns)
+            slot.save(record)
+        recorder = resumes.Recorder(slot, record)
+        progress(start)
+
+        def arrived(n: int) -> None:
+            recorder.acknowledged(n)
+            progress(n)
+
+        with open(part, "r+b" if start else "wb") as fh:
+            fh.truncate(start)
+            fh.seek(start)
+            size, mtime_ns = share.read_file(item.source, resumes.HashingWriter(fh, recorder.feed),  # type: ignore[arg-type]
+                                             arrived, size_hint=item.size, start=start)
+        os.utime(part, ns=(mtime_ns, mtime_ns))
+        os.replace(part, target)
+        slot.clear()
+    return size - start, start
+
+
+def _report(plan: TransferPlan, moved: int, started: float, kept: int = 0) -> TransferReport:
     copied = len(plan.to_copy)
     return TransferReport(plan.direction, len(plan.files), copied, len(plan.files) - copied, moved,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, kept)
 
 
 def remove(share: Share, path: str, *, recursive: bool = False) -> int:
