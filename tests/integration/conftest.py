@@ -65,6 +65,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
                 raise
             time.sleep(0.05)
     yield RedisServer(target, admin, proc, paths)
+    admin.close()  # left to the garbage collector, its socket is a ResourceWarning at the end of the session
     proc.terminate()
     proc.wait(timeout=20)
 

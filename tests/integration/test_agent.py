@@ -377,10 +377,16 @@ def test_gather_counts_running_jobs_per_node_and_reads_the_share(
 
 def test_status_watch_json_streams_until_ctrl_c(redis_server: RedisServer, conn: redis.Redis, tmp_path: Path) -> None:
     healthstore.publish(conn, "pi1.test", {"node": "pi1.test", "temp_c": 40.0}, interval=30, role="workers")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "piblade", "status", "--watch", "--json", "--every", "0.2"],
-        env=worker_env(redis_server, tmp_path / "state"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    # Ctrl-C as at a terminal: a suite started in the background (`make test &`) has SIGINT
+    # ignored, the child would inherit that, and Python then never raises KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "piblade", "status", "--watch", "--json", "--every", "0.2"],
+            env=worker_env(redis_server, tmp_path / "state"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         lines = [json.loads(proc.stdout.readline()) for _ in range(3)]  # type: ignore[union-attr]
         assert all(doc["nodes"][0]["name"] == "pi1.test" and doc["nodes"][0]["up"] for doc in lines)
