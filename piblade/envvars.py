@@ -4,8 +4,9 @@ The inventory's ``piblade_*`` settings have their table in
 :data:`piblade.inventory.SETTINGS`; this is the same for the environment. The
 code reads each variable through :meth:`EnvVar.get` (or names it by
 ``EnvVar.name``), ``docs/settings.md`` is rendered from both tables by
-``python -m piblade.envvars``, and tests check that every ``PIBLADE_*`` name in
-the code is declared here and that the document is current.
+``python -m piblade.settingsdoc``, and tests check that every ``PIBLADE_*`` name
+in the code is declared here and that the document is current. This module
+imports nothing of piblade: everything may import it.
 """
 
 from __future__ import annotations
@@ -99,40 +100,3 @@ ENV: tuple[EnvVar, ...] = tuple(v for v in globals().values() if isinstance(v, E
 
 def declared(name: str) -> EnvVar:
     return next(v for v in ENV if v.name == name)
-
-
-def render_markdown() -> str:
-    """docs/settings.md: the inventory's settings and the environment's, from their tables."""
-    from piblade.inventory import SETTINGS
-
-    def cell(text: object) -> str:
-        return str(text).replace("|", "\\|")
-
-    lines = [
-        "# Settings",
-        "",
-        "Rendered from `piblade.inventory.SETTINGS` and `piblade.envvars.ENV` by",
-        "`python -m piblade.envvars > docs/settings.md`; a test keeps it current.",
-        "",
-        "## Inventory variables (`piblade_*`, host or group vars)",
-        "",
-        "| name | type | default | scope | what it does |",
-        "|---|---|---|---|---|",
-    ]
-    for s in SETTINGS:
-        default = "" if s.default is None else ", ".join(s.default) if isinstance(s.default, tuple) else s.default
-        lines.append(f"| `{s.name}` | {s.type} | {cell(default)} | {s.scope} | {cell(s.help)} |")
-    lines += [
-        "",
-        "## Environment variables (`PIBLADE_*`)",
-        "",
-        "| name | default | read by | what it does |",
-        "|---|---|---|---|",
-    ]
-    for v in ENV:
-        lines.append(f"| `{v.name}` | {cell(v.default)} | {cell(v.read_by)} | {cell(v.help)} |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(render_markdown(), end="")

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from piblade import envvars
-from piblade.envvars import ENV, render_markdown
+from piblade.envvars import ENV
+from piblade.settingsdoc import render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 #: PIBLADE_* names that are Python identifiers, not environment variables.
@@ -52,4 +53,4 @@ def test_each_variable_says_what_it_does_and_who_reads_it() -> None:
 
 def test_the_settings_document_is_rendered_from_the_tables() -> None:
     doc = (ROOT / "docs" / "settings.md").read_text()
-    assert doc == render_markdown(), "run `python -m piblade.envvars > docs/settings.md`"
+    assert doc == render_markdown(), "run `python -m piblade.settingsdoc > docs/settings.md`"
