@@ -76,21 +76,45 @@ def _summary(report: Any, where: str) -> str:
             f"{report.skipped} already there, in {report.seconds:.2f}s{rate}")
 
 
-@contextmanager
-def _stoppable(direction: str) -> Iterator[None]:
+class _Stop:
     """Ctrl-C, SIGTERM (systemd, kill) and SIGHUP (a closed terminal) stop a copy the same way.
 
-    Each raises KeyboardInterrupt where the copy is, so the part being written
-    and its resume record are left consistent, and the same command resumes.
+    While bytes are moving, a signal only asks to stop: the copy stops after the
+    request in flight is answered (:meth:`check`, called between requests), so no
+    half-sent frame is left on the SMB connection and the part and its resume
+    record stay consistent. A second signal, or one outside a transfer, stops at once.
     """
-    import signal
 
-    def interrupt(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.transferring = False
+        self.requested = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.transferring and not self.requested:
+            self.requested = True
+            return
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def watching(self, progress: Callable[[int], None]) -> Callable[[int], None]:
+        def step(n: int) -> None:
+            progress(n)
+            self.check()
+
+        return step
+
+
+@contextmanager
+def _stoppable(direction: str) -> Iterator[_Stop]:
+    import signal
+
+    stop = _Stop()
+    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        yield stop
     except KeyboardInterrupt:
         err_console.print(f"{direction} interrupted: what was copied is kept; run the same command again to resume",
                           highlight=False)
@@ -148,10 +172,12 @@ def put(
     """Copy a file or a whole directory to the share; files already there are skipped."""
     from piblade.nas import transfer
 
-    with _stoppable("put"), _share(inventory, server, share, user, no_encrypt) as opened:
+    with _stoppable("put") as stop, _share(inventory, server, share, user, no_encrypt) as opened:
         plan = transfer.plan_put(opened, local, dest, checksum=checksum)
         with transfer_progress("put", plan.bytes_to_copy, as_json or not plan.to_copy) as progress:
-            report = transfer.run_put(opened, plan, progress)
+            stop.transferring = True
+            report = transfer.run_put(opened, plan, stop.watching(progress))
+            stop.transferring = False
         where = f"{local} → {opened.description}/{plan.files[0].dest if len(plan.files) == 1 else plan.dirs[0]}" \
             if plan.files or plan.dirs else str(local)
     if as_json:
@@ -175,10 +201,12 @@ def get(
     """Copy a file or a whole directory from the share; files already here are skipped."""
     from piblade.nas import transfer
 
-    with _stoppable("get"), _share(inventory, server, share, user, no_encrypt) as opened:
+    with _stoppable("get") as stop, _share(inventory, server, share, user, no_encrypt) as opened:
         plan = transfer.plan_get(opened, remote, local, checksum=checksum)
         with transfer_progress("get", plan.bytes_to_copy, as_json or not plan.to_copy) as progress:
-            report = transfer.run_get(opened, plan, progress)
+            stop.transferring = True
+            report = transfer.run_get(opened, plan, stop.watching(progress))
+            stop.transferring = False
         where = f"{opened.description}/{remote.lstrip('/')} → {plan.dirs[0] if plan.dirs else plan.files[0].dest}"
     if as_json:
         print_json(report.to_dict())

@@ -113,3 +113,4 @@ async def gzip_events(events: AsyncIterator[str]) -> AsyncIterator[bytes]:
     packer = zlib.compressobj(6, zlib.DEFLATED, 31)
     async for text in events:
         yield packer.compress(text.encode()) + packer.flush(zlib.Z_SYNC_FLUSH)
+    yield packer.flush()  # the gzip trailer: a stream that ends (max age, an ended session) is a whole gzip file

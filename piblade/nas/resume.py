@@ -17,9 +17,17 @@ else starts over.
 * **Who.** The record's lock (``flock``) is held for as long as a copy runs. A
   copy that finds it held leaves that part alone and copies under a random
   name, the way it did before resumes existed.
-* **Signals.** Ctrl-C, SIGTERM and SIGHUP stop a copy the same way: the part
-  and its record stay, and the same command resumes. SIGKILL or a power cut
-  leave the record at most one block behind the part.
+* **Signals.** Ctrl-C, SIGTERM and SIGHUP stop a copy the same way, between
+  two requests (never inside one, which would leave half a frame on the SMB
+  connection): the part and its record stay, and the same command resumes.
+  A second signal stops at once.
+* **Crashes.** After SIGKILL the record is at most one block behind the part.
+  A download's part is flushed to disk (fsync) before each record that counts
+  it, so a power cut here cannot leave the record ahead of the data. An
+  upload's record counts what the server acknowledged; if the NAS itself loses
+  power before writing that to its disk, only the last recorded block is
+  checked on resume (re-reading every block would cost what resuming saves):
+  use ``--checksum`` on the next put to be sure.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +50,18 @@ BLOCK = 16 << 20
 
 
 def host_tag() -> str:
-    """Eight hex digits naming this machine in part names (its host name, hashed)."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """Eight hex digits naming this writer in part names.
+
+    The host name alone is not enough (every fresh Raspberry Pi OS is called
+    ``raspberrypi``): the machine id, the user and the state directory (where
+    the record and its lock live) go in too, so two writers never share a part.
+    """
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine = ""
+    seed = "\0".join((socket.gethostname(), machine, str(os.getuid()), str(state_dir())))
+    return hashlib.sha256(seed.encode()).hexdigest()[:8]
 
 
 def upload_part(dest: str) -> str:
@@ -141,9 +160,11 @@ class Recorder:
     the record is saved each time that passes a block boundary.
     """
 
-    def __init__(self, slot: Slot, record: Record) -> None:
+    def __init__(self, slot: Slot, record: Record, before_save: Callable[[], None] | None = None) -> None:
         self.slot = slot
         self.record = record
+        #: Makes the counted data durable first (a download's fsync).
+        self.before_save = before_save
         self.hashes = list(record.hashes)
         self._digest = hashlib.sha256()
         self._in_block = 0
@@ -169,6 +190,8 @@ class Recorder:
         self._acked += n
         good = min(self._acked // self.record.block, len(self.hashes))
         if good > len(self.record.hashes):
+            if self.before_save is not None:
+                self.before_save()
             self.record.hashes = self.hashes[:good]
             self.slot.save(self.record)
 

@@ -356,6 +356,11 @@ def _get_one(share: Share, item: FileCopy, target: Path, progress: Progress) -> 
     with slot:
         part = resumes.download_part(target)
         source = f"{share.description}/{item.source}"
+        # The file as it is now, not as planned: a tree's plan is made before its first file is copied.
+        entry = share.stat(item.source)
+        if entry is None:
+            raise RemoteNotFound(f"{item.source}: no such file on {share.description}")
+        item = FileCopy(item.source, item.dest, entry.size, None, entry.mtime_ns)
 
         def read_block(offset: int, n: int) -> bytes:
             with open(part, "rb") as fh:
@@ -368,18 +373,30 @@ def _get_one(share: Share, item: FileCopy, target: Path, progress: Progress) -> 
         if record is None:
             record = resumes.Record(source, item.size, item.mtime_ns)
             slot.save(record)
-        recorder = resumes.Recorder(slot, record)
         progress(start)
-
-        def arrived(n: int) -> None:
-            recorder.acknowledged(n)
-            progress(n)
-
         with open(part, "r+b" if start else "wb") as fh:
             fh.truncate(start)
             fh.seek(start)
+
+            def durable() -> None:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+            recorder = resumes.Recorder(slot, record, before_save=durable)
+
+            def arrived(n: int) -> None:
+                recorder.acknowledged(n)
+                progress(n)
+
             size, mtime_ns = share.read_file(item.source, resumes.HashingWriter(fh, recorder.feed),  # type: ignore[arg-type]
                                              arrived, size_hint=item.size, start=start)
+        # (A listing's time and an open file's differ by float rounding, never by a millisecond.)
+        if size != item.size or abs(mtime_ns - item.mtime_ns) > 1_000_000:
+            # Changed on the share while it was copied: the part may join two versions.
+            part.unlink(missing_ok=True)
+            slot.clear()
+            raise NasError(f"{item.source} changed on {share.description} while it was copied",
+                           hint="run the same command again to copy it as it is now")
         os.utime(part, ns=(mtime_ns, mtime_ns))
         os.replace(part, target)
         slot.clear()

@@ -257,16 +257,25 @@ class Session:
         self._conn: Connection | None = None
         self._sftp: paramiko.SFTPClient | None = None
 
+    @property
+    def login(self) -> str:
+        """Who the session logs in as: the inventory's ansible_user, else your login name (as ssh does)."""
+        return self.target.user or getpass.getuser()
+
     def open(self) -> Self:
         target = self.target
-        conn = Connection(target.address, user=target.user or getpass.getuser(), port=target.port,
+        conn = Connection(target.address, user=self.login, port=target.port,
                           config=_config(), connect_kwargs=self._connect_kwargs())
         conn.client.set_missing_host_key_policy(self._policy)
         known = target.known_hosts.expanduser()
         if known.exists():
             conn.client.get_host_keys().load(str(known))
         try:
-            conn.open()
+            try:
+                conn.open()
+            except BaseException:
+                conn.close()  # its socket and paramiko's transport thread must not outlive a refusal
+                raise
         except SshError:
             raise
         except paramiko.BadHostKeyException as exc:
@@ -327,7 +336,7 @@ class Session:
         """Run a POSIX shell script on the node, as root when the target says ``become``."""
         as_root = self.target.become if root is None else root
         command = "/bin/sh -c " + shlex.quote(text)
-        if as_root and self.target.user not in (None, "root"):
+        if as_root and self.login != "root":
             command = "sudo -n " + command
         try:
             result = self.conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)

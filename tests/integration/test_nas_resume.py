@@ -83,7 +83,12 @@ class Nas:
                 proc.send_signal(sig)
                 break
             time.sleep(0.002)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the copy did not stop within 60 s of {signal.Signals(sig).name}:\n{err[-2000:]}")
         assert proc.returncode != 0, "the copy finished before it could be interrupted"
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
