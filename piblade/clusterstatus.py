@@ -45,6 +45,8 @@ class NodeStatus:
     sample: Mapping[str, Any] | None
     #: Dead worker processes RQ still lists: "vm.1234 (killed by SIGKILL)".
     lost_workers: tuple[str, ...] = ()
+    #: The piblade code its live workers run (one, unless an upgrade is under way on it).
+    versions: tuple[str, ...] = ()
 
     def _get(self, key: str) -> Any:
         return self.sample.get(key) if self.sample else None
@@ -137,6 +139,7 @@ class NodeStatus:
             "running_jobs": list(self.running_jobs),
             "workers": self.workers,
             "lost_workers": list(self.lost_workers),
+            "versions": list(self.versions),
             "max_temp": self.max_temp,
             "temp_c": self.temp_c,
             "throttling": list(self.throttling),
@@ -204,6 +207,15 @@ class ClusterStatus:
         """Inventory nodes without a heartbeat: the reason `piblade status` exits 1."""
         return tuple(n.name for n in self.nodes if n.in_inventory and not n.up)
 
+    @property
+    def versions(self) -> dict[str, tuple[str, ...]]:
+        """piblade version → the nodes whose live workers run it; more than one key: half-upgraded."""
+        out: dict[str, list[str]] = {}
+        for node in self.nodes:
+            for version in node.versions:
+                out.setdefault(version, []).append(node.name)
+        return {v: tuple(names) for v, names in sorted(out.items())}
+
     def node(self, name: str) -> NodeStatus | None:
         return next((n for n in self.nodes if n.name == name), None)
 
@@ -216,6 +228,7 @@ class ClusterStatus:
             "share": self.share.to_dict() if self.share else None,
             "down": list(self.down),
             "lost_workers": list(self.lost_workers),
+            "versions": {v: list(names) for v, names in self.versions.items()},
         }
 
 
@@ -262,6 +275,7 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
     worker_count: dict[str, int] = {}
     queue_workers: dict[str, int] = {}
     lost: dict[str, list[str]] = {}
+    versions: dict[str, set[str]] = {}
     rq_workers = tasks.workers(conn)
     dead = healthstore.lost_workers(conn, [w.name for w in rq_workers])
     for worker in rq_workers:
@@ -274,6 +288,8 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
         if node is None:
             continue
         worker_count[node] = worker_count.get(node, 0) + 1
+        if worker.version:
+            versions.setdefault(node, set()).add(worker.version)
         if worker.job:
             jobs.setdefault(node, []).append(worker.job)
 
@@ -297,6 +313,7 @@ def gather(conn: redis.Redis, cluster: Cluster | None = None, *, now: float | No
             max_temp=max_temp,
             sample=sample,
             lost_workers=tuple(sorted(lost.get(beat, ()))),
+            versions=tuple(sorted(versions.get(beat, ()))),
         ))
 
     queue_names |= tasks.queue_names(conn) | set(queue_workers)

@@ -19,7 +19,7 @@ import redis
 
 from piblade import runs, tasks
 from piblade.errors import BadParameter, PibladeError
-from piblade.registry import Registry, shown
+from piblade.registry import Registry, code_version, shown
 from piblade.runs import RunRecord
 from piblade.tasks import TaskFailure, TaskState
 
@@ -161,6 +161,7 @@ def _new_record(
         has_reduce=spec.reduce is not None,
         timeout=timeout or spec.timeout,
         retries=retries,
+        piblade=code_version(),
     )
 
 

@@ -12,6 +12,7 @@ single byte is enqueued.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import math
 import os
@@ -22,7 +23,48 @@ from pathlib import Path
 from typing import Any
 
 from piblade import envvars
-from piblade.errors import BadParameter, UnknownJob, UnregisteredCallable
+from piblade.errors import BadParameter, JobError, UnknownJob, UnregisteredCallable
+
+#: The module that a wheel built for a node carries, naming the source it was built from
+#: (``piblade.provision.wheelhouse`` writes it into the copy it builds from).
+BUILD_MODULE = "piblade._build"
+
+
+class JobChanged(JobError):
+    """A queued task that the code this worker runs can no longer take: its job changed since the submit.
+
+    Raised instead of the ``TypeError`` (or worse, a wrong result) that calling
+    the new function with the old run's keyword arguments would give.
+    """
+
+
+@functools.cache
+def code_version() -> str:
+    """Which piblade code this process runs: ``<version>+<build>``, e.g. ``0.1.0+3add8bb60c786e19``.
+
+    The build is the hash of the source a wheel was built from (the wheelhouse's
+    ``source_hash``, stamped into the wheel as :data:`BUILD_MODULE`), so it changes
+    with every change of the code even when pyproject's version does not. A source
+    checkout (the controller, `piblade local`) computes the same hash from its
+    files, so a controller and a worker built from one tree agree.
+    """
+    from importlib import metadata
+
+    try:
+        version = metadata.version("piblade")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    try:
+        build = str(importlib.import_module(BUILD_MODULE).BUILD)
+    except ImportError:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "pyproject.toml").exists():
+            return version
+        from piblade.provision.wheelhouse import source_hash
+
+        build = source_hash(root)
+    return f"{version}+{build}"
+
 
 #: Marks a parameter without a default: the user must give it.
 REQUIRED: Any = object()
@@ -285,6 +327,43 @@ class JobSpec:
         if self.check is not None:
             self.check(values)  # rules that involve several parameters raise BadParameter
         return values
+
+    def check_task_kwargs(self, kwargs: Mapping[str, Any]) -> None:
+        """Refuse kwargs the task function cannot take (a parameter added, removed or renamed).
+
+        A job without a split gets its validated parameters as kwargs, so they are
+        checked as a submit would check them (types, bounds, rules); a split job's
+        task kwargs are the split's own, so they are checked against the task's signature.
+        """
+        if self.split is None:
+            try:
+                self.validate(kwargs)
+            except BadParameter as exc:
+                raise JobChanged(exc.message) from None
+        import inspect
+
+        accepted = list(inspect.signature(self.task).parameters.values())[1:]  # after ctx
+        named = {p.name for p in accepted if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        problems = []
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted):
+            problems += [f"its task takes no argument {name!r}" for name in kwargs if name not in named]
+        problems += [f"its task needs {p.name!r}, which the run does not give" for p in accepted
+                     if p.name in named and p.default is p.empty and p.name not in kwargs]
+        if problems:
+            raise JobChanged(f"{self.name}: " + "; ".join(problems))
+
+    def check_run_params(self, params: Mapping[str, Any]) -> None:
+        """Refuse a run's parameters that this job no longer takes (the reduce step gets them)."""
+        given = {k: v for k, v in params.items() if k != "over"}  # `submit --over` adds the pattern
+        try:
+            for name, value in given.items():
+                self.param(name).parse(self.name, value)
+        except BadParameter as exc:
+            raise JobChanged(exc.message) from None
+        missing = [p.name for p in self.params if p.required and p.name not in given
+                   and not (p.name == "path" and "over" in params)]
+        if missing:
+            raise JobChanged(f"{self.name}: missing required parameter {missing[0]!r}")
 
     def plan(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The kwargs of every task, in order. Pure: no I/O."""

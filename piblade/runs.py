@@ -60,6 +60,10 @@ class RunRecord:
     has_reduce: bool
     timeout: int
     retries: int
+    #: The piblade code that submitted the run (``registry.code_version()``); "" for runs
+    #: submitted before piblade recorded it. A worker that runs other code names both
+    #: versions when it refuses a task whose job changed.
+    piblade: str = ""
 
     @property
     def task_ids(self) -> list[str]:
@@ -83,6 +87,7 @@ class RunRecord:
             "reduce": "1" if self.has_reduce else "0",
             "timeout": str(self.timeout),
             "retries": str(self.retries),
+            "piblade": self.piblade,
         }
 
     @classmethod
@@ -99,6 +104,7 @@ class RunRecord:
             has_reduce=data.get("reduce") == "1",
             timeout=int(data.get("timeout", "0")),
             retries=int(data.get("retries", "0")),
+            piblade=data.get("piblade", ""),
         )
 
 

@@ -97,6 +97,8 @@ def task_meta(record: RunRecord, index: int, phase: str) -> dict[str, Any]:
         meta["output"] = record.output
     if record.has_reduce:
         meta["reduce"] = True
+    if record.piblade:
+        meta["piblade"] = record.piblade  # so a worker running other code can say which
     return meta
 
 
@@ -297,13 +299,31 @@ class WorkerInfo:
     queues: tuple[str, ...]
     state: str
     job: str | None
+    #: The piblade code it runs (``registry.code_version()``), as it wrote it into its RQ
+    #: worker record; None for a worker that did not (not piblade's, or older).
+    version: str | None = None
+
+
+#: The field of RQ's worker hash where a piblade worker writes the code it runs.
+WORKER_VERSION_FIELD = "piblade_version"
+
+
+def publish_worker_version(conn: redis.Redis, worker_key: str, version: str) -> None:
+    """Write the code a worker runs into its RQ worker hash (which expires with the worker)."""
+    conn.hset(worker_key, WORKER_VERSION_FIELD, version)
 
 
 def workers(conn: redis.Redis) -> list[WorkerInfo]:
     """Every worker RQ has registered (a dead one stays until its key's TTL runs out)."""
+    found = list(BaseWorker.all(connection=conn))
+    pipe = conn.pipeline(transaction=False)
+    for w in found:
+        pipe.hget(w.key, WORKER_VERSION_FIELD)
+    versions = pipe.execute() if found else []
     return [
-        WorkerInfo(w.name, tuple(w.queue_names()), str(w.get_state()), w.get_current_job_id())
-        for w in BaseWorker.all(connection=conn)
+        WorkerInfo(w.name, tuple(w.queue_names()), str(w.get_state()), w.get_current_job_id(),
+                   redisconn.text(v) if v else None)
+        for w, v in zip(found, versions, strict=True)
     ]
 
 

@@ -50,8 +50,13 @@ from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
 
 from piblade import envvars, runs, taskcounts, tasks
+
+# Imported now, not when the first reduce is due: an upgrade reinstalls piblade
+# under a running worker, and a module imported after that would be the new
+# code inside the old process.
+from piblade.dispatch import enqueue_reduce
 from piblade.errors import PibladeError, TaskStopped, UnregisteredCallable
-from piblade.registry import REGISTRY, Registry, TaskContext, load_registry
+from piblade.registry import REGISTRY, JobChanged, JobSpec, Registry, TaskContext, code_version, load_registry
 
 log = logging.getLogger("piblade.worker")
 
@@ -130,10 +135,36 @@ class BladeJob(Job):
         """Never call out to URLs found in a job: that would let Redis writers make us fetch anything."""
         return
 
+    def _changed(self, detail: str) -> JobChanged:
+        """The refusal of a task whose job changed between the submit and now, naming both versions."""
+        meta = self.meta or {}
+        submitted = str(meta.get("piblade") or "an older piblade")
+        return JobChanged(
+            f"job changed since this run was submitted (run {meta.get('run', self.id)} by piblade {submitted}, "
+            f"this worker runs {code_version()}): {detail}",
+            hint="submit the run again: its parameters are checked against the new code then",
+        )
+
+    def _lookup(self) -> tuple[JobSpec, str]:
+        try:
+            return self.registry.by_callable(self.func_name or "")
+        except UnregisteredCallable:
+            meta = self.meta or {}
+            if meta.get("run") and meta.get("piblade") and meta["piblade"] != code_version():
+                raise self._changed(f"{self.func_name} is no longer a registered job") from None
+            raise
+
     def _execute(self) -> Any:
-        spec, phase = self.registry.by_callable(self.func_name or "")
+        spec, phase = self._lookup()
         if self.args:
             raise UnregisteredCallable(f"refused {self.func_name}: piblade jobs take keyword arguments only")
+        if phase == "task":
+            # Checked before the call: a task enqueued by other code must not end in
+            # a TypeError from deep inside the job (or in a wrong result).
+            try:
+                spec.check_task_kwargs(self.kwargs)
+            except JobChanged as exc:
+                raise self._changed(exc.message) from None
         meta = self.meta or {}
         run_id = str(meta.get("run", self.id))
         output = str(meta.get("output", ""))
@@ -159,10 +190,16 @@ class BladeJob(Job):
                 value = self._run_reduce(spec, ctx, run_id)
         finally:
             _running_task = None
-        return {"node": ctx.node, "seconds": round(time.perf_counter() - started, 6), "value": value}
+        return {"node": ctx.node, "seconds": round(time.perf_counter() - started, 6), "value": value,
+                "piblade": code_version()}
 
-    def _run_reduce(self, spec: Any, ctx: TaskContext, run_id: str) -> Any:
+    def _run_reduce(self, spec: JobSpec, ctx: TaskContext, run_id: str) -> Any:
         record = runs.load_run(self.connection, run_id)
+        try:
+            spec.check_run_params(record.params)
+        except JobChanged as exc:
+            raise self._changed(exc.message) from None
+        assert spec.reduce is not None
         tasks = Job.fetch_many(record.task_ids, connection=self.connection, serializer=self.serializer)
         results = []
         for task_job in tasks:
@@ -293,6 +330,11 @@ class BladeWorker(SimpleWorker):
                 self.run_maintenance_tasks()
             reason = self.node_pause() or ""
         log.warning("node %s resumed: taking jobs again", _runtime.node)
+
+    def register_birth(self) -> None:
+        """RQ's birth record, plus the piblade code this worker runs (status shows a half-upgraded cluster)."""
+        super().register_birth()
+        tasks.publish_worker_version(self.connection, self.key, code_version())
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return JOB_HEARTBEAT_TTL
@@ -430,8 +472,6 @@ class BladeWorker(SimpleWorker):
         if meta.get("reduce") and meta.get("phase") == "task":
             run_id = str(meta["run"])
             if runs.mark_task_done(self.connection, run_id, int(meta["index"]), int(meta["total"])):
-                from piblade.dispatch import enqueue_reduce
-
                 enqueue_reduce(self.connection, run_id)
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
@@ -640,6 +680,8 @@ def run_workers(config: WorkerConfig, target: Any) -> int:
     configure_runtime(Runtime(node=config.node, data_root=config.data_root, threads=threads))
     config.data_root.mkdir(parents=True, exist_ok=True)
     registry = load_registry()
+    # Which code this is, decided once before anything can reinstall it under us.
+    log.info("piblade %s", code_version())
     warm_up(registry)
     sys.stdout.flush()
     # Even one process runs under the supervisor: a process killed by a hard

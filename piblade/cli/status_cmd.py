@@ -154,6 +154,12 @@ def render(status: ClusterStatus) -> Group:
         )
     if status.down:
         parts.append(f"[bold red]down:[/] {escape(', '.join(status.down))}")
+    if len(status.versions) > 1:
+        parts.append(
+            "[bold yellow]workers run different piblade versions:[/] "
+            + "; ".join(f"{escape(v)} on {escape(', '.join(names))}" for v, names in status.versions.items())
+            + " [dim](an upgrade is under way, or a node missed one: `piblade provision` brings them all level)[/]"
+        )
     lost = status.lost_workers
     if lost:
         parts.append(

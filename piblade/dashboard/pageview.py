@@ -44,6 +44,7 @@ def node_view(node: dict[str, Any]) -> dict[str, Any]:
         "load1": round(load[0], 2) if load else None,
         "workers": node.get("workers", 0),
         "running": len(node.get("running_jobs") or ()),
+        "versions": node.get("versions") or [],  # the piblade code its workers run
         "readings": {
             r["key"]: {"label": r["label"], "value": r["value"], "text": r["text"], "level": r["level"],
                        "bar": r["bar"]}

@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from piblade.errors import PibladeError
 from piblade.inventory import Node
 from piblade.provision.facts import FACTS_SCRIPT, NodeFacts, parse_facts
 from piblade.provision.plan import HostPlan
+from piblade.provision.rolling import Rolling
 from piblade.provision.ssh import DEFAULT_KNOWN_HOSTS, Session, SshTarget
 from piblade.provision.steps import Change, ChangeKind, Decision, Ok, Step
 from piblade.provision.wheelhouse import Wheelhouse
@@ -202,16 +203,60 @@ def connect_and_gather(run: HostRun, accept_new: bool, emit: EventFn) -> None:
         )
 
 
-def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn) -> HostResult:
-    """Probe every step of the plan, then (unless check) apply what differs. Returns the host's result."""
+def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn, rolling: Rolling | None = None) -> HostResult:
+    """Probe every step of the plan, then (unless check) apply what differs. Returns the host's result.
+
+    With ``rolling``, a restart of the worker service waits for its turn after
+    the other changes (:mod:`piblade.provision.rolling`): one node at a time.
+    """
     assert run.session is not None
     session = run.session
     emit(run.node.name, f"checking {len(plan.steps)} steps")
     probe = session.script(probe_script(list(plan.steps)))
     plan = plan.decide(split_probes(probe.stdout, len(plan.steps)))
     changes = plan.changes
+    held = tuple(c for c in changes if rolling is not None and rolling.holds(c))
     if check or not changes:
-        return _result(run, [StepResult.of(d) for d in plan.outcome], plan)
+        results = [StepResult.of(d) for d in plan.outcome]
+        if rolling is not None:
+            results = [replace(r, summary=rolling.describe(d)) if isinstance(d, Change) and d in held else r
+                       for r, d in zip(results, plan.outcome, strict=True)]
+        return _result(run, results, plan)
+    now = tuple(c for c in changes if c not in held)
+    failed: int | None = None
+    output = ""
+    if now:
+        failed, output = _apply(run, session, now, emit)
+    rolled: dict[str, StepResult] = {}
+    if failed is None and rolling is not None:
+        for change in held:
+            ok, what = rolling.restart(session, run.node.name, change, emit)
+            rolled[change.step] = (replace(StepResult.of(change), summary=f"{change.summary}: {what}") if ok
+                                   else StepResult.of(change, "failed", what))
+    results, index = [], 0  # index: of the next change, in apply order
+    for decision in plan.outcome:
+        if isinstance(decision, Ok):
+            results.append(StepResult.of(decision))
+            continue
+        if decision in held:
+            if decision.step in rolled:
+                results.append(rolled[decision.step])
+            continue
+        if failed is None or index < failed:
+            results.append(StepResult.of(decision))
+        elif index == failed:
+            results.append(StepResult.of(decision, "failed", output.strip()))
+        index += 1
+    error = None
+    if failed is not None:
+        error = f"{now[failed].step}: {output.strip().splitlines()[-1] if output.strip() else 'failed'}"
+    else:
+        error = next((f"{r.name}: {r.output}" for r in rolled.values() if r.status == "failed"), None)
+    return _result(run, results, plan, error)
+
+
+def _apply(run: HostRun, session: Session, changes: tuple[Change, ...], emit: EventFn) -> tuple[int | None, str]:
+    """Upload what the changes need and run them in one script: (index of the failed change or None, its output)."""
     uploads = [u for c in changes for u in c.uploads]
     stage = None
     if uploads:
@@ -228,18 +273,7 @@ def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn) -> Hos
     done, failed, output = parse_apply(applied.stdout, len(changes))
     if failed is None and not applied.ok:
         failed, output = done, applied.stderr
-    results, index = [], 0  # index: of the next change, in apply order
-    for decision in plan.outcome:
-        if isinstance(decision, Ok):
-            results.append(StepResult.of(decision))
-            continue
-        if failed is None or index < failed:
-            results.append(StepResult.of(decision))
-        elif index == failed:
-            results.append(StepResult.of(decision, "failed", output.strip()))
-        index += 1
-    error = None if failed is None else f"{changes[failed].step}: {output.strip().splitlines()[-1] if output.strip() else 'failed'}"
-    return _result(run, results, plan, error)
+    return failed, output
 
 
 def _result(run: HostRun, steps: list[StepResult], plan: HostPlan, error: str | None = None) -> HostResult:

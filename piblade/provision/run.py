@@ -25,7 +25,9 @@ from piblade.provision.engine import (
     target_for,
 )
 from piblade.provision.plan import HostPlan, host_plan
+from piblade.provision.rolling import Rolling
 from piblade.provision.ssh import known_hosts_lines
+from piblade.redisconn import RedisTarget
 from piblade.state import ensure_secret, private_dir, read_secret, state_dir, write_private
 
 
@@ -107,6 +109,10 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
         secrets=secrets,
         nas_host_keys=nas_host_keys(cluster),
     )
+    # Worker restarts take turns, one node at a time, so a run in progress keeps going.
+    host = "127.0.0.1" if controller.is_local else controller.address
+    rolling = Rolling.for_cluster(RedisTarget(host=host, port=controller.settings.redis_port,
+                                              password_file=cluster_paths(cluster).password_file))
     wheelhouses = Wheelhouses(state_dir() / "wheelhouse", log=cluster_paths(cluster).log_dir / "wheelhouse.log")
     private_dir(cluster_paths(cluster).log_dir)
 
@@ -119,14 +125,14 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
 
     def stages(run: HostRun, plan: HostPlan) -> HostResult:
         if nas_done.is_set():
-            return converge(run, plan, check=options.check, emit=emit)
+            return converge(run, plan, check=options.check, emit=emit, rolling=rolling)
         first, later = plan.split(lambda step: step.after_nas)
-        result = converge(run, first, check=options.check, emit=emit)
+        result = converge(run, first, check=options.check, emit=emit, rolling=rolling)
         if later.steps and not result.error:
             emit(run.node.name, "waiting for the NAS node")
             nas_done.wait(timeout=3600)
             later = replace(later, earlier=result.notified)
-            result = result.then(converge(run, later, check=options.check, emit=emit))
+            result = result.then(converge(run, later, check=options.check, emit=emit, rolling=rolling))
         return result
 
     def phase_converge(run: HostRun) -> HostResult:

@@ -7,6 +7,13 @@ the same file ``make demo``/``make test`` install from, so a Pi runs exactly wha
 CI tested: the lock is universal, and each node gets the lines whose markers hold
 for its architecture and Python. The result is cached under the state dir, keyed
 by a hash of piblade's source and the lock, so an unchanged re-run builds nothing.
+
+piblade's wheel is built from a copy of the source with that hash written into
+it (``piblade/_build.py``): a node's workers report ``<version>+<hash>``
+(:func:`piblade.registry.code_version`), which changes with every change of the
+code even when pyproject's version does not, and equals what a checkout of the
+same source computes. A new wheelhouse whose dependencies did not change takes
+them from the last one built, without asking the package index.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +36,7 @@ from pathlib import Path
 from piblade.errors import PibladeError
 
 #: Bumped when what goes into a wheelhouse changes, so cached ones are rebuilt.
-FORMAT = "3"
+FORMAT = "4"
 #: The lock file, beside pyproject.toml: the one place where versions are decided.
 LOCK = "requirements.lock"
 #: Wheelhouses kept per architecture and Python: two checkouts (or a branch
@@ -48,6 +56,8 @@ class Wheelhouse:
     wheels: tuple[Path, ...]
     manifest: str
     requirement: str
+    #: What workers installed from it report: ``<pyproject version>+<source hash>``.
+    version: str = ""
 
 
 def project_root() -> Path:
@@ -158,18 +168,45 @@ def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wh
         )
     root = project_root()
     version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
-    key = f"{arch}-py{python}-{FORMAT}{source_hash(root)}"
+    source = source_hash(root)
+    key = f"{arch}-py{python}-{FORMAT}{source}"
     target = cache / key
     manifest_file = target / "MANIFEST"
     if manifest_file.exists():
         with contextlib.suppress(OSError):  # last use, for prune(): a used wheelhouse is kept
             os.utime(manifest_file)
         wheels = tuple(sorted(target.glob("*.whl")))
-        return Wheelhouse(target, wheels, manifest_file.read_text().strip(), f"piblade=={version}")
+        return Wheelhouse(target, wheels, manifest_file.read_text().strip(), f"piblade=={version}",
+                          f"{version}+{source}")
     with _locked(cache):
         if not manifest_file.exists():  # nobody built it while this run waited for the lock
-            _build_into(cache, root, key, arch, python, log)
+            _build_into(cache, root, key, arch, python, log, source)
     return build(cache, arch, python)
+
+
+#: What goes into piblade's wheel, copied to build it with the source hash stamped in.
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "piblade", "jobs")
+
+
+def stamped_copy(root: Path, into: Path, source: str) -> Path:
+    """A copy of what piblade's wheel is built from, with ``piblade/_build.py`` naming ``source``."""
+    for name in WHEEL_SOURCES:
+        path = root / name
+        if path.is_dir():
+            shutil.copytree(path, into / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif path.exists():
+            shutil.copy2(path, into / name)
+    (into / "piblade" / "_build.py").write_text(
+        '"""Written by the wheelhouse build: the hash of the source this wheel was built from."""\n\n'
+        f"BUILD = {source!r}\n")
+    return into
+
+
+def _previous(cache: Path, arch: str, python: str, key: str) -> Path | None:
+    """The most recently used other wheelhouse for this architecture and Python, if any."""
+    built = sorted((d for d in cache.glob(f"{arch}-py{python}-*") if d.name != key and (d / "MANIFEST").exists()),
+                   key=lambda d: (d / "MANIFEST").stat().st_mtime, reverse=True)
+    return built[0] if built else None
 
 
 def prune(cache: Path, prefix: str, keep: int) -> list[Path]:
@@ -207,7 +244,8 @@ def archive(house: Wheelhouse) -> Path:
     return path
 
 
-def _build_into(cache: Path, root: Path, key: str, arch: str, python: str, log: Path | None) -> None:
+def _build_into(cache: Path, root: Path, key: str, arch: str, python: str, log: Path | None,
+                source: str) -> None:
     target = cache / key
     building = cache / f".{key}.building"
     shutil.rmtree(building, ignore_errors=True)
@@ -215,19 +253,26 @@ def _build_into(cache: Path, root: Path, key: str, arch: str, python: str, log: 
     out = log.open("ab") if log else subprocess.DEVNULL
     try:
         pip = [sys.executable, "-m", "pip"]
-        subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(building), str(root)],
-                       check=True, stdout=out, stderr=out)
+        with tempfile.TemporaryDirectory(prefix="piblade-wheel-") as tmp:
+            copy = stamped_copy(root, Path(tmp), source)
+            subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(building), str(copy)],
+                           check=True, stdout=out, stderr=out)
         lock = root / LOCK
         if not lock.exists():
             raise PibladeError(f"{lock} is missing", hint="run `make lock` in the piblade checkout")
         requirements = building / "requirements.txt"
         requirements.write_text(requirements_for(lock.read_text(), arch, python))
         platform_args = [arg for tag in PLATFORMS[arch] for arg in ("--platform", tag)]
-        subprocess.run(
-            [*pip, "download", "-q", "--no-deps", "--require-hashes", "--only-binary=:all:", *platform_args,
-             "--python-version", python, "--implementation", "cp", "-d", str(building), "-r", str(requirements)],
-            check=True, stdout=out, stderr=out,
-        )
+        download = [*pip, "download", "-q", "--no-deps", "--require-hashes", "--only-binary=:all:", *platform_args,
+                    "--python-version", python, "--implementation", "cp", "-d", str(building), "-r",
+                    str(requirements)]
+        previous = _previous(cache, arch, python, key)
+        # A code-only change: the locked dependencies are all in the last wheelhouse (hashes checked).
+        offline = previous is not None and subprocess.run(
+            [*download, "--no-index", "--find-links", str(previous)], check=False, stdout=out, stderr=out,
+        ).returncode == 0
+        if not offline:
+            subprocess.run(download, check=True, stdout=out, stderr=out)
         requirements.unlink()
     except subprocess.CalledProcessError as exc:
         raise PibladeError(

@@ -145,6 +145,7 @@
     if (node.load1 !== null && node.load1 !== undefined) work.push("load " + node.load1.toFixed(2));
     if (node.workers) work.push(node.workers + (node.workers === 1 ? " worker" : " workers"));
     if (node.running) work.push(node.running + " running");
+    if ((node.versions || []).length) work.push("piblade " + node.versions.join(" + "));  // two: mid-upgrade
     r.work.textContent = work.length ? " · " + work.join(" · ") : "";
     var t = node.last_seen;
     if (node.up && t && (!card.points.length || t > card.points[card.points.length - 1].t)) {
