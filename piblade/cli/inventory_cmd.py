@@ -7,7 +7,7 @@ plus its hint and exits 1.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -15,8 +15,11 @@ from rich.table import Table
 
 from piblade.cli.common import InventoryFileOption
 from piblade.cli.output import console, print_json
+from piblade.envvars import INVENTORY
 from piblade.errors import PibladeError
-from piblade.inventory import INVENTORY_ENV, Cluster
+
+if TYPE_CHECKING:  # the inventory reader (PyYAML) loads only for the commands that read one
+    from piblade.inventory import Cluster
 
 app = typer.Typer(help="Check and show the cluster inventory (an Ansible YAML file).", no_args_is_help=True)
 
@@ -29,7 +32,7 @@ def resolve_inventory(path: Path | None) -> Cluster:
     if cluster.inventory is None:
         raise PibladeError(
             "no inventory was given",
-            hint=f"pass -i FILE (see inventory/example.yml) or set {INVENTORY_ENV}; "
+            hint=f"pass -i FILE (see inventory/example.yml) or set {INVENTORY.name}; "
             "the local cluster (`piblade local up`) needs none",
         )
     return cluster.inventory
