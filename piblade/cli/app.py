@@ -50,6 +50,7 @@ def _register() -> None:
         jobs_cmd,
         local_cmd,
         nas_cmd,
+        node_cmd,
         provision_cmd,
         status_cmd,
         submit_cmd,
@@ -61,6 +62,7 @@ def _register() -> None:
     app.add_typer(jobs_cmd.app, name="jobs")
     app.add_typer(local_cmd.app, name="local")
     app.add_typer(nas_cmd.app, name="nas")
+    app.add_typer(node_cmd.app, name="node")
     app.add_typer(testbed_cmd.app, name="testbed")
     submit_cmd.register(app)
     status_cmd.register(app)
