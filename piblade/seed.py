@@ -29,6 +29,8 @@ first boot, with nothing typed on the Pi:
   a Pi's ``eth0``, ``end0`` on plain Debian, ``enp*``/``enx*`` adapters).
   Raspberry Pi OS hands ``network-config`` to netplan verbatim (its renderer is
   netplan), and netplan honours ``match``; the entry's id is only a label.
+  cloud-init's own renderers ignore ``match`` and take the id as the interface
+  name, so ``--interface host0`` (a plain name) is the id as well.
 * The login user (``pi``) gets the controller's public key, passwordless sudo
   (provisioning runs ``sudo -n``) and a locked password; ``ssh_pwauth: false``.
 
@@ -236,7 +238,11 @@ def network_config(network: NetworkSpec) -> str:
             entry["routes"] = [{"to": "default", "via": str(network.gateway)}]
         if network.dns:
             entry["nameservers"] = {"addresses": list(network.dns)}
-    return _dump({"network": {"version": 2, "ethernets": {"wired": entry}}})
+    # netplan (Raspberry Pi OS) honours `match` and takes the id as a label. cloud-init's own renderers
+    # (a system without netplan, such as the testbed's networkd) ignore `match` and use the id as the
+    # interface name, so a plain name is the id too; a glob gets a neutral id (netplan only).
+    plain = not any(c in network.interface for c in "*?[")
+    return _dump({"network": {"version": 2, "ethernets": {network.interface if plain else "wired": entry}}})
 
 
 def meta_data(spec: SeedSpec) -> str:

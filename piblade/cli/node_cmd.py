@@ -11,6 +11,13 @@ from piblade.cli.common import InventoryFileOption, JsonOption
 from piblade.cli.output import console, print_json
 from piblade.errors import PibladeError
 
+
+def _shown(path: Path) -> str:
+    """A path as people write it: under the home directory with ``~``."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_absolute() and path.is_relative_to(home) else str(path)
+
+
 app = typer.Typer(help="Add nodes: a first-boot seed with the node's own host keys, and the inventory entry.",
                   no_args_is_help=True)
 
@@ -60,8 +67,8 @@ def add(
     out(f"inventory: {escape(added.name)} added to {escape(added.role)} in {escape(str(added.inventory))} "
         f"(ansible_host {escape(added.address)}, user {escape(added.user)})")
     key_note = " (new)" if added.login_key_created else ""
-    out(f"login key: {escape(str(added.login_key))}{key_note}")
-    out(f"host keys, trusted in {escape(str(added.known_hosts))}:")
+    out(f"login key: {escape(_shown(added.login_key))}{key_note}")
+    out(f"host keys, trusted in {escape(_shown(added.known_hosts))}:")
     for key in added.host_keys:
         out(f"  {key.kind} {key.fingerprint}")
     if boot is None:

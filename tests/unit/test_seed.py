@@ -88,7 +88,8 @@ def test_static_network_matches_the_wired_interface_by_name() -> None:
         "routes": [{"to": "default", "via": "10.0.0.1"}], "nameservers": {"addresses": ["10.0.0.1"]},
     }}}}
     net = network_spec("10.0.0.21/24", None, ["9.9.9.9", "1.1.1.1"], False, "host0")
-    entry = yaml.safe_load(seed.network_config(net))["network"]["ethernets"]["wired"]
+    # A plain name is the entry's id too: cloud-init's own renderers take the id as the interface name.
+    entry = yaml.safe_load(seed.network_config(net))["network"]["ethernets"]["host0"]
     assert entry["match"] == {"name": "host0"} and "routes" not in entry
     assert entry["nameservers"] == {"addresses": ["9.9.9.9", "1.1.1.1"]}
 
