@@ -235,7 +235,9 @@ def network_config(network: NetworkSpec) -> str:
         entry["dhcp4"] = False
         entry["addresses"] = [str(network.address)]
         if network.gateway is not None:
-            entry["routes"] = [{"to": "default", "via": str(network.gateway)}]
+            # 0.0.0.0/0 rather than netplan's newer `default`, which cloud-init 22.4 cannot parse
+            everything = "0.0.0.0/0" if network.gateway.version == 4 else "::/0"
+            entry["routes"] = [{"to": everything, "via": str(network.gateway)}]
         if network.dns:
             entry["nameservers"] = {"addresses": list(network.dns)}
     # netplan (Raspberry Pi OS) honours `match` and takes the id as a label. cloud-init's own renderers

@@ -8,10 +8,10 @@ What a first boot does with the seed is the testbed's part (tests/e2e). Here:
 * a real sshd started with the seed's private host keys and authorized key, as
   cloud-init installs them, is reached through the same SSH seam provisioning
   uses, with strict host-key checking: no trust step, no --accept-new;
-* ``cloud-init schema`` (Debian's cloud-init 22.4, the testbed image's) accepts
-  the user-data, before and after the first boot's scrub of the private keys.
-  Without a testbed image, the schema file comes from Debian's ``cloud-init``
-  package (``apt-get download``) and is checked with jsonschema.
+* ``cloud-init schema`` (Debian's cloud-init 22.4: the testbed image's, read
+  only, or else Debian's packages unpacked by ``apt-get download``) accepts the
+  user-data, before and after the first boot's scrub of the private keys, and
+  cloud-init's own parser and networkd renderer read network-config.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import yaml
 
 from piblade import local, seed
 from piblade.inventory import load_inventory
+from piblade.node import network_spec
 from piblade.provision.engine import target_for
 from piblade.provision.ssh import Session, known_host_keys
 from piblade.state import state_dir
@@ -254,55 +255,85 @@ def _testbed_cloudinit() -> Path | None:
     return None
 
 
+#: Debian packages whose files make cloud-init's `schema` command and network code importable.
+CLOUD_INIT_DEBS = (
+    "cloud-init", "python3-requests", "python3-urllib3", "python3-idna", "python3-certifi",
+    "python3-charset-normalizer", "python3-chardet", "python3-configobj", "python3-jsonpatch",
+    "python3-json-pointer", "python3-netifaces", "python3-six", "python3-jsonschema", "python3-attr",
+    "python3-pyrsistent", "python3-jinja2", "python3-markupsafe", "python3-yaml",
+)
+
+
 @pytest.fixture(scope="module")
-def cloud_init_schema(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object]:
-    """("cloud-init", dist-packages) to run `cloud-init schema`, else ("jsonschema", the schema dict)."""
+def cloud_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dist-packages directory with Debian's cloud-init in it: a built testbed image's, read only,
+    else Debian's packages unpacked here (`apt-get download`, as the image build fetches them)."""
     packages = _testbed_cloudinit()
     if packages is not None:
-        return "cloud-init", packages
-    work = tmp_path_factory.mktemp("cloud-init-deb")
-    download = subprocess.run(["apt-get", "download", "cloud-init"], cwd=work, capture_output=True, text=True,
-                              timeout=300)
-    debs = list(work.glob("cloud-init_*.deb"))
-    if download.returncode != 0 or not debs:
-        pytest.fail("no testbed image and `apt-get download cloud-init` failed: build the image with "
-                    f"`piblade testbed up` (or run the e2e tests) or fix apt\n{download.stderr}")
-    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "root")], check=True)
-    (schema,) = (work / "root").glob("usr/lib/python3/dist-packages/cloudinit/config/schemas/"
-                                     "schema-cloud-config-v1.json")
-    return "jsonschema", json.loads(schema.read_text())
+        return packages
+    work = tmp_path_factory.mktemp("cloud-init-debs")
+    download = subprocess.run(["apt-get", "download", *CLOUD_INIT_DEBS], cwd=work, capture_output=True, text=True,
+                              timeout=600)
+    if download.returncode != 0:
+        pytest.fail(f"no testbed image, and `apt-get download` of cloud-init failed:\n{download.stderr}")
+    for deb in work.glob("*.deb"):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "root")], check=True)
+    return work / "root" / "usr" / "lib" / "python3" / "dist-packages"
 
 
-def validate(how: tuple[str, object], path: Path) -> None:
-    kind, where = how
-    if kind == "cloud-init":
-        # The image's own cloud-init, run by this Python (both 3.11) without writing bytecode into the image.
-        run = subprocess.run([sys.executable, "-B", "-m", "cloudinit.cmd.main", "schema", "--config-file", str(path)],
-                             capture_output=True, text=True, timeout=120, cwd=path.parent,
-                             env={**os.environ, "PYTHONPATH": str(where), "PYTHONDONTWRITEBYTECODE": "1"})
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "Valid cloud-config" in run.stdout, run.stdout + run.stderr
-        return
-    import jsonschema
-
-    jsonschema.Draft4Validator(where).validate(yaml.safe_load(path.read_text()))  # type: ignore[arg-type]
+def debian_python(packages: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run Python on Debian's packages (compiled for Debian's 3.11), writing no bytecode into them."""
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    return subprocess.run([python, "-B", "-s", *args], capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(packages), "PYTHONDONTWRITEBYTECODE": "1"})
 
 
-def test_user_data_passes_cloud_inits_schema_before_and_after_the_scrub(
-    cloud_init_schema: tuple[str, object], tmp_path: Path,
-) -> None:
+def validate(packages: Path, path: Path) -> None:
+    run = debian_python(packages, "-m", "cloudinit.cmd.main", "schema", "--config-file", str(path), cwd=path.parent)
+    assert run.returncode == 0 and "Valid cloud-config" in run.stdout, run.stdout + run.stderr
+
+
+def test_user_data_passes_cloud_inits_schema_before_and_after_the_scrub(cloud_init: Path, tmp_path: Path) -> None:
     keys = seed.generate_host_keys()
     for network in (seed.NetworkSpec(), seed.NetworkSpec(interface="host0")):
         spec = seed.SeedSpec("blade-w1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1ZCa6Ux8cKk5uEgq2m5yBBlQd9ePzc2AIhSbyEVoVh",
                              network, keys)
         path = tmp_path / "user-data"
         seed.write_seed(seed.build_seed(spec), tmp_path)
-        validate(cloud_init_schema, path)
+        validate(cloud_init, path)
         subprocess.run([sys.executable, "-c", seed.scrub_script([str(path)])], check=True, capture_output=True)
         assert "PRIVATE KEY" not in path.read_text()
-        validate(cloud_init_schema, path)
+        validate(cloud_init, path)
     # The schema does catch mistakes: cloud-init 22.4 refuses an empty ssh_genkeytypes.
     bad = tmp_path / "bad"
     bad.write_text(path.read_text() + "ssh_genkeytypes: []\n")
-    with pytest.raises(AssertionError if cloud_init_schema[0] == "cloud-init" else Exception):
-        validate(cloud_init_schema, bad)
+    with pytest.raises(AssertionError, match=r"ssh_genkeytypes: \[\] is too short"):
+        validate(cloud_init, bad)
+
+
+RENDER = """\
+import sys, yaml
+from cloudinit.net import networkd
+from cloudinit.net.network_state import parse_net_config_data
+state = parse_net_config_data(yaml.safe_load(open(sys.argv[1]))["network"])
+for name, text in sorted(networkd.network_state_to_networkd(state).items()):
+    print(f"== {name}")
+    print(text)
+"""
+
+
+def test_cloud_inits_own_network_renderer_reads_the_network_config(cloud_init: Path, tmp_path: Path) -> None:
+    """What a node without netplan (the testbed's) makes of network-config: cloud-init's networkd renderer."""
+    path = tmp_path / "network-config"
+    path.write_text(seed.network_config(network_spec("10.199.0.31/24", "10.199.0.1", [], False, "host0")))
+    run = debian_python(cloud_init, "-c", RENDER, str(path), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert text.startswith("== host0\n") and "Name=host0" in text and "Address=10.199.0.31/24" in text
+    assert "Gateway=10.199.0.1" in text and "DNS=10.199.0.1" in text and "DHCP=no" in text
+    # A glob keeps the neutral id, which this renderer would take as the interface's name: on such a
+    # system (no netplan) the default e* configures nothing, hence --interface for the testbed.
+    path.write_text(seed.network_config(network_spec(None, None, [], True, "e*")))
+    run = debian_python(cloud_init, "-c", RENDER, str(path), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "Name=wired" in run.stdout and "DHCP=ipv4" in run.stdout

@@ -85,7 +85,7 @@ def test_static_network_matches_the_wired_interface_by_name() -> None:
     data = yaml.safe_load(seed.network_config(net))
     assert data == {"network": {"version": 2, "ethernets": {"wired": {
         "match": {"name": "e*"}, "dhcp4": False, "addresses": ["10.0.0.21/24"],
-        "routes": [{"to": "default", "via": "10.0.0.1"}], "nameservers": {"addresses": ["10.0.0.1"]},
+        "routes": [{"to": "0.0.0.0/0", "via": "10.0.0.1"}], "nameservers": {"addresses": ["10.0.0.1"]},
     }}}}
     net = network_spec("10.0.0.21/24", None, ["9.9.9.9", "1.1.1.1"], False, "host0")
     # A plain name is the entry's id too: cloud-init's own renderers take the id as the interface name.
