@@ -157,6 +157,7 @@ def add_node(
     host_vars: dict[str, Any] = {"ansible_host": address}
     edit = inventory_edit.plan_add_host(inventory, name, role, host_vars)
     target = target_for(edit.cluster.node(name))
+    _refuse_known(target)  # before the login key is made: a refusal leaves nothing behind
     # The seed's user is the one provisioning logs in as: --user, else the inventory's ansible_user, else pi.
     login_user = user or target.user or seed.DEFAULT_USER
     if target.user != login_user:
@@ -173,7 +174,6 @@ def add_node(
         target = target_for(edit.cluster.node(name))
     assert target.key_file is not None
     login_key = target.key_file
-    _refuse_known(target)
     host_keys = seed.generate_host_keys()
     spec = seed.SeedSpec(name=name, authorized_key=public_key_of(login_key), network=network,
                          host_keys=host_keys, user=login_user)

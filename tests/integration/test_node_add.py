@@ -185,6 +185,14 @@ def test_node_add_then_the_first_connection_is_verified_with_no_trust_step(
 def test_refusals_leave_nothing_behind(lab: tuple[Path, dict[str, str], int], tmp_path: Path) -> None:
     inventory, env, _ = lab
     card = trixie_card(tmp_path / "bootfs")
+    # Refused before anything is made, not even piblade's login key.
+    (tmp_path / "known_hosts").write_text(f"[10.0.0.21]:{lab[2]} ssh-ed25519 "
+                                          "AAAAC3NzaC1lZDI1NTE5AAAAIE1ZCa6Ux8cKk5uEgq2m5yBBlQd9ePzc2AIhSbyEVoVh\n")
+    early = piblade("node", "add", "blade-w1", "--ip", "10.0.0.21/24", "--dir", str(tmp_path / "seed"),
+                    "-i", str(inventory), env=env)
+    assert early.returncode == 1 and "already lists host keys" in " ".join(early.stderr.split())
+    assert not (tmp_path / "state").exists() and not (tmp_path / "seed").exists()
+    (tmp_path / "known_hosts").write_text("")
     first = piblade("node", "add", "blade-w1", "--ip", "10.0.0.21/24", "--dir", str(tmp_path / "seed"),
                     "-i", str(inventory), env=env)
     assert first.returncode == 0, first.stderr
