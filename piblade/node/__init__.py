@@ -33,6 +33,8 @@ from piblade.provision.ssh import HostKey, SshTarget, append_known_host, known_h
 from piblade.state import private_dir, state_dir, write_private
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_INTERFACE = re.compile(r"^[A-Za-z0-9_.*?-]{1,15}$")  # a Linux interface name (15 chars), or a glob of one
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 KEY_NAME = "id_ed25519"
 
 
@@ -83,6 +85,8 @@ def public_key_of(key_file: Path) -> str:
 
 
 def network_spec(ip: str | None, gateway: str | None, dns: list[str], dhcp: bool, interface: str) -> seed.NetworkSpec:
+    if not _INTERFACE.match(interface):
+        raise PibladeError(f"--interface {interface!r} is not an interface name or glob", hint="e.g. e*, eth0, end0")
     if dhcp == (ip is not None):
         raise PibladeError("give either --ip ADDRESS/PREFIX or --dhcp",
                            hint="e.g. --ip 10.0.0.21/24 --gateway 10.0.0.1, or --dhcp (then the node is "
@@ -148,6 +152,8 @@ def add_node(
     if not _HOSTNAME.match(name):
         raise PibladeError(f"{name!r} is not a valid host name",
                            hint="letters, digits and '-', at most 63, not starting or ending with '-'")
+    if user is not None and not _USER.match(user):
+        raise PibladeError(f"--user {user!r} is not a valid user name", hint="lower-case letters, digits, '_' and '-'")
     if network.address is not None:
         address = str(network.address.ip)
     elif address is None:

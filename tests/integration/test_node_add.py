@@ -228,6 +228,8 @@ def test_refusals_leave_nothing_behind(lab: tuple[Path, dict[str, str], int], tm
     assert "is a Raspberry Pi OS card from before Trixie (its issue.txt says image 2024-11-19)" in said
     assert "give either --boot PATH" in refused("blade-w5", "--dhcp")
     assert "give either --ip ADDRESS/PREFIX or --dhcp" in refused("blade-w5", "--dir", str(tmp_path / "s5"))
+    assert "--user 'Pi User' is not a valid user name" in refused(
+        "blade-w5", "--dhcp", "--user", "Pi User", "--dir", str(tmp_path / "s5"))
     assert "'blade_w5' is not a valid host name" in refused("blade_w5", "--dhcp", "--dir", str(tmp_path / "s5"))
 
 

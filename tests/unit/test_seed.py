@@ -111,6 +111,8 @@ def test_network_options_are_checked(args: tuple[str | None, str | None, list[st
     with pytest.raises(PibladeError) as err:
         network_spec(*args, "e*")
     assert message in err.value.message
+    with pytest.raises(PibladeError, match="is not an interface name or glob"):
+        network_spec(None, None, [], True, "eth0 eth1")
 
 
 def test_meta_data_names_the_instance() -> None:
