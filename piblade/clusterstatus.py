@@ -106,12 +106,6 @@ class NodeStatus:
             return float(value) if isinstance(value, int | float) else None
         return self._number(reading.key)
 
-    def levels(self) -> dict[str, str]:
-        """Each reading judged by the health model, for colours on the page and in the CLI."""
-        out = {"temp": str(self.temp_level)}
-        out.update({r.key: str(r.level(self.reading(r))) for r in READINGS})
-        return out
-
     @property
     def state(self) -> str:
         """One word for colours and badges: ``down``, ``paused``, ``hot``, ``throttled`` or ``up``."""
@@ -127,6 +121,7 @@ class NodeStatus:
         return "up"
 
     def to_dict(self) -> dict[str, Any]:
+        values = {r.key: self.reading(r) for r in READINGS}  # each reading once
         return {
             "name": self.name,
             "role": self.role,
@@ -147,11 +142,11 @@ class NodeStatus:
             "mem_percent": self.mem_percent,
             "disk_percent": self.disk_percent,
             "model": self.model,
-            **{r.key: self.reading(r) for r in READINGS},
-            "levels": self.levels(),
+            **values,
+            "levels": {"temp": str(self.temp_level), **{r.key: str(r.level(values[r.key])) for r in READINGS}},
             "readings": [
-                {"key": r.key, "label": r.label, "value": self.reading(r), "text": r.text(self.reading(r)),
-                 "level": str(r.level(self.reading(r))), "bar": r.bar}
+                {"key": r.key, "label": r.label, "value": values[r.key], "text": r.text(values[r.key]),
+                 "level": str(r.level(values[r.key])), "bar": r.bar}
                 for r in READINGS
             ],
             "sample": dict(self.sample) if self.sample is not None else None,

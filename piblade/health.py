@@ -33,7 +33,6 @@ from piblade import envvars
 from piblade.healthmodel import (
     DiskUsage,
     HealthSample,
-    PauseGate,
     ThrottleFlags,
     decode_throttled,
     parse_clock,
@@ -42,7 +41,7 @@ from piblade.healthmodel import (
     parse_throttled,
 )
 
-__all__ = ["DiskUsage", "HealthSample", "PauseGate", "Sampler", "SensorPaths", "ThrottleFlags", "decode_throttled"]
+__all__ = ["Sampler", "SensorPaths"]
 
 log = logging.getLogger("piblade.health")
 

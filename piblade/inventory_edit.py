@@ -26,6 +26,7 @@ from ruamel.yaml.error import YAMLError
 
 from piblade.errors import InventoryError
 from piblade.inventory import ROLES, Cluster, load_inventory
+from piblade.state import write_atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +136,4 @@ def plan_add_host(path: Path, name: str, role: str, host_vars: Mapping[str, Any]
 
 def commit(edit: InventoryEdit) -> None:
     """Replace the inventory with the edited text atomically, keeping the file's mode."""
-    path = edit.path
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(edit.text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(edit.path, edit.text, edit.path.stat().st_mode & 0o7777)

@@ -40,7 +40,6 @@ Everything here is pure except :func:`write_seed`.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import secrets
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from piblade.errors import PibladeError
+from piblade.state import write_atomic
 
 SEED_FILES = ("user-data", "network-config", "meta-data")
 KEYS_BEGIN = "# piblade: private host keys below; the first boot overwrites them with '#'"
@@ -299,16 +299,6 @@ def write_seed(seed: Seed, directory: Path) -> list[Path]:
     written = []
     for name, text in seed.files().items():
         path = directory / name
-        tmp = directory / f".{name}.piblade-tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(path, text)
         written.append(path)
     return written

@@ -37,11 +37,21 @@ def private_dir(path: Path) -> Path:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically with mode 0600."""
+    """Write ``text`` to ``path`` atomically with mode 0600, in a 0700 directory."""
     private_dir(path.parent)
+    write_atomic(path, text)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to a temporary sibling, flush it to disk, rename it over ``path``.
+
+    The sibling is created 0600 (``mkstemp``) and only changed to ``mode`` when
+    that differs, so it also works where modes cannot be set (a FAT boot partition).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o600)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

@@ -229,6 +229,17 @@ class HashingWriter:
         return written
 
 
+def resume_point(slot: Slot, source: str, size: int, mtime_ns: int, part_size: int | None,
+                 read_block: Callable[[int, int], bytes]) -> tuple[int, Record]:
+    """Where a copy goes on from, and the record to go on with (a new one, saved, when it starts over)."""
+    record = slot.load()
+    start = good_prefix(record, source, size, mtime_ns, part_size, read_block)
+    if not start or record is None:
+        record = Record(source, size, mtime_ns)
+        slot.save(record)
+    return start, record
+
+
 def good_prefix(record: Record | None, source: str, size: int, mtime_ns: int, part_size: int | None,
                 read_block: Callable[[int, int], bytes]) -> int:
     """How many bytes of a part can be kept: 0 unless the source is unchanged and the last block checks out.

@@ -237,13 +237,9 @@ def _put_one(share: Share, item: FileCopy, fh: BinaryIO, info: os.stat_result, p
         part = resumes.upload_part(item.dest)
         source = str(Path(item.source).resolve())
         there = share.stat(part)
-        start = resumes.good_prefix(slot.load(), source, info.st_size, info.st_mtime_ns,
-                                    there.size if there is not None else None,
-                                    lambda offset, n: share.read_range(part, offset, n))
-        record = slot.load() if start else None
-        if record is None:
-            record = resumes.Record(source, info.st_size, info.st_mtime_ns)
-            slot.save(record)
+        start, record = resumes.resume_point(slot, source, info.st_size, info.st_mtime_ns,
+                                             there.size if there is not None else None,
+                                             lambda offset, n: share.read_range(part, offset, n))
         recorder = resumes.Recorder(slot, record)
         fh.seek(start)
         progress(start)
@@ -367,12 +363,8 @@ def _get_one(share: Share, item: FileCopy, target: Path, progress: Progress) -> 
                 fh.seek(offset)
                 return fh.read(n)
 
-        start = resumes.good_prefix(slot.load(), source, item.size, item.mtime_ns,
-                                    part.stat().st_size if part.exists() else None, read_block)
-        record = slot.load() if start else None
-        if record is None:
-            record = resumes.Record(source, item.size, item.mtime_ns)
-            slot.save(record)
+        start, record = resumes.resume_point(slot, source, item.size, item.mtime_ns,
+                                             part.stat().st_size if part.exists() else None, read_block)
         progress(start)
         with open(part, "r+b" if start else "wb") as fh:
             fh.truncate(start)

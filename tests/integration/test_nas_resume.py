@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from piblade.nas.resume import BLOCK
+from piblade.nas.transfer import sha256_local as sha
 from tests.integration.conftest import ROOT
 from tests.integration.smbd import SambaServer, start_smbd
 
@@ -47,14 +48,6 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path.unlink(missing_ok=True)
     if folder.parent == shm:
         folder.rmdir()
-
-
-def sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Nas:
