@@ -11,7 +11,7 @@ uv=${UV:-.venv/bin/uv}
 build_requirements=$'setuptools>=69\nwheel>=0.43'
 common=(--quiet --universal --generate-hashes --python-version 3.11 --no-header)
 "$uv" pip compile "${common[@]}" pyproject.toml - -o requirements.lock <<<"$build_requirements"
-"$uv" pip compile "${common[@]}" pyproject.toml - --extra test --extra tunnel -o requirements-test.lock \
+"$uv" pip compile "${common[@]}" pyproject.toml - --extra test --extra tunnel --extra notebook -o requirements-test.lock \
   <<<"$build_requirements"
 echo "wrote requirements.lock ($(grep -c '^[a-zA-Z]' requirements.lock) packages)" \
      "and requirements-test.lock ($(grep -c '^[a-zA-Z]' requirements-test.lock) packages)"
