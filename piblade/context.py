@@ -31,6 +31,7 @@ from piblade.state import state_dir
 
 if TYPE_CHECKING:
     from piblade.redisconn import RedisTarget
+    from piblade.resultsdb import ResultsTarget
 
 #: The name the local cluster goes by in messages and in ``status``.
 LOCAL_CLUSTER = "local"
@@ -64,6 +65,13 @@ class ClusterContext:
         return self.secrets_dir / "samba.password"
 
     @property
+    def results_password_file(self) -> Path:
+        """The results database's password (``secrets/postgres.password``), generated like Redis's."""
+        from piblade.resultsdb import PASSWORD_FILE_NAME
+
+        return self.secrets_dir / PASSWORD_FILE_NAME
+
+    @property
     def description(self) -> str:
         if self.inventory is None:
             return f"the local cluster (state in {self.paths.root})"
@@ -86,6 +94,27 @@ class ClusterContext:
             raise ClusterError(
                 "no cluster to talk to",
                 hint="start one with `piblade local up`, or pass -i INVENTORY for a Pi cluster",
+            )
+        return target
+
+    def results_target(self) -> ResultsTarget:
+        """Which PostgreSQL keeps run history: ``$PIBLADE_RESULTS_URL``, else the inventory's results
+        node (``piblade_results_host``, default the NAS node), else the local cluster's own server."""
+        from piblade import local
+        from piblade.resultsdb import ResultsTarget, target_from_env
+
+        from_env = target_from_env()
+        if from_env is not None:
+            return from_env
+        if self.inventory is not None:
+            node = self.inventory.results_node
+            host = "127.0.0.1" if node.is_local else node.address
+            return ResultsTarget(host, self.inventory.results_port, password_file=self.results_password_file)
+        target = local.results_target(self.paths)
+        if target is None:
+            raise ClusterError(
+                "the local cluster has no results database yet",
+                hint="start (or restart) it with `piblade local up`",
             )
         return target
 

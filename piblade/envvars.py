@@ -45,6 +45,11 @@ REDIS_URL = _var("PIBLADE_REDIS_URL", "", "every command, worker, agent",
                  "redis://[user@]host:port/db of the cluster's Redis, without the password; wins over the inventory.")
 REDIS_PASSWORD_FILE = _var("PIBLADE_REDIS_PASSWORD_FILE", "", "worker, agent, every command with PIBLADE_REDIS_URL",
                            "A 0600 file holding the Redis password that goes with PIBLADE_REDIS_URL.")
+RESULTS_URL = _var("PIBLADE_RESULTS_URL", "", "recorder, runs, dashboard",
+                  "postgresql://user@host:port/db of the results database, without the password; wins over the "
+                  "inventory and the local cluster.")
+RESULTS_PASSWORD_FILE = _var("PIBLADE_RESULTS_PASSWORD_FILE", "", "recorder, runs, dashboard with PIBLADE_RESULTS_URL",
+                             "A 0600 file holding the results database password that goes with PIBLADE_RESULTS_URL.")
 DEBUG = _var("PIBLADE_DEBUG", "", "every command",
              "Set, an unexpected error's traceback also goes to the terminal (it always goes to crash.log).")
 # -- jobs and workers ------------------------------------------------------------------

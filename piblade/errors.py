@@ -14,6 +14,8 @@ code 1; anything else is a bug and keeps its traceback.
     ├── ClusterError
     │   ├── RedisUnavailable    the queue server does not answer or refuses our password
     │   ├── LocalClusterError   `piblade local` could not start or stop something
+    │   ├── ResultsUnavailable  the results database does not answer, or its schema is newer
+    │   │                       than this piblade (piblade.resultsdb)
     │   └── TestbedError        the virtual cluster cannot boot here (piblade.testbed.system)
     ├── NotFound                a job or run id that does not exist
     ├── SecretError             a secrets file is missing or readable by others

@@ -24,7 +24,8 @@ Ansible's, each because silently accepting the file would run the wrong cluster:
   ``pi1`` is refused: it may resolve only through the user's own SSH config.
 - A key twice in one mapping (e.g. a host twice under one group's ``hosts:``) is
   an error; PyYAML would silently keep the last one.
-- ``piblade_cluster_name`` is cluster-wide, so only ``all: vars:`` may set it.
+- ``piblade_cluster_name``, ``piblade_results_host`` and ``piblade_results_port`` are
+  cluster-wide, so only ``all: vars:`` may set them.
 - Host ranges (``pi[1:3]``) are not expanded; they are refused.
 """
 
@@ -127,6 +128,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("piblade_max_temp", "float", DEFAULT_MAX_TEMP, "CPU temperature in degrees C above which this node shows as hot."),
     Setting("piblade_numba_threads", "int", 0, "Numba threads per worker process; 0 means automatic.", min=0),
     Setting("piblade_python", "str", "python3", "Python interpreter used to create the node's virtualenv."),
+    Setting("piblade_results_host", "str", None, "The node whose PostgreSQL keeps run history; unset means the "
+            "NAS node (else the controller).", scope="cluster"),
+    Setting("piblade_results_port", "port", 5432, "Port of the results database (PostgreSQL) on the results node.",
+            scope="cluster"),
     Setting("piblade_known_hosts", "str", None, "known_hosts file on the controller that this node's SSH host key "
             "is checked against and `piblade trust` adds it to; unset means ~/.ssh/known_hosts. Usually set "
             "once under all: vars:."),
@@ -240,6 +245,16 @@ class Cluster:
     name: str
     source: str
     nodes: tuple[Node, ...]
+    #: The node named by ``piblade_results_host`` (checked to exist), None for the default.
+    results_host: str | None = None
+    results_port: int = 5432
+
+    @property
+    def results_node(self) -> Node:
+        """Where the results database (PostgreSQL) runs: the named node, else the NAS node, else the controller."""
+        if self.results_host is not None:
+            return self.node(self.results_host)
+        return self.nas or self.controller
 
     @property
     def controller(self) -> Node:
@@ -272,6 +287,7 @@ class Cluster:
             "source": self.source,
             "controller": self.controller.name,
             "nas": nas.name if nas else None,
+            "results": {"node": self.results_node.name, "port": self.results_port},
             "workers": [n.name for n in self.workers],
             "nodes": [n.to_dict() for n in self.nodes],
         }
@@ -643,4 +659,13 @@ class _Parser:
                     f"more than one host in {role} ({found[0][1]}, {found[1][1]}); piblade supports one",
                     line=found[1][0], key=role,
                 )
-        return Cluster(name=cluster_name or Path(self.source).stem, source=self.source, nodes=tuple(nodes))
+        results_host, results_line = self.groups["all"].vars.get("piblade_results_host", (None, 0))
+        if results_host is not None and results_host not in {n.name for n in nodes}:
+            raise self.error(
+                f"names no host of this inventory{did_you_mean(str(results_host), (n.name for n in nodes))}",
+                line=results_line, key="piblade_results_host",
+                hint="name the host whose PostgreSQL keeps run history, or leave it unset for the NAS node",
+            )
+        results_port = self.groups["all"].vars.get("piblade_results_port", (5432, 0))[0]
+        return Cluster(name=cluster_name or Path(self.source).stem, source=self.source, nodes=tuple(nodes),
+                       results_host=results_host, results_port=results_port)

@@ -23,11 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from piblade.errors import LocalClusterError
 from piblade.redisconn import DEFAULT_USER, PASSWORD_FILE_ENV, URL_ENV, RedisTarget, acl_line
 from piblade.state import ensure_secret, private_dir, state_dir, write_private
+
+if TYPE_CHECKING:
+    from piblade.resultsdb import ResultsTarget
 
 #: Redis ACL rules of the piblade user: everything RQ needs, no admin commands.
 #: RQ's worker uses CLIENT SETNAME/LIST and INFO; nothing uses CONFIG, DEBUG, SHUTDOWN or MODULE.
@@ -57,6 +60,15 @@ class LocalPaths:
     @property
     def password_file(self) -> Path:
         return self.root / "secrets" / "redis.password"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The local results database: its data directory, its unix socket and its config."""
+        return self.root / "postgres"
+
+    @property
+    def postgres_password_file(self) -> Path:
+        return self.root / "secrets" / "postgres.password"
 
     @property
     def admin_password_file(self) -> Path:
@@ -89,18 +101,20 @@ class LocalConfig:
     started: float = 0.0
     bind: tuple[str, ...] = ("127.0.0.1",)
     node: str = ""
+    #: The local PostgreSQL's port on 127.0.0.1; 0 for a cluster started before it had one.
+    pg_port: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
             {"port": self.port, "workers": self.workers, "queues": list(self.queues), "pid": self.pid,
-             "started": self.started, "bind": list(self.bind), "node": self.node}
+             "started": self.started, "bind": list(self.bind), "node": self.node, "pg_port": self.pg_port}
         )
 
     @classmethod
     def from_json(cls, text: str) -> LocalConfig:
         data = json.loads(text)
         return cls(data["port"], data["workers"], tuple(data["queues"]), data.get("pid", 0), data.get("started", 0.0),
-                   tuple(data.get("bind", ["127.0.0.1"])), data.get("node", ""))
+                   tuple(data.get("bind", ["127.0.0.1"])), data.get("node", ""), data.get("pg_port", 0))
 
     @property
     def node_name(self) -> str:
@@ -121,6 +135,17 @@ def target(paths: LocalPaths | None = None) -> RedisTarget | None:
     if config is None:
         return None
     return RedisTarget("127.0.0.1", config.port, DEFAULT_USER, paths.password_file)
+
+
+def results_target(paths: LocalPaths | None = None) -> ResultsTarget | None:
+    """The results database of the local cluster, if one was ever started here with one."""
+    from piblade.resultsdb import ResultsTarget
+
+    paths = paths or LocalPaths.default()
+    config = read_config(paths)
+    if config is None or not config.pg_port:
+        return None
+    return ResultsTarget("127.0.0.1", config.pg_port, password_file=paths.postgres_password_file)
 
 
 def pid_alive(pid: int) -> bool:

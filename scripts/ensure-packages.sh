@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the Debian packages piblade needs are present.
-#   ensure-packages.sh base   what `make demo` needs: python3-venv, redis-server
+#   ensure-packages.sh base   what `make demo` needs: python3-venv, redis-server, postgresql (the server
+#                             binaries only: Debian's default cluster on port 5432 is not created)
 #   ensure-packages.sh test   what `make test` needs on top: the servers and browser the tests start,
 #                             and the tools of the nspawn testbed (tests/e2e, `piblade testbed`)
 # As root, missing packages are installed with apt-get; otherwise we print the command and fail.
@@ -14,6 +15,7 @@ check() {
     python3-venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ;;
     redis-server) have redis-server ;;
     redis-tools)  have redis-benchmark ;;
+    postgresql)   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;;  # the local cluster's run history
     chromium)     have chromium ;;  # the dashboard's browser test (Playwright drives Debian's build)
     systemd-container) have systemd-nspawn ;;  # the testbed boots its nodes with systemd-nspawn
     debootstrap)  have debootstrap ;;  # builds the testbed's node image (once, cached)
@@ -28,8 +30,8 @@ check() {
 }
 
 case "${1:-}" in
-  base) wanted=(python3-venv redis-server) ;;
-  test) wanted=(python3-venv redis-server redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba samba-vfs-modules smbclient) ;;
+  base) wanted=(python3-venv redis-server postgresql) ;;
+  test) wanted=(python3-venv redis-server postgresql redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba samba-vfs-modules smbclient) ;;
   *) echo "usage: $0 base|test" >&2; exit 2 ;;
 esac
 
@@ -41,8 +43,18 @@ done
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "piblade needs these Debian packages: ${missing[*]}" >&2
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    echo "first keep Debian from creating its own PostgreSQL cluster on port 5432:" >&2
+    echo "  echo 'create_main_cluster = false' | sudo tee -a /etc/postgresql-common/createcluster.conf" >&2
+  fi
   echo "install them with:  sudo apt-get install -y ${missing[*]}" >&2
   exit 1
+fi
+if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+  # piblade runs its own PostgreSQL in its state directory: no system-wide cluster on 5432.
+  mkdir -p /etc/postgresql-common
+  grep -qsx 'create_main_cluster = false' /etc/postgresql-common/createcluster.conf ||
+    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
 fi
 echo "installing Debian packages: ${missing[*]} ..."
 export DEBIAN_FRONTEND=noninteractive

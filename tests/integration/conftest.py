@@ -1,4 +1,4 @@
-"""Real services for integration tests: a redis-server with piblade's ACL config, real workers.
+"""Real services for integration tests: a redis-server with piblade's ACL config, a PostgreSQL, real workers.
 
 Everything binds to loopback on free ports and is stopped at the end.
 """
@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from piblade import local
+from piblade import local, pgserver, resultsdb
 from piblade.redisconn import RedisTarget, connect
+from piblade.resultsdb import ResultsTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_JOBS = "tests.integration.testjobs"
@@ -206,3 +207,60 @@ def workers(redis_server: RedisServer, conn: redis.Redis, tmp_path: Path) -> Ite
     pool = start_workers(redis_server, tmp_path)
     yield pool
     pool.stop()
+
+
+@dataclass
+class PostgresServer:
+    """A real PostgreSQL made like the local cluster's: initdb with scram-sha-256 and a 0600 --pwfile."""
+
+    server: pgserver.PgServer
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> ResultsTarget:
+        return ResultsTarget("127.0.0.1", self.port, password_file=self.server.password_file)
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.server.argv(self.port, fsync=False), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                resultsdb.connect(self.target, timeout=2, migrate_schema=False).close()
+                return
+            except resultsdb.ResultsUnavailable:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"PostgreSQL did not start:\n{self.log.read_text()[-3000:]}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """A fast shutdown (clients are cut off), as when the results node's PostgreSQL restarts."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(pgserver.STOP_SIGNAL)
+            self.proc.wait(timeout=60)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    root = tmp_path_factory.mktemp("postgres")
+    server = pgserver.PgServer(root / "postgres", root / "secrets" / "postgres.password")
+    server.initdb(sync=False)
+    pg = PostgresServer(server, local.free_port(), root / "postgres.log")
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def results(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """The server with an empty ``piblade`` database (no schema yet), running."""
+    if postgres_server.proc is None or postgres_server.proc.poll() is not None:
+        postgres_server.start()  # a test that stopped it failed before starting it again
+    with resultsdb.connect(postgres_server.target, migrate_schema=False) as db:
+        db.execute("DROP SCHEMA public CASCADE")
+        db.execute("CREATE SCHEMA public")
+        db.commit()
+    yield postgres_server

@@ -341,6 +341,34 @@ def test_cluster_name_only_in_all_vars(tmp_path: Path) -> None:
     assert "all: vars:" in str(exc)
 
 
+RESULTS = """\
+all:
+  vars:
+    {extra}
+  children:
+    controller:
+      hosts:
+        ctl.lan:
+    nas:
+      hosts:
+        nas.lan:
+"""
+
+
+def test_results_database_is_on_the_nas_unless_a_node_is_named(tmp_path: Path) -> None:
+    default = load(tmp_path, RESULTS.format(extra="piblade_cluster_name: c"))
+    assert (default.results_node.name, default.results_port) == ("nas.lan", 5432)
+    named = load(tmp_path, RESULTS.format(extra="piblade_results_host: ctl.lan\n    piblade_results_port: 6543"))
+    assert (named.results_node.name, named.results_port) == ("ctl.lan", 6543)
+    assert load(tmp_path, CONTROLLER).results_node.name == "ctl.lan"  # no NAS: the controller
+
+
+def test_results_host_must_name_a_host(tmp_path: Path) -> None:
+    exc = error(tmp_path, RESULTS.format(extra="piblade_results_host: nas"), line=3, key="piblade_results_host")
+    assert str(exc).endswith("names no host of this inventory (did you mean \"nas.lan\"?)")
+    assert exc.hint == "name the host whose PostgreSQL keeps run history, or leave it unset for the NAS node"
+
+
 def test_more_than_one_nas(tmp_path: Path) -> None:
     exc = error(tmp_path, CONTROLLER + "    nas:\n      hosts:\n        a.lan:\n        b.lan:\n", line=9, key="nas")
     assert "a.lan, b.lan" in str(exc)

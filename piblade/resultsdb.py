@@ -1,0 +1,457 @@
+"""The one seam to PostgreSQL: where the results database is, its schema, and bulk loads.
+
+Redis forgets a run after a week; the results database keeps it. Every cluster
+has one PostgreSQL database ``piblade`` owned by the user ``piblade``, on the
+NAS node unless ``piblade_results_host`` names another node (the local cluster
+runs its own server in its state directory). The password is generated like
+Redis's into the cluster's 0600 secrets (``secrets/postgres.password``) and is
+never part of a URL, an argv or a log line; servers accept it with
+``scram-sha-256`` only.
+
+* **The schema is piblade's.** :data:`MIGRATIONS` is the whole history of the
+  schema, one numbered step each; :func:`migrate` (run by every writer and
+  reader on connect) applies the steps a database has not seen yet, under an
+  advisory lock, and records each in ``piblade_schema``. A newer piblade meets
+  an older database and brings it forward; an older piblade meeting a newer
+  database refuses to write instead of guessing (:class:`SchemaTooNew`).
+* **Bulk loads are binary COPY with declared types** (:func:`copy_rows`): the
+  fast path of psycopg 3 (``cursor.copy`` + ``set_types``), one round trip per
+  batch instead of one per row.
+
+psycopg is imported here and nowhere else; its errors leave this module as
+:class:`ResultsUnavailable` (a :class:`~piblade.errors.ClusterError`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from piblade import envvars
+from piblade.errors import ClusterError, PibladeError
+from piblade.state import read_secret
+
+if TYPE_CHECKING:  # psycopg costs ~60 ms to import: only commands that talk to the database pay it
+    import psycopg
+
+    from piblade.history import AttemptRow, RunSummary, TaskAttempt
+    from piblade.runs import RunRecord
+
+DEFAULT_PORT = 5432
+DEFAULT_DB = "piblade"
+DEFAULT_USER = "piblade"
+#: The file, in a cluster's secrets directory, that holds the results database's password.
+PASSWORD_FILE_NAME = "postgres.password"
+URL_ENV = envvars.RESULTS_URL.name
+PASSWORD_FILE_ENV = envvars.RESULTS_PASSWORD_FILE.name
+#: Serialises migrations of one database between processes (any constant of our own).
+_MIGRATION_LOCK = 0x70B1ADE
+
+
+class ResultsUnavailable(ClusterError):
+    """The results database does not answer, refuses our password, or failed a statement."""
+
+
+class SchemaTooNew(ResultsUnavailable):
+    """The database was migrated by a newer piblade than this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsTarget:
+    """Where the results database is and which credential to use. Holds no secret itself."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    dbname: str = DEFAULT_DB
+    user: str = DEFAULT_USER
+    password_file: Path | None = None
+
+    @property
+    def display(self) -> str:
+        """A URL safe to print: never the password."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def conninfo(self) -> dict[str, Any]:
+        """psycopg's keyword arguments, the password read from its 0600 file only now."""
+        kwargs: dict[str, Any] = {
+            "host": self.host, "port": self.port, "dbname": self.dbname, "user": self.user,
+            "application_name": "piblade",
+        }
+        if self.password_file is not None:
+            kwargs["password"] = read_secret(self.password_file)
+        return kwargs
+
+
+def target_from_url(url: str, password_file: str | Path | None) -> ResultsTarget:
+    """Parse ``postgresql://user@host:port/db``; a password inside the URL is refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise PibladeError(f"not a postgresql:// URL: {url!r}", hint="use postgresql://USER@HOST:PORT/DB")
+    if parts.password:
+        raise PibladeError(
+            "a password inside the results database URL is refused (it would show up in process lists and logs)",
+            hint=f"put it in a 0600 file and set {PASSWORD_FILE_ENV} to its path",
+        )
+    return ResultsTarget(
+        host=parts.hostname,
+        port=parts.port or DEFAULT_PORT,
+        dbname=parts.path.lstrip("/") or DEFAULT_DB,
+        user=parts.username or DEFAULT_USER,
+        password_file=Path(password_file) if password_file else None,
+    )
+
+
+def target_from_env() -> ResultsTarget | None:
+    url = os.environ.get(URL_ENV)
+    if not url:
+        return None
+    return target_from_url(url, os.environ.get(PASSWORD_FILE_ENV))
+
+
+def connect(target: ResultsTarget, *, timeout: float = 10.0, migrate_schema: bool = True) -> psycopg.Connection[Any]:
+    """Connect, and bring the schema forward unless told not to; failures say what to do."""
+    import psycopg
+
+    try:
+        conn = psycopg.connect(**target.conninfo(), connect_timeout=max(1, int(timeout)))
+    except psycopg.OperationalError as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        if "password authentication failed" in str(exc):
+            raise ResultsUnavailable(
+                f"the results database {target.display} refused the password of user {target.user!r}",
+                hint=f"check the password file {target.password_file}",
+            ) from exc
+        raise ResultsUnavailable(
+            f"cannot reach the results database {target.display} ({detail})",
+            hint="start the local cluster with `piblade local up`, or check PostgreSQL on the results node",
+        ) from exc
+    if migrate_schema:
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+# -- the schema ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema's history. Steps are never edited once released: add a new one."""
+
+    version: int
+    why: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs and task attempts", """
+        CREATE TABLE runs (
+            id          text PRIMARY KEY,
+            job         text NOT NULL,
+            params      jsonb NOT NULL,
+            queue       text NOT NULL,
+            tasks       integer NOT NULL,
+            has_reduce  boolean NOT NULL,
+            output      text NOT NULL,
+            timeout_s   integer NOT NULL,
+            retries     integer NOT NULL,
+            piblade     text NOT NULL,
+            submitted   timestamptz NOT NULL
+        );
+        -- One row per attempt of a task that ended. `key` is made by the worker
+        -- and travels with the record, so a batch loaded twice (the recorder died
+        -- between commit and trimming the stream) is a no-op the second time.
+        CREATE TABLE task_attempts (
+            key         text PRIMARY KEY,
+            run_id      text NOT NULL,
+            task_id     text NOT NULL,
+            phase       text NOT NULL,
+            idx         integer NOT NULL,
+            state       text NOT NULL,
+            node        text NOT NULL,
+            worker      text NOT NULL,
+            enqueued    timestamptz,
+            started     timestamptz,
+            ended       timestamptz NOT NULL,
+            seconds     double precision,
+            max_temp_c  real,
+            throttled   integer,
+            error       text
+        );
+    """),
+    Migration(2, "indexes for `runs list --job --since` and `runs show`", """
+        CREATE INDEX runs_submitted ON runs (submitted DESC);
+        CREATE INDEX runs_job_submitted ON runs (job, submitted DESC);
+        CREATE INDEX task_attempts_run ON task_attempts (run_id, task_id, ended);
+    """),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The newest migration this database has seen; 0 for an empty database."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('piblade_schema') IS NOT NULL")
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return 0
+        cur.execute("SELECT coalesce(max(version), 0) FROM piblade_schema")
+        row = cur.fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> list[int]:
+    """Apply the migrations this database lacks (up to ``upto``), each in its own transaction.
+
+    Two processes starting at once (the recorder and a CLI command) take turns
+    on an advisory lock; the second finds nothing left to do. Returns the
+    versions applied.
+    """
+    import psycopg
+
+    from piblade.registry import code_version
+
+    target = SCHEMA_VERSION if upto is None else upto
+    applied: list[int] = []
+    try:
+        current = schema_version(conn)
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the results database is at schema version {current}; this piblade knows up to {SCHEMA_VERSION}",
+                hint="upgrade piblade on this machine (the database was migrated by a newer one)",
+            )
+        if current >= target:
+            return applied
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS piblade_schema ("
+                " version integer PRIMARY KEY, why text NOT NULL,"
+                " applied timestamptz NOT NULL DEFAULT now(), piblade text NOT NULL)"
+            )
+            cur.execute("SELECT coalesce(max(version), 0) FROM piblade_schema")
+            row = cur.fetchone()
+            current = int(row[0]) if row else 0
+            for step in MIGRATIONS:
+                if current < step.version <= target:
+                    cur.execute(step.sql.encode())
+                    cur.execute(
+                        "INSERT INTO piblade_schema (version, why, piblade) VALUES (%s, %s, %s)",
+                        (step.version, step.why, code_version()),
+                    )
+                    applied.append(step.version)
+    except psycopg.Error as exc:
+        raise ResultsUnavailable(f"migrating the results database failed: {exc}",
+                                 hint="see the PostgreSQL log on the results node") from exc
+    return applied
+
+
+# -- bulk loads ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column a COPY writes, with the PostgreSQL type its binary values are sent as."""
+
+    name: str
+    type: str
+
+
+def copy_rows(
+    cur: psycopg.Cursor[Any], table: str, columns: Sequence[Column], rows: Iterable[Sequence[Any]]
+) -> int:
+    """``COPY table (columns) FROM STDIN (FORMAT BINARY)`` with declared types. Returns the rows sent.
+
+    Binary COPY needs every value's type up front (``set_types``): a Python
+    value of another type fails the row instead of being guessed at.
+    """
+    from psycopg import sql
+
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+    )
+    count = 0
+    with cur.copy(statement) as copy:
+        copy.set_types([c.type for c in columns])
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def insert_rows(
+    cur: psycopg.Cursor[Any], table: str, columns: Sequence[Column], rows: Iterable[Sequence[Any]]
+) -> int:
+    """One ``INSERT`` per row: the plain alternative :func:`copy_rows` is measured against."""
+    from psycopg import sql
+
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
+        sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(c.type)) for c in columns),
+    )
+    count = 0
+    for row in rows:
+        cur.execute(statement, row)
+        count += 1
+    return count
+
+
+# -- run history: written by the recorder, read by `piblade runs` and the dashboard ----------
+
+RUN_COLUMNS = (
+    Column("id", "text"), Column("job", "text"), Column("params", "jsonb"), Column("queue", "text"),
+    Column("tasks", "int4"), Column("has_reduce", "bool"), Column("output", "text"),
+    Column("timeout_s", "int4"), Column("retries", "int4"), Column("piblade", "text"),
+    Column("submitted", "timestamptz"),
+)
+ATTEMPT_COLUMNS = (
+    Column("key", "text"), Column("run_id", "text"), Column("task_id", "text"), Column("phase", "text"),
+    Column("idx", "int4"), Column("state", "text"), Column("node", "text"), Column("worker", "text"),
+    Column("enqueued", "timestamptz"), Column("started", "timestamptz"), Column("ended", "timestamptz"),
+    Column("seconds", "float8"), Column("max_temp_c", "float4"), Column("throttled", "int4"),
+    Column("error", "text"),
+)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def run_row(run: RunRecord) -> tuple[Any, ...]:
+    from psycopg.types.json import Jsonb
+
+    return (run.id, run.job, Jsonb(run.params), run.queue, run.total, run.has_reduce, run.output,
+            run.timeout, run.retries, run.piblade, _ts(run.created))
+
+
+def attempt_row(a: TaskAttempt) -> tuple[Any, ...]:
+    return (a.key, a.run_id, a.task_id, a.phase, a.index, a.state, a.node, a.worker, _ts(a.enqueued),
+            _ts(a.started), _ts(a.ended), a.seconds, a.max_temp_c, a.throttled, a.error or None)
+
+
+def record(
+    conn: psycopg.Connection[Any], runs: Sequence[RunRecord], attempts: Sequence[TaskAttempt], *, copy: bool = True
+) -> tuple[int, int]:
+    """Load a batch in one transaction; rows already there (same run id, same attempt key) are skipped.
+
+    Rows go by binary COPY into temporary staging tables, then into the real
+    ones with ``ON CONFLICT DO NOTHING``: COPY alone cannot skip duplicates,
+    and a batch is loaded again whenever the recorder died between the commit
+    and trimming the stream. Returns (runs, attempts) newly written.
+    ``copy=False`` sends one INSERT per row instead (the benchmark's baseline).
+    """
+    import psycopg
+
+    write = copy_rows if copy else insert_rows
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS staging_runs (LIKE runs) ON COMMIT DELETE ROWS")
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS staging_attempts (LIKE task_attempts) ON COMMIT DELETE ROWS")
+            new_runs = new_attempts = 0
+            if runs:
+                write(cur, "staging_runs", RUN_COLUMNS, (run_row(r) for r in runs))
+                cur.execute("INSERT INTO runs SELECT * FROM staging_runs ON CONFLICT (id) DO NOTHING")
+                new_runs = cur.rowcount
+            if attempts:
+                write(cur, "staging_attempts", ATTEMPT_COLUMNS, (attempt_row(a) for a in attempts))
+                cur.execute("INSERT INTO task_attempts SELECT * FROM staging_attempts ON CONFLICT (key) DO NOTHING")
+                new_attempts = cur.rowcount
+    except psycopg.Error as exc:
+        raise ResultsUnavailable(f"writing run history failed: {exc.__class__.__name__}: {exc}",
+                                 hint="the records stay in Redis and are written again") from exc
+    return new_runs, new_attempts
+
+
+_SUMMARY_SQL = """
+SELECT r.id, r.job, r.params, r.queue, r.tasks, r.has_reduce, r.submitted, a.started, a.ended,
+       coalesce(s.done, 0), coalesce(s.failed, 0), coalesce(a.attempts, 0), coalesce(a.nodes, '{}'),
+       a.max_temp, r.piblade, r.output
+FROM runs r
+LEFT JOIN LATERAL (
+    SELECT min(t.started) AS started, max(t.ended) AS ended, count(*) AS attempts,
+           array_agg(DISTINCT t.node ORDER BY t.node) AS nodes, max(t.max_temp_c) AS max_temp
+    FROM task_attempts t WHERE t.run_id = r.id
+) a ON true
+LEFT JOIN LATERAL (
+    -- each task's outcome: a finished attempt wins, else its latest attempt's state
+    SELECT count(*) FILTER (WHERE l.state = 'finished') AS done,
+           count(*) FILTER (WHERE l.state IN ('failed', 'stopped')) AS failed
+    FROM (SELECT DISTINCT ON (t.task_id) t.state FROM task_attempts t WHERE t.run_id = r.id
+          ORDER BY t.task_id, (t.state = 'finished') DESC, t.ended DESC) l
+) s ON true
+"""
+
+
+def _summary(row: Sequence[Any]) -> RunSummary:
+    from piblade.history import RunSummary
+
+    params = row[2] if isinstance(row[2], dict) else json.loads(row[2])
+    return RunSummary(
+        id=row[0], job=row[1], params=params, queue=row[3], tasks=row[4], has_reduce=row[5],
+        submitted=row[6].timestamp(), started=_epoch(row[7]), ended=_epoch(row[8]), done=int(row[9]),
+        failed=int(row[10]), attempts=int(row[11]), nodes=tuple(row[12]),
+        max_temp_c=None if row[13] is None else round(float(row[13]), 1), piblade=row[14], output=row[15],
+    )
+
+
+def list_runs(
+    conn: psycopg.Connection[Any], *, job: str | None = None, since: float | None = None, limit: int = 50
+) -> list[RunSummary]:
+    """Newest first, optionally of one job and submitted since ``since`` (epoch seconds)."""
+    import psycopg
+
+    try:
+        rows = conn.execute(
+            _SUMMARY_SQL + " WHERE (%(job)s::text IS NULL OR r.job = %(job)s)"
+            " AND (%(since)s::timestamptz IS NULL OR r.submitted >= %(since)s)"
+            " ORDER BY r.submitted DESC LIMIT %(limit)s",
+            {"job": job, "since": _ts(since), "limit": limit},
+        ).fetchall()
+        conn.commit()
+    except psycopg.Error as exc:
+        raise ResultsUnavailable(f"reading run history failed: {exc}") from exc
+    return [_summary(row) for row in rows]
+
+
+def show_run(conn: psycopg.Connection[Any], run_id: str) -> tuple[RunSummary, list[AttemptRow]] | None:
+    """One run and every attempt of its tasks (numbered per task), or None if history has no such run."""
+    import psycopg
+
+    from piblade.history import AttemptRow
+
+    try:
+        found = conn.execute(_SUMMARY_SQL + " WHERE r.id = %s", (run_id,)).fetchone()
+        if found is None:
+            conn.commit()
+            return None
+        rows = conn.execute(
+            "SELECT task_id, row_number() OVER (PARTITION BY task_id ORDER BY ended), state, node, worker,"
+            " enqueued, started, ended, seconds, max_temp_c, throttled, coalesce(error, '')"
+            " FROM task_attempts WHERE run_id = %s ORDER BY task_id, ended",
+            (run_id,),
+        ).fetchall()
+        conn.commit()
+    except psycopg.Error as exc:
+        raise ResultsUnavailable(f"reading run history failed: {exc}") from exc
+    attempts = [
+        AttemptRow(task_id=r[0], attempt=int(r[1]), state=r[2], node=r[3], worker=r[4], enqueued=_epoch(r[5]),
+                   started=_epoch(r[6]), ended=r[7].timestamp(), seconds=r[8],
+                   max_temp_c=None if r[9] is None else round(float(r[9]), 1), throttled=r[10], error=r[11])
+        for r in rows
+    ]
+    return _summary(found), attempts
