@@ -25,7 +25,6 @@ This module must not import Numba at module level.
 from __future__ import annotations
 
 import math
-import posixpath
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 
 from piblade.errors import BadParameter
 from piblade.outputs import replace_into
-from piblade.registry import REQUIRED, Param, TaskContext, job, shown
+from piblade.registry import REQUIRED, Param, TaskContext, job, relative_share_path, shown
 
 OPS = ("grayscale", "blur", "edges", "resize")
 #: Output rows per kernel call: bounds the work of one call and the memory of intermediates.
@@ -57,13 +56,8 @@ PARAMS = (
 
 def check(params: Mapping[str, Any]) -> None:
     """Refuse, before anything is queued, a path that is absolute or climbs out with '..'."""
-    path = params["path"]
-    norm = posixpath.normpath(path.replace("\\", "/")) if path else ""
-    if not path or posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
-        raise BadParameter(
-            f"image: path={shown(path)} must be a file path relative to the share",
-            hint="give the picture's path under the share, e.g. path=photos/cat.jpg, or use --over 'photos/*.jpg'",
-        )
+    relative_share_path("image", params["path"],
+                        "give the picture's path under the share, e.g. path=photos/cat.jpg, or use --over 'photos/*.jpg'")
 
 
 def gaussian_weights(sigma: float, radius: int = 0) -> np.ndarray:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import math
-import posixpath
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from piblade.errors import BadParameter
-from piblade.registry import REQUIRED, Param, TaskContext, job, shown
+from piblade.registry import REQUIRED, Param, TaskContext, job, relative_share_path, shown
 
 #: Bytes read per chunk (one kernel call each).
 CHUNK_BYTES = 4 << 20
@@ -59,18 +58,8 @@ PARAMS = (
 
 
 def check_relative(path: str) -> str:
-    """Refuse, before anything is queued, a path that is absolute or climbs out with '..'.
-
-    (The task resolves it again with :meth:`TaskContext.resolve`, which also
-    catches symlinks pointing outside the data directory.)
-    """
-    norm = posixpath.normpath(path.replace("\\", "/")) if path else ""
-    if not path or posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
-        raise BadParameter(
-            f"summary: path={shown(path)} must be a file path relative to the data directory",
-            hint="give the path as it appears under the share, e.g. path=data/readings.f8",
-        )
-    return norm
+    """Refuse, before anything is queued, a path that is absolute or climbs out with '..'."""
+    return relative_share_path("summary", path, "give the path as it appears under the share, e.g. path=data/readings.f8")
 
 
 def split(params: Mapping[str, Any]) -> list[dict[str, Any]]:

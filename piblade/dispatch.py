@@ -73,12 +73,17 @@ def _enqueue_run(conn: redis.Redis, task_path: str, name: str, record: RunRecord
         pipe.execute()
 
 
-def plan_over(registry: Registry, job_name: str, raw_params: Mapping[str, Any], paths: list[str]) -> list[dict[str, Any]]:
+def plan_over(
+    registry: Registry, job_name: str, raw_params: Mapping[str, Any], paths: list[str],
+    sizes: Mapping[str, int] | None = None,
+) -> list[dict[str, Any]]:
     """One task per file: the job's validated parameters with ``path`` set to that file. Pure, no I/O.
 
-    Refuses, before anything is enqueued, a job without a ``path`` parameter,
-    a ``path`` given as a parameter too, an empty file list, and a job whose
-    split would turn one file into several tasks.
+    A job with a ``split_file`` gets its say on each file whose size is known
+    (``sizes``, from the listing of the share): a large file may become several
+    tasks. Refuses, before anything is enqueued, a job without a ``path``
+    parameter, a ``path`` given as a parameter too, an empty file list, and a
+    job whose split would turn one file into several tasks.
     """
     check_over(registry, job_name, raw_params)
     spec = registry.get(job_name)
@@ -86,7 +91,11 @@ def plan_over(registry: Registry, job_name: str, raw_params: Mapping[str, Any], 
         raise BadParameter(f"{spec.name}: --over matched no files", hint="`piblade nas ls DIR` shows what is there")
     plan: list[dict[str, Any]] = []
     for path in paths:
-        tasks = spec.plan(spec.validate({**raw_params, "path": path}))
+        params = spec.validate({**raw_params, "path": path})
+        if spec.split_file is not None and sizes is not None and path in sizes:
+            plan.extend(dict(t) for t in spec.split_file(params, sizes[path]))
+            continue
+        tasks = spec.plan(params)
         if len(tasks) != 1:
             raise BadParameter(
                 f"{spec.name} splits each file into {len(tasks)} tasks; --over runs one task per file",
@@ -122,6 +131,7 @@ def submit_over(
     paths: list[str],
     *,
     pattern: str,
+    sizes: Mapping[str, int] | None = None,
     queue: str = "default",
     timeout: int | None = None,
     retries: int = 0,
@@ -134,7 +144,7 @@ def submit_over(
     """
     check_queue(queue)
     spec = registry.get(job_name)
-    plan = plan_over(registry, job_name, raw_params, paths)
+    plan = plan_over(registry, job_name, raw_params, paths, sizes)
     if timeout is not None and timeout <= 0:
         raise PibladeError(f"--timeout must be positive, not {timeout}")
     if retries < 0:

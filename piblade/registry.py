@@ -17,13 +17,17 @@ import importlib
 import math
 import os
 import pkgutil
+import posixpath
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from piblade import envvars
 from piblade.errors import BadParameter, JobError, UnknownJob, UnregisteredCallable
+
+if TYPE_CHECKING:
+    from piblade.resultsdb import ResultsTarget
 
 #: The module that a wheel built for a node carries, naming the source it was built from
 #: (``piblade.provision.wheelhouse`` writes it into the copy it builds from).
@@ -114,6 +118,18 @@ def _number(value: float | None) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:g}"
+
+
+def relative_share_path(job: str, path: str, hint: str) -> str:
+    """``path`` normalised; refused, before anything is queued, when absolute or climbing out with '..'.
+
+    (The task resolves it again with :meth:`TaskContext.resolve`, which also
+    catches symlinks pointing outside the data directory.)
+    """
+    norm = posixpath.normpath(path.replace("\\", "/")) if path else ""
+    if not path or posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
+        raise BadParameter(f"{job}: path={shown(path)} must be a file path relative to the share", hint=hint)
+    return norm
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +264,8 @@ class TaskContext:
 
     ``output_dir`` is the run's directory under the worker's data root (the
     NAS mount on a real cluster), already created. Tasks write there with a
-    temporary name and rename, because RQ may run a task twice.
+    temporary name and rename, because RQ may run a task twice. ``results`` is
+    the cluster's results database (PostgreSQL), when the worker knows one.
     """
 
     run_id: str
@@ -258,6 +275,7 @@ class TaskContext:
     data_root: Path
     output_dir: Path
     threads: int = 1
+    results: ResultsTarget | None = None
 
     def resolve(self, relative: str) -> Path:
         """Resolve a path given relative to the data root, refusing escapes."""
@@ -270,6 +288,7 @@ class TaskContext:
 
 TaskFn = Callable[..., Any]
 SplitFn = Callable[[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
+SplitFileFn = Callable[[Mapping[str, Any], int], Sequence[Mapping[str, Any]]]
 ReduceFn = Callable[[TaskContext, Mapping[str, Any], list[Any]], Any]
 
 
@@ -281,6 +300,9 @@ class JobSpec:
     parameters into the kwargs of each task (one RQ job each); without it the
     job runs as one task with the parameters as kwargs. ``reduce(ctx, params,
     results)`` runs once on a worker after every task has succeeded.
+    ``split_file(params, size)``, for a job that takes a ``path``, turns one
+    file of ``size`` bytes into its tasks for ``submit --over`` (e.g. one per
+    64 MiB of a CSV file); without it a file is one task.
     """
 
     name: str
@@ -293,6 +315,7 @@ class JobSpec:
     timeout: int = 600
     writes_output: bool = False
     check: Callable[[Mapping[str, Any]], None] | None = None
+    split_file: SplitFileFn | None = None
 
     @property
     def task_path(self) -> str:
@@ -432,6 +455,7 @@ def job(
     timeout: int = 600,
     writes_output: bool = False,
     check: Callable[[Mapping[str, Any]], None] | None = None,
+    split_file: SplitFileFn | None = None,
 ) -> Callable[[TaskFn], TaskFn]:
     """Declare a job: ``@job("name", summary=..., params=[Param(...)])`` on its task function."""
 
@@ -448,6 +472,7 @@ def job(
                 timeout=timeout,
                 writes_output=writes_output,
                 check=check,
+                split_file=split_file,
             )
         )
         return fn

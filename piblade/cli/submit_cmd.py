@@ -59,8 +59,8 @@ INPUTS_DIR = "inputs"
 
 def resolve_over(
     cluster: ClusterContext, over: str | None, input_dir: Path | None, *, quiet: bool
-) -> tuple[str, list[str]]:
-    """Upload ``input_dir`` (if given) and expand the glob on the share; return (pattern, share paths).
+) -> tuple[str, dict[str, int]]:
+    """Upload ``input_dir`` (if given) and expand the glob on the share; return (pattern, {share path: size}).
 
     The share is the one `piblade nas` would use (see piblade.nas); the SMB
     session lives only for this call, in this process.
@@ -82,10 +82,10 @@ def resolve_over(
             if not quiet:
                 err_console.print(f"uploaded {input_dir} to {base}/ on {share.description}: {report.copied} file(s) "
                                   f"({human(report.bytes)}), {report.skipped} already there", markup=False)
-        paths = [e.path for e in pattern.expand(share, full)]
+        sizes = {e.path: e.size for e in pattern.expand(share, full)}
     if not quiet:
-        err_console.print(f"{full}: {len(paths)} file(s) on the share", markup=False)
-    return full, paths
+        err_console.print(f"{full}: {len(sizes)} file(s) on the share", markup=False)
+    return full, sizes
 
 
 def check_share_inputs(cluster: ClusterContext, spec: Any, params: dict[str, Any]) -> None:
@@ -142,9 +142,9 @@ def register(app: typer.Typer) -> None:
             # Refuse a job that cannot run over files before uploading or touching Redis.
             dispatch.check_over(registry, job, params)
             conn = open_redis(cluster)
-            pattern, paths = resolve_over(cluster, over, input_dir, quiet=as_json)
-            record = dispatch.submit_over(conn, registry, job, params, paths, pattern=pattern, queue=queue,
-                                          timeout=timeout, retries=retries)
+            pattern, sizes = resolve_over(cluster, over, input_dir, quiet=as_json)
+            record = dispatch.submit_over(conn, registry, job, params, list(sizes), pattern=pattern, sizes=sizes,
+                                          queue=queue, timeout=timeout, retries=retries)
         else:
             # Validate before touching Redis: a bad parameter never needs a running cluster.
             spec = registry.get(job)
