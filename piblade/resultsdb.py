@@ -17,6 +17,9 @@ never part of a URL, an argv or a log line; servers accept it with
 * **Bulk loads are binary COPY with declared types** (:func:`copy_rows`): the
   fast path of psycopg 3 (``cursor.copy`` + ``set_types``), one round trip per
   batch instead of one per row.
+* **CSV files go to the server as CSV** (:func:`load_csv`, the ``ingest``
+  job): PostgreSQL's own parser is faster than any parsing in Python, and its
+  error context names the line and column of a refused row.
 
 psycopg is imported here and nowhere else; its errors leave this module as
 :class:`ResultsUnavailable` (a :class:`~piblade.errors.ClusterError`).
@@ -26,7 +29,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,6 +196,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX runs_submitted ON runs (submitted DESC);
         CREATE INDEX runs_job_submitted ON runs (job, submitted DESC);
         CREATE INDEX task_attempts_run ON task_attempts (run_id, task_id, ended);
+    """),
+    Migration(3, "ingest: the chunks of files already loaded into a table", """
+        -- A chunk is part `part` of `parts` of the file as it was (size, mtime);
+        -- its row is written in the transaction that moves its rows into `tbl`,
+        -- so a chunk is in the table exactly when it has a row here.
+        CREATE TABLE ingest_loads (
+            tbl         text NOT NULL,
+            path        text NOT NULL,
+            size        bigint NOT NULL,
+            mtime_ns    bigint NOT NULL,
+            parts       integer NOT NULL,
+            part        integer NOT NULL,
+            rows        bigint NOT NULL,
+            run_id      text NOT NULL,
+            loaded      timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tbl, path, size, mtime_ns, parts, part)
+        );
     """),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -455,3 +476,180 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> tuple[RunSummary, li
         for r in rows
     ]
     return _summary(found), attempts
+
+
+# -- ingest: CSV files into a table of the user's ----------------------------------------------
+
+#: Session memory for the staging table before it spills to disk (PostgreSQL's default is 8 MB).
+STAGING_BUFFERS = "64MB"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadKey:
+    """Which bytes a load is: part ``part`` of ``parts`` of a file as it was (size, mtime), into ``table``."""
+
+    table: str
+    path: str
+    size: int
+    mtime_ns: int
+    part: int
+    parts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What :func:`load_csv` did: rows moved into the table now, or ``already`` loaded by an earlier run."""
+
+    rows: int
+    already: bool
+
+
+class CopyRefused(PibladeError):
+    """PostgreSQL refused a row: its line in the COPY stream (1-based) and, when it says, the column."""
+
+    def __init__(self, detail: str, line: int, column: str, position: int) -> None:
+        super().__init__(detail)
+        self.detail, self.line, self.column, self.position = detail, line, column, position
+
+
+class TableMismatch(PibladeError):
+    """The file's columns are not the target table's, or the file was loaded before in other chunks."""
+
+
+_COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
+
+
+def _table_sql(table: str) -> Any:
+    from psycopg import sql
+
+    return sql.Identifier(*table.split("."))
+
+
+def table_columns(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]] | None:
+    """The table's columns and types in order, or None when there is no such table."""
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (table,),
+    ).fetchall()
+    return [(str(n), str(t)) for n, t in rows] or None
+
+
+def ensure_table(
+    conn: psycopg.Connection[Any], table: str, create: Callable[[], Sequence[tuple[str, str]]]
+) -> list[tuple[str, str]]:
+    """The table's columns; a missing table is created first with ``create()``'s (name, type) columns.
+
+    Several tasks of a run meet a missing table at once: they take turns on an
+    advisory lock, and the first one creates it.
+    """
+    from psycopg import sql
+
+    with conn.transaction():
+        found = table_columns(conn, table)
+        if found is not None:
+            return found
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("piblade-ingest-create " + table,))
+        found = table_columns(conn, table)
+        if found is not None:
+            return found
+        wanted = create()
+        if "." in table:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.split(".")[0])))
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(
+            _table_sql(table),
+            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in wanted)))
+        return table_columns(conn, table) or []
+
+
+def load_csv(
+    target: ResultsTarget,
+    key: LoadKey,
+    columns: Sequence[str],
+    data: Iterable[bytes],
+    *,
+    create: Callable[[], Sequence[tuple[str, str]]],
+    skip_header: bool,
+    run_id: str,
+) -> Loaded:
+    """Load CSV bytes into ``key.table`` once: COPY into a staging table, then move, in one transaction.
+
+    ``columns`` are the file's columns in file order (empty: the table's, in
+    table order); ``create()`` gives (name, type) pairs when the table does not
+    exist yet (their types are the only place they matter). The chunk is
+    recorded in ``ingest_loads`` in the same transaction as its rows, under an
+    advisory lock on the chunk, so a chunk loaded before (or by a task running
+    at the same time) is skipped, and a connection cut mid-COPY leaves nothing.
+    A refused row raises :class:`CopyRefused`.
+    """
+    import psycopg
+
+    names = list(columns)
+    try:
+        with connect(target) as conn:
+            conn.execute(f"SET temp_buffers = '{STAGING_BUFFERS}'")  # before the session's first temp table
+            existing = ensure_table(conn, key.table, create)
+            names = names or [n for n, _ in existing]
+            missing = [n for n in names if n not in dict(existing)]
+            if missing:
+                raise TableMismatch(
+                    f"ingest: {key.path} has column(s) {', '.join(missing)}, which table {key.table} does not "
+                    f"(its columns: {', '.join(n for n, _ in existing)})",
+                    hint="load into a new table, or give header=false with a schema to load by position",
+                )
+            return _load_chunk(conn, key, names, data, skip_header=skip_header, run_id=run_id)
+    except psycopg.Error as exc:
+        context = _COPY_CONTEXT.search(getattr(exc.diag, "context", None) or "")
+        detail = exc.diag.message_primary or str(exc)
+        if context is not None:
+            column = context.group(2) or ""
+            position = names.index(column) + 1 if column in names else 0
+            raise CopyRefused(detail, int(context.group(1)), column, position) from None
+        if isinstance(exc, psycopg.OperationalError):
+            raise ResultsUnavailable(f"loading {key.path} into {key.table} failed: {detail}",
+                                     hint="nothing of this chunk was kept; run it again when the database is back") from exc
+        raise TableMismatch(f"ingest: loading {key.path} into {key.table} failed: {detail}",
+                            hint="nothing of this chunk was kept") from exc
+
+
+def _load_chunk(
+    conn: psycopg.Connection[Any], key: LoadKey, names: list[str], data: Iterable[bytes], *, skip_header: bool,
+    run_id: str,
+) -> Loaded:
+    from psycopg import sql
+
+    where = (key.table, key.path, key.size, key.mtime_ns)
+    cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     ("piblade-ingest " + " ".join(map(str, (*where, key.parts, key.part))),))
+        earlier = conn.execute(
+            "SELECT parts, part, rows FROM ingest_loads WHERE tbl = %s AND path = %s AND size = %s AND mtime_ns = %s",
+            where,
+        ).fetchall()
+        for parts, part, rows in earlier:
+            if (parts, part) == (key.parts, key.part):
+                return Loaded(int(rows), already=True)
+        if any(parts != key.parts for parts, _, _ in earlier):
+            raise TableMismatch(
+                f"ingest: {key.path} was loaded into {key.table} before in {earlier[0][0]} chunk(s), "
+                f"now in {key.parts}",
+                hint="submit it with the chunk_mb of the first load, so its chunks are known",
+            )
+        conn.execute(sql.SQL("CREATE TEMP TABLE ingest_staging (LIKE {}) ON COMMIT DROP").format(
+            _table_sql(key.table)))
+        statement = sql.SQL("COPY ingest_staging ({}) FROM STDIN (FORMAT csv, HEADER {}, ENCODING 'UTF8')").format(
+            cols, sql.SQL("true" if skip_header else "false"))
+        with conn.cursor() as cur:
+            with cur.copy(statement) as copy:
+                for block in data:
+                    copy.write(block)
+            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM ingest_staging").format(
+                _table_sql(key.table), cols, cols))
+            moved = cur.rowcount
+        conn.execute(
+            "INSERT INTO ingest_loads (tbl, path, size, mtime_ns, parts, part, rows, run_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (*where, key.parts, key.part, moved, run_id),
+        )
+    return Loaded(moved, already=False)

@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 from rq import Queue
@@ -57,6 +57,9 @@ from piblade import envvars, runs, taskcounts, tasks
 from piblade.dispatch import enqueue_reduce
 from piblade.errors import PibladeError, TaskStopped, UnregisteredCallable
 from piblade.registry import REGISTRY, JobChanged, JobSpec, Registry, TaskContext, code_version, load_registry
+
+if TYPE_CHECKING:
+    from piblade.resultsdb import ResultsTarget
 
 log = logging.getLogger("piblade.worker")
 
@@ -84,6 +87,7 @@ class Runtime:
     node: str
     data_root: Path
     threads: int
+    results: ResultsTarget | None = None
 
 
 _runtime = Runtime(node=socket.gethostname(), data_root=Path.cwd(), threads=1)
@@ -177,6 +181,7 @@ class BladeJob(Job):
             data_root=data_root,
             output_dir=data_root / output if output else data_root,
             threads=_runtime.threads,
+            results=_runtime.results,
         )
         if output:
             ctx.resolve(output).mkdir(parents=True, exist_ok=True)
@@ -671,13 +676,21 @@ def exit_description(code: int) -> str:
     return f"exited with code {code}"
 
 
+def results_target() -> ResultsTarget | None:
+    """The results database tasks write to: ``$PIBLADE_RESULTS_URL``, else the local cluster's, else none."""
+    from piblade import local, resultsdb
+
+    return resultsdb.target_from_env() or local.results_target()
+
+
 def run_workers(config: WorkerConfig, target: Any) -> int:
     """Entry point of `piblade worker`: set up Numba, warm every job, then serve."""
     from piblade.state import state_dir
 
     os.environ.update(numba_environment(config.processes, config.threads, state_dir() / "numba-cache"))
     threads = int(os.environ["NUMBA_NUM_THREADS"])
-    configure_runtime(Runtime(node=config.node, data_root=config.data_root, threads=threads))
+    configure_runtime(Runtime(node=config.node, data_root=config.data_root, threads=threads,
+                              results=results_target()))
     config.data_root.mkdir(parents=True, exist_ok=True)
     registry = load_registry()
     # Which code this is, decided once before anything can reinstall it under us.
