@@ -72,6 +72,9 @@ MODEL_FILE = _var("PIBLADE_MODEL_FILE", "/proc/device-tree/model", "agent", "Whe
 VCGENCMD = _var("PIBLADE_VCGENCMD", "vcgencmd on PATH", "agent",
                 "The vcgencmd executable for throttling flags; empty: never run it.")
 FAN_FILE = _var("PIBLADE_FAN_FILE", "", "agent", "A file holding the fan's rpm, read instead of psutil's fans.")
+# -- the alert service ------------------------------------------------------------------------
+ALERT_INTERVAL = _var("PIBLADE_ALERT_INTERVAL", "5", "alertd, local up",
+                      "Seconds between two checks of the alert service; its lead lasts three checks (at least 3 s).")
 # -- the NAS share -------------------------------------------------------------------------
 SMB_SERVER = _var("PIBLADE_SMB_SERVER", "the inventory's nas node", "nas, submit --over", "SMB server HOST[:PORT].")
 SMB_SHARE = _var("PIBLADE_SMB_SHARE", "piblade", "nas, submit --over", "The share's name.")

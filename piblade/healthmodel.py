@@ -30,6 +30,9 @@ DEFAULT_MAX_TEMP = 80.0
 #: A "hot" node resumes only once it is this many degrees below its max_temp;
 #: the same band is "warm" for people.
 HOT_MARGIN = 5.0
+#: A disk or the share that crossed an alert threshold counts as full until it is
+#: this many percentage points below it again (see :func:`still_over`).
+USAGE_MARGIN = 2.0
 
 
 class Level(enum.StrEnum):
@@ -217,17 +220,28 @@ def parse_millidegrees(text: str) -> float | None:
 # -- pause decision --------------------------------------------------------------
 
 
+def still_over(was_over: bool, value: float | None, limit: float, margin: float) -> bool:
+    """Over at ``limit`` or above; once over, until back down to ``limit - margin``.
+
+    The one hysteresis of piblade: the pause gate (temperature) and the alert
+    rules (temperature, disks, the share) all decide "still over" here, so a
+    reading hovering at its limit neither flaps the pause nor the alerts.
+    No reading means "not over": a sensor that vanished must not hold a state forever.
+    """
+    if value is None:
+        return False
+    if value >= limit:
+        return True
+    return was_over and value > limit - margin
+
+
 def still_hot(was_hot: bool, temp_c: float | None, max_temp: float, margin: float = HOT_MARGIN) -> bool:
     """Hot at ``max_temp`` or above; once hot, until cooled to ``max_temp - margin``.
 
     No reading means no reason to pause: a sensor that vanished must not stop a
     node forever (its agent would keep it paused with nothing to show why).
     """
-    if temp_c is None:
-        return False
-    if temp_c >= max_temp:
-        return True
-    return was_hot and temp_c > max_temp - margin
+    return still_over(was_hot, temp_c, max_temp, margin)
 
 
 def why_pause(hot: bool, flags: ThrottleFlags | None) -> str | None:

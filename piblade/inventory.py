@@ -132,6 +132,17 @@ SETTINGS: tuple[Setting, ...] = (
             "NAS node (else the controller).", scope="cluster"),
     Setting("piblade_results_port", "port", 5432, "Port of the results database (PostgreSQL) on the results node.",
             scope="cluster"),
+    Setting("piblade_alert_targets", "list[str]", None, "Names of the alert targets to notify (`piblade alerts "
+            "set-target NAME` stores each one's Apprise URL in the cluster's 0600 secrets, never here); unset: "
+            "every target stored.", scope="cluster"),
+    Setting("piblade_alert_down_after", "int", 3, "A node is down (and alerted) after this many heartbeat "
+            "intervals without a heartbeat.", min=1, scope="cluster"),
+    Setting("piblade_alert_disk_percent", "float", 90.0, "Alert when a node's root disk is this full (percent).",
+            min=0, min_exclusive=True, scope="cluster"),
+    Setting("piblade_alert_share_percent", "float", 90.0, "Alert when the NAS share is this full (percent).",
+            min=0, min_exclusive=True, scope="cluster"),
+    Setting("piblade_alert_deadman_interval", "float", 60.0, "Seconds between dead-man pings, when a dead-man "
+            "URL is set (`piblade alerts set-target --deadman`).", min=0, min_exclusive=True, scope="cluster"),
     Setting("piblade_known_hosts", "str", None, "known_hosts file on the controller that this node's SSH host key "
             "is checked against and `piblade trust` adds it to; unset means ~/.ssh/known_hosts. Usually set "
             "once under all: vars:."),
@@ -158,6 +169,20 @@ class NodeSettings:
     numba_threads: int = 0
     python: str = "python3"
     known_hosts: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """The typed cluster-wide ``piblade_alert_*`` values (only ``all: vars:`` sets them)."""
+
+    alert_targets: tuple[str, ...] | None = None
+    alert_down_after: int = 3
+    alert_disk_percent: float = 90.0
+    alert_share_percent: float = 90.0
+    alert_deadman_interval: float = 60.0
+
+
+_CLUSTER_FIELDS = tuple((s.field, s.name, s.default) for s in SETTINGS if s.name.startswith("piblade_alert_"))
 
 
 class FrozenVars(Mapping[str, Any]):
@@ -248,6 +273,7 @@ class Cluster:
     #: The node named by ``piblade_results_host`` (checked to exist), None for the default.
     results_host: str | None = None
     results_port: int = 5432
+    settings: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def results_node(self) -> Node:
@@ -290,6 +316,7 @@ class Cluster:
             "results": {"node": self.results_node.name, "port": self.results_port},
             "workers": [n.name for n in self.workers],
             "nodes": [n.to_dict() for n in self.nodes],
+            "settings": {f.name: _thaw(getattr(self.settings, f.name)) for f in fields(ClusterSettings)},
         }
 
 
@@ -667,5 +694,7 @@ class _Parser:
                 hint="name the host whose PostgreSQL keeps run history, or leave it unset for the NAS node",
             )
         results_port = self.groups["all"].vars.get("piblade_results_port", (5432, 0))[0]
+        all_vars = self.groups["all"].vars
+        settings = ClusterSettings(**{f: all_vars.get(name, (default, 0))[0] for f, name, default in _CLUSTER_FIELDS})
         return Cluster(name=cluster_name or Path(self.source).stem, source=self.source, nodes=tuple(nodes),
-                       results_host=results_host, results_port=results_port)
+                       results_host=results_host, results_port=results_port, settings=settings)

@@ -2,7 +2,8 @@
 
 ``piblade local up`` starts one detached daemon (``piblade local run``) that
 owns everything else as child processes — redis-server with ACL users and AOF
-persistence, the worker supervisor and the health agent — and restarts any of them that dies.
+persistence, the worker supervisor, the health agent and the alert service
+(``piblade alertd``) — and restarts any of them that dies.
 ``down`` sends that daemon SIGTERM: workers finish the job in hand, Redis
 flushes its AOF, and the daemon's whole process group is checked to be gone.
 No root is needed; all state lives under ``<state dir>/local``.
@@ -489,6 +490,8 @@ class Daemon:
                 sys.executable, "-m", "piblade", "agent", "--node", self.config.node_name,
                 "--role", "controller,workers" if self.config.workers else "controller", "--interval", os.environ.get("PIBLADE_HEALTH_INTERVAL", "5"),
             ]  # fmt: skip
+        elif name == "alertd":
+            argv = [sys.executable, "-m", "piblade", "alertd", "--root", str(self.paths.root)]
         else:
             argv = [
                 sys.executable, "-m", "piblade", "worker",
@@ -513,6 +516,7 @@ class Daemon:
         if self.config.workers:
             self._start("workers")
         self._start("agent")
+        self._start("alertd")
         restarts: dict[str, list[float]] = {}
         while not self.stopping:
             time.sleep(0.2)
@@ -531,6 +535,9 @@ class Daemon:
         agent = self.children.get("agent")
         if agent and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
+        alertd = self.children.get("alertd")
+        if alertd and alertd.poll() is None:
+            alertd.send_signal(signal.SIGTERM)  # it hands its lead back at once
         workers = self.children.get("workers")
         if workers and workers.poll() is None:
             workers.send_signal(signal.SIGTERM)  # warm: finish the job in hand
@@ -539,12 +546,13 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 workers.kill()
                 workers.wait()
-        if agent and agent.poll() is None:
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+        for proc in (agent, alertd):
+            if proc and proc.poll() is None:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         redis_proc = self.children.get("redis")
         if redis_proc and redis_proc.poll() is None:
             redis_proc.send_signal(signal.SIGTERM)  # redis flushes its AOF on SIGTERM

@@ -45,6 +45,7 @@ def _register() -> None:
     """Attach the command groups. Imports stay light: heavy modules load inside commands."""
     from piblade.cli import (
         agent_cmd,
+        alerts_cmd,
         dashboard_cmd,
         inventory_cmd,
         jobs_cmd,
@@ -71,6 +72,7 @@ def _register() -> None:
     provision_cmd.register_wheelhouse(app)
     worker_cmd.register(app)
     agent_cmd.register(app)
+    alerts_cmd.register(app)
 
 
 def _crash_log(exc: BaseException) -> Path | None:

@@ -1,17 +1,19 @@
-"""The controller role, applied on this machine: the cluster's Redis.
+"""The controller role, applied on this machine: the cluster's Redis and its alert service.
 
 The controller runs Redis for the whole cluster, bound to loopback and to the
 cluster address the workers use, with ACL users, a generated password and AOF.
 It is the same supervised redis-server as `piblade local up`, kept in the
 cluster's own state directory (``<state>/clusters/<name>``) and with no local
-workers.
+workers. The same supervisor runs the alert service (``piblade alertd``), whose
+settings this role renders from the inventory into ``alerts.json`` there.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
-from piblade import local
+from piblade import alertconfig, local
 from piblade.errors import PibladeError, RedisUnavailable
 from piblade.inventory import Cluster
 from piblade.provision.engine import EventFn, HostResult, StepResult
@@ -26,7 +28,30 @@ def desired(cluster: Cluster) -> tuple[int, tuple[str, ...]]:
     return controller.settings.redis_port, addresses
 
 
+def _alert_settings(cluster: Cluster, paths: local.LocalPaths, check: bool) -> StepResult:
+    """The alert service's settings (``alerts.json``), rendered from the inventory; it re-reads them every check."""
+    config = alertconfig.from_cluster(cluster)
+    step = "alert settings (alerts.json)"
+    try:
+        current = (paths.root / alertconfig.CONFIG_FILE).read_text()
+    except FileNotFoundError:
+        current = None
+    if current == config.to_json():
+        return StepResult(step, "ok", reason="alerts.json matches the inventory's piblade_alert_* settings")
+    if not check:
+        alertconfig.write_config(paths.root, config)
+    return StepResult(step, "changed", "write alerts.json from the inventory",
+                      kind=ChangeKind.CREATE if current is None else ChangeKind.UPDATE)
+
+
 def converge_controller(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn) -> HostResult:
+    result = _converge_redis(cluster, paths, check, emit)
+    if result.error:
+        return result
+    return replace(result, steps=(*result.steps, _alert_settings(cluster, paths, check)))
+
+
+def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn) -> HostResult:
     started = time.monotonic()
     name = cluster.controller.name
     port, bind = desired(cluster)

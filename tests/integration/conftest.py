@@ -22,6 +22,7 @@ import redis
 from piblade import local, pgserver, resultsdb
 from piblade.redisconn import RedisTarget, connect
 from piblade.resultsdb import ResultsTarget
+from tests.integration.receivers import http_receiver, smtp_receiver  # noqa: F401 - fixtures for the alert tests
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_JOBS = "tests.integration.testjobs"
