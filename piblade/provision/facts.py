@@ -14,6 +14,7 @@ echo "model=${model:-unknown}"
 echo "mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 ( . /etc/os-release 2>/dev/null; echo "os=${PRETTY_NAME:-unknown}" )
 echo "python=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+echo "bits=$(getconf LONG_BIT 2>/dev/null)"
 if grep -qw cifs /proc/filesystems 2>/dev/null; then echo cifs=yes
 elif modprobe -n cifs 2>/dev/null; then echo cifs=module
 else echo cifs=no; fi
@@ -39,6 +40,8 @@ class NodeFacts:
     systemd: bool
     user: str
     virtualization: str = "none"
+    #: ``getconf LONG_BIT``: 32 on a 32-bit OS even where the kernel (uname) says aarch64.
+    userland_bits: int = 0
 
     @property
     def wheel_platform(self) -> str:
@@ -74,4 +77,5 @@ def parse_facts(output: str) -> NodeFacts:
         systemd=values.get("init") == "systemd",
         user=values.get("user", ""),
         virtualization=values.get("virt", "none") or "none",
+        userland_bits=int(values["bits"]) if values.get("bits", "").isdigit() else 0,
     )

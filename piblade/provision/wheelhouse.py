@@ -159,13 +159,47 @@ def _locked(cache: Path) -> Iterator[None]:
         yield
 
 
-def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wheelhouse:
-    """Return the wheelhouse for ``arch``/``python``, building it if piblade's source changed."""
+#: What ``uname -m`` says on 32-bit ARM systems (Raspberry Pi OS 32-bit, older boards).
+ARM32 = ("armv6l", "armv7l", "armv8l", "armhf", "arm")
+
+
+def refuse_unsupported(arch: str, python: str, *, userland_bits: int = 0) -> None:
+    """Refuse a node the wheelhouse has no wheels for, saying what to install instead.
+
+    Called with the node's facts before anything is pushed to it. ``userland_bits``
+    is ``getconf LONG_BIT`` (a 32-bit OS on a 64-bit kernel says aarch64 in uname).
+    """
+    if arch in ARM32 or (arch in PLATFORMS and userland_bits == 32):
+        raise PibladeError(
+            f"the node runs a 32-bit OS ({arch}{', 32-bit userland' if arch in PLATFORMS else ''}); "
+            "piblade has no wheels for it",
+            hint="piblade nodes need a 64-bit OS: flash Raspberry Pi OS Lite (64-bit) with Raspberry Pi Imager "
+                 "(Numba and llvmlite have no 32-bit ARM wheels)",
+        )
     if arch not in PLATFORMS:
         raise PibladeError(
             f"no wheels for the node architecture {arch!r}",
-            hint="piblade nodes need a 64-bit OS (aarch64 on Raspberry Pi: Numba has no 32-bit ARM wheels)",
+            hint=f"piblade nodes run a 64-bit OS on {' or '.join(sorted(PLATFORMS))} "
+                 "(Raspberry Pi OS Lite 64-bit on a Pi)",
         )
+    from packaging.specifiers import SpecifierSet
+
+    wanted = SpecifierSet(tomllib.loads((project_root() / "pyproject.toml").read_text())["project"]["requires-python"])
+    if not python:
+        raise PibladeError("the node has no python3", hint="install it: sudo apt-get install -y python3 python3-venv")
+    if python not in wanted:
+        raise PibladeError(
+            f"the node's Python is {python}; the wheelhouse has wheels for Python {wanted} only "
+            "(the versions requirements.lock pins)",
+            hint=f"install an OS whose python3 is {str(wanted).removeprefix('>=')} or newer: Raspberry Pi OS "
+                 "(64-bit) bookworm or later, or Debian 12 or later",
+        )
+
+
+def build(cache: Path, arch: str, python: str, *, log: Path | None = None) -> Wheelhouse:
+    """Return the wheelhouse for ``arch``/``python``, building it if piblade's source changed."""
+    if arch not in PLATFORMS:
+        refuse_unsupported(arch, python)
     root = project_root()
     version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     source = source_hash(root)
@@ -276,8 +310,10 @@ def _build_into(cache: Path, root: Path, key: str, arch: str, python: str, log: 
         requirements.unlink()
     except subprocess.CalledProcessError as exc:
         raise PibladeError(
-            f"building the {arch} wheelhouse failed ({' '.join(exc.cmd[:4])} …)",
-            hint=f"see {log}" if log else "run with -v for pip's output",
+            f"building the {arch} wheelhouse for Python {python} failed ({' '.join(exc.cmd[:4])} …)",
+            hint=(f"see {log}" if log else "run with -v for pip's output") + "; if pip found no "
+                 f"{arch} wheel of a locked version for Python {python}, run the node on a Python those "
+                 "versions publish wheels for (Debian 12 / Raspberry Pi OS bookworm: 3.11)",
         ) from exc
     finally:
         if log:

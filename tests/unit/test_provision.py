@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from piblade.errors import PibladeError
 from piblade.inventory import parse_inventory
 from piblade.provision import roles
 from piblade.provision.engine import apply_script, parse_apply, probe_script, split_probes
@@ -478,3 +479,34 @@ def test_wheelhouse_prune_keeps_the_newest_of_one_platform_only(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".x86_64-py3.11-2fff.building", "aarch64-py3.11-2eee",
         "x86_64-py3.11-2aaa", "x86_64-py3.11-2bbb", "x86_64-py3.11-2ccc"]
+
+
+def test_a_32_bit_node_is_refused_with_the_64_bit_os_hint() -> None:
+    from piblade.provision.wheelhouse import refuse_unsupported
+
+    for arch, bits in (("armv7l", 32), ("armv6l", 32), ("aarch64", 32)):  # the last: 32-bit OS, 64-bit kernel
+        with pytest.raises(PibladeError) as info:
+            refuse_unsupported(arch, "3.11", userland_bits=bits)
+        assert "32-bit OS" in info.value.message
+        assert "Raspberry Pi OS Lite (64-bit)" in (info.value.hint or "")
+    with pytest.raises(PibladeError, match="no wheels for the node architecture 'riscv64'"):
+        refuse_unsupported("riscv64", "3.11", userland_bits=64)
+    refuse_unsupported("aarch64", "3.11", userland_bits=64)  # a Pi on 64-bit Raspberry Pi OS: served
+    refuse_unsupported("x86_64", "3.13")
+
+
+def test_a_python_the_wheelhouse_has_no_wheels_for_is_refused_with_what_to_install() -> None:
+    from piblade.provision.wheelhouse import refuse_unsupported
+
+    with pytest.raises(PibladeError) as info:
+        refuse_unsupported("aarch64", "3.9", userland_bits=64)  # Raspberry Pi OS bullseye
+    assert info.value.message == ("the node's Python is 3.9; the wheelhouse has wheels for Python >=3.11 only "
+                                  "(the versions requirements.lock pins)")
+    assert "Raspberry Pi OS (64-bit) bookworm or later" in (info.value.hint or "")
+    with pytest.raises(PibladeError, match="has no python3"):
+        refuse_unsupported("aarch64", "")
+
+
+def test_facts_carry_the_userland_word_size() -> None:
+    assert parse_facts(PI_FACTS + "bits=32\n").userland_bits == 32
+    assert parse_facts(PI_FACTS).userland_bits == 0  # an older script: unknown, not refused
