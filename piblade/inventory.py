@@ -127,6 +127,8 @@ SETTINGS: tuple[Setting, ...] = (
             min=0, min_exclusive=True),
     Setting("piblade_max_temp", "float", DEFAULT_MAX_TEMP, "CPU temperature in degrees C above which this node shows as hot."),
     Setting("piblade_numba_threads", "int", 0, "Numba threads per worker process; 0 means automatic.", min=0),
+    Setting("piblade_warm", "list[str]", None, "Jobs whose Numba kernels workers compile before they take tasks; "
+            "unset means every job. Others compile on first use (for slow nodes, e.g. an emulated one)."),
     Setting("piblade_python", "str", "python3", "Python interpreter used to create the node's virtualenv."),
     Setting("piblade_results_host", "str", None, "The node whose PostgreSQL keeps run history; unset means the "
             "NAS node (else the controller).", scope="cluster"),
@@ -167,6 +169,7 @@ class NodeSettings:
     health_interval: float = 5.0
     max_temp: float = DEFAULT_MAX_TEMP
     numba_threads: int = 0
+    warm: tuple[str, ...] | None = None
     python: str = "python3"
     known_hosts: str | None = None
 

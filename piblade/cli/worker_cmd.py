@@ -22,6 +22,9 @@ def register(app: typer.Typer) -> None:
         ),
         node: str = typer.Option(None, "--node", envvar="PIBLADE_NODE", help="Node name reported with results."),
         burst: bool = typer.Option(False, "--burst", help="Exit when the queues are empty."),
+        warm: str = typer.Option(
+            None, "--warm", help="Comma-separated jobs whose kernels to compile before serving (default: every job)."
+        ),
     ) -> None:
         """Run piblade workers: warm every Numba kernel once, then serve registered jobs only."""
         from piblade.redisconn import target_from_env
@@ -45,5 +48,6 @@ def register(app: typer.Typer) -> None:
             node=node or socket.gethostname(),
             threads=threads,
             burst=burst,
+            warm=tuple(w.strip() for w in warm.split(",") if w.strip()) if warm else None,
         )
         raise typer.Exit(run_workers(config, target))

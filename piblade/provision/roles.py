@@ -98,6 +98,7 @@ def template_vars(node: Node, ctx: Context) -> dict[str, Any]:
         "piblade_queues": list(s.queues),
         "piblade_worker_processes": s.worker_processes,
         "piblade_numba_threads": s.numba_threads,
+        "piblade_warm": list(s.warm or ()),
         "piblade_health_interval": s.health_interval,
         "piblade_max_temp": s.max_temp,
         "piblade_mount": mount,
