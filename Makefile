@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# plotly.js for `piblade report`: fetched by name at a pinned version and SHA-512, never committed.
+PLOTLY_JS := piblade/report/vendor/plotly-basic.min.js
 
-.PHONY: demo test lint bench lock packages test-packages install install-test clean
+.PHONY: demo test lint bench lock packages test-packages install install-test plotly clean
 
 # Debian packages first (a fresh Debian has no python3-venv), then the venv.
 packages:
@@ -24,14 +26,20 @@ define install_locked
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 endef
 
+$(PLOTLY_JS): scripts/plotly-bundle.sh | packages
+	@bash scripts/plotly-bundle.sh
+	@touch $(PLOTLY_JS)
+
+plotly: $(PLOTLY_JS)
+
 # What running piblade needs (make demo): no test tools on a Pi or a newcomer's laptop.
-$(STAMP): requirements.lock pyproject.toml | packages
+$(STAMP): requirements.lock pyproject.toml $(PLOTLY_JS) | packages
 	$(call install_locked,requirements.lock)
 	@rm -f $(TEST_STAMP)
 	@touch $(STAMP)
 
 # make test adds the test and tunnel extras.
-$(TEST_STAMP): requirements-test.lock pyproject.toml | packages
+$(TEST_STAMP): requirements-test.lock pyproject.toml $(PLOTLY_JS) | packages
 	$(call install_locked,requirements-test.lock)
 	@touch $(STAMP) $(TEST_STAMP)
 
@@ -58,4 +66,4 @@ bench: packages test-packages install-test
 	@for b in bench/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache piblade/report/vendor

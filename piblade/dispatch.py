@@ -24,7 +24,7 @@ from piblade.runs import RunRecord
 from piblade.tasks import TaskFailure, TaskState
 
 __all__ = ["RunStatus", "TaskFailure", "cancel", "check_over", "check_queue", "enqueue_reduce", "plan_over",
-           "retry", "run_status", "submit", "submit_over", "task_status", "wait", "workers_on"]
+           "retry", "run_result", "run_status", "submit", "submit_over", "task_status", "wait", "workers_on"]
 
 
 #: A queue name: what RQ keys and people can both handle.
@@ -303,6 +303,21 @@ def _build_status(conn: redis.Redis, record: RunRecord, states: dict[str, TaskSt
             seconds = max(0.0, last_end - record.created)
     return RunStatus(record, counts, str(reduce_state) if reduce_state else None, tuple(failures), result, nodes,
                      seconds)
+
+
+def run_result(conn: redis.Redis, run_id: str) -> Any:
+    """The run's result value (its reduce's, or its only task's), or None while there is none.
+
+    Raises :class:`~piblade.errors.NotFound` once Redis no longer has the run.
+    """
+    record = runs.load_run(conn, run_id)
+    final_id = runs.reduce_id(record.id) if record.has_reduce else (record.task_ids[0] if record.total == 1 else None)
+    if final_id is None:
+        return None
+    (final,) = tasks.fetch_results(conn, [final_id])
+    if final is None or final.value is None:
+        return None
+    return final.value.get("value") if isinstance(final.value, dict) else final.value
 
 
 ProgressFn = Callable[[RunStatus], None]

@@ -101,6 +101,17 @@ def history(conn: redis.Redis, node: str, seconds: float = HISTORY_SECONDS, limi
     return [json.loads(fields[b"j"]) for _, fields in entries if fields]
 
 
+def window(conn: redis.Redis, node: str, start: float, end: float, limit: int = 2000) -> list[dict[str, Any]]:
+    """Samples a node published between ``start`` and ``end`` (epoch seconds), oldest first, thinned to
+    at most ``limit``: what a run report shows of the node during the run. Empty once the history
+    has been trimmed past ``start`` (it keeps :data:`HISTORY_SECONDS`)."""
+    entries = conn.xrange(HISTORY_KEY.format(node), min=str(int(start * 1000)), max=str(int(end * 1000) + 1)) or []
+    if len(entries) > limit:
+        step = math.ceil(len(entries) / limit)
+        entries = entries[::step]
+    return [json.loads(fields[b"j"]) for _, fields in entries if fields]
+
+
 def read_pause(conn: redis.Redis, node: str) -> str | None:
     """Why workers on ``node`` should not take new jobs now, or None."""
     value = conn.get(PAUSE_KEY.format(node))

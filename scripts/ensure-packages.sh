@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the Debian packages piblade needs are present.
 #   ensure-packages.sh base   what `make demo` needs: python3-venv, redis-server, postgresql (the server
-#                             binaries only: Debian's default cluster on port 5432 is not created)
+#                             binaries only: Debian's default cluster on port 5432 is not created), and
+#                             npm (it fetches plotly.js for `piblade report` once, at a pinned version and hash)
 #   ensure-packages.sh test   what `make test` needs on top: the servers and browser the tests start,
 #                             and the tools of the nspawn testbed (tests/e2e, `piblade testbed`)
 # As root, missing packages are installed with apt-get; otherwise we print the command and fail.
@@ -14,6 +15,7 @@ check() {
   case "$1" in
     python3-venv) python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ;;
     redis-server) have redis-server ;;
+    npm)          have npm ;;  # fetches the pinned plotly.js that `piblade report` inlines (scripts/plotly-bundle.sh)
     redis-tools)  have redis-benchmark ;;
     postgresql)   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;;  # the local cluster's run history
     chromium)     have chromium ;;  # the dashboard's browser test (Playwright drives Debian's build)
@@ -30,8 +32,8 @@ check() {
 }
 
 case "${1:-}" in
-  base) wanted=(python3-venv redis-server postgresql) ;;
-  test) wanted=(python3-venv redis-server postgresql redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba samba-vfs-modules smbclient) ;;
+  base) wanted=(python3-venv redis-server postgresql npm) ;;
+  test) wanted=(python3-venv redis-server postgresql npm redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba samba-vfs-modules smbclient) ;;
   *) echo "usage: $0 base|test" >&2; exit 2 ;;
 esac
 

@@ -53,6 +53,7 @@ def _register() -> None:
         nas_cmd,
         node_cmd,
         provision_cmd,
+        report_cmd,
         status_cmd,
         submit_cmd,
         testbed_cmd,
@@ -66,6 +67,7 @@ def _register() -> None:
     app.add_typer(node_cmd.app, name="node")
     app.add_typer(testbed_cmd.app, name="testbed")
     submit_cmd.register(app)
+    report_cmd.register(app)
     status_cmd.register(app)
     dashboard_cmd.register(app)
     provision_cmd.register(app)

@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         from piblade.cli.common import open_redis
         from piblade.context import resolve_cluster
         from piblade.dashboard import publish
+        from piblade.dashboard.reports import ReportShelf
         from piblade.dashboard.snapshot import SnapshotSource
 
         where = resolve_cluster(inventory)
@@ -119,7 +120,7 @@ def register(app: typer.Typer) -> None:
         )
         try:
             publish.run(
-                SnapshotSource(conn, where.inventory),
+                SnapshotSource(conn, where.inventory, reports=ReportShelf(where)),
                 publish.Publish(bind, port, token_file, options if tunnel else None),
                 _Printer(bind, token_file),
             )

@@ -113,6 +113,26 @@ def check_share_inputs(cluster: ClusterContext, spec: Any, params: dict[str, Any
                           f"({escape(exc.message)}); submitting anyway", highlight=False)
 
 
+#: How long `submit --wait` waits for the run history to have every task before it makes the report.
+HISTORY_WAIT = 20.0
+
+
+def make_report(cluster: ClusterContext, run_id: str, *, quiet: bool) -> str | None:
+    """The run's report page, made when the run ends; a run that worked is not failed by its report."""
+    from piblade.errors import PibladeError
+    from piblade.report.make import write_report
+
+    try:
+        return write_report(cluster, run_id, wait=HISTORY_WAIT)
+    except PibladeError as exc:
+        if not quiet:
+            from rich.markup import escape
+
+            err_console.print(f"[yellow]warning:[/] no report for this run: {escape(exc.message)}"
+                              + (f" ({escape(exc.hint)})" if exc.hint else ""), highlight=False)
+        return None
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def submit(
@@ -185,9 +205,12 @@ def register(app: typer.Typer) -> None:
                                     rate=f"{snapshot.done / elapsed:.1f} tasks/s")
 
                 status = dispatch.wait(conn, record.id, on_progress=show)
+        where = make_report(cluster, record.id, quiet=as_json) if status.finished else None
         if as_json:
-            print_json(status.to_dict())
+            print_json({**status.to_dict(), "report": where})
         else:
             render_status(status, cluster)
+            if where:
+                console.print(f"report: {where}", markup=False, highlight=False)
         if not status.ok:
             raise typer.Exit(1)

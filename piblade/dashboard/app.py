@@ -65,6 +65,7 @@ def create_app(source: SnapshotSource, settings: DashboardSettings) -> Starlette
         Route("/api/jobs", api.jobs, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/events", api.events, methods=["GET"]),
+        Route("/reports/{run_id}", views.report, methods=["GET"]),
         Mount("/static", StaticFiles(directory=views.STATIC), name="static"),
     ]
     guard = Middleware(
@@ -83,4 +84,5 @@ def create_app(source: SnapshotSource, settings: DashboardSettings) -> Starlette
     app.state.limiter = limiter
     app.state.tunnel_listener = settings.tunnel_listener
     app.state.hub = hub
+    app.state.reports = source.reports
     return app

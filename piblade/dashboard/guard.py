@@ -39,7 +39,17 @@ def content_security_policy(login_style_hash: str) -> str:
     )
 
 
+#: Run reports (``/reports/<id>``) are files from the share with inline scripts: sandboxed into an
+#: opaque origin (no cookie, no reading this dashboard), and no request may leave them.
+REPORT_CSP = (
+    "sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; connect-src 'none'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
 def _security_headers(csp: str, path: str) -> list[tuple[bytes, bytes]]:
+    if path.startswith("/reports/"):
+        csp = REPORT_CSP
     headers = [
         (b"content-security-policy", csp.encode()),
         (b"x-content-type-options", b"nosniff"),

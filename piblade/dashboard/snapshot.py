@@ -8,7 +8,9 @@ about "down" or "paused". Recent runs come from :mod:`piblade.runs` and
 Reads here are synchronous (redis-py); the web layer runs them in a worker
 thread. A finished run never changes, so its details (per-node counts, failure
 reason, duration) are read once and cached; runs still going are read without
-details, which costs one small pipeline however many tasks they have.
+details, which costs one small pipeline however many tasks they have. A
+finished run whose report page is on the share (``piblade report``) gets
+``"report": true``, and the page links it to ``/reports/<id>``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from piblade import healthstore, runs, taskcounts
 from piblade.inventory import Cluster
+
+if TYPE_CHECKING:
+    from piblade.dashboard.reports import ReportShelf
 
 #: Recent runs listed on the page and by /api/jobs.
 JOBS_SHOWN = 15
@@ -115,10 +120,15 @@ def job_view(status: dict[str, Any], now: float, failed_nodes: dict[str, int] | 
 class SnapshotSource:
     """Reads snapshots; keeps the details of finished runs and the last good snapshot."""
 
-    def __init__(self, conn: redis.Redis, cluster: Cluster | None = None, *, jobs_shown: int = JOBS_SHOWN) -> None:
+    def __init__(
+        self, conn: redis.Redis, cluster: Cluster | None = None, *, jobs_shown: int = JOBS_SHOWN,
+        reports: ReportShelf | None = None,
+    ) -> None:
         self.conn = conn
         self.cluster = cluster
         self.jobs_shown = jobs_shown
+        #: Where finished runs' report pages are looked for (None: no links).
+        self.reports = reports
         self._finished: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._last: Snapshot | None = None
@@ -176,6 +186,10 @@ class SnapshotSource:
             keep = {r.id for r in recent}
             for run_id in [r for r in self._finished if r not in keep]:
                 del self._finished[run_id]
+        if self.reports is not None:
+            over = [j["run"] for j in out if j["state"] in _TERMINAL]
+            have = self.reports.which(over) if over else set()
+            out = [{**j, "report": True} if j["run"] in have else j for j in out]
         return out
 
     def _failed_nodes(self, status: dict[str, Any]) -> dict[str, int]:

@@ -149,6 +149,25 @@ async def logout(request: Request) -> Response:
     return response
 
 
+async def report(request: Request) -> Response:
+    """A run's report page, as ``piblade report`` wrote it on the share; read-only, never generated here.
+
+    The file comes from the share, which more people can write than the
+    dashboard trusts, so it is served sandboxed (an opaque origin: no session
+    cookie, no same-origin reads of the API) and may make no request at all
+    (``guard.REPORT_CSP``).
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    shelf = request.app.state.reports
+    run_id = request.path_params["run_id"]
+    body = None if shelf is None else await run_in_threadpool(shelf.read, run_id)
+    if body is None:
+        return JSONResponse({"error": f"no report for run {run_id!r} on the share",
+                             "hint": f"make one with `piblade report {run_id}`"}, status_code=404)
+    return Response(body, media_type="text/html; charset=utf-8")
+
+
 async def healthz(request: Request) -> Response:
     """Liveness of the dashboard process; says nothing about the cluster (it needs no token)."""
     return JSONResponse({"ok": True})

@@ -259,7 +259,18 @@
   ];
 
   var JOB_COLUMNS = [
-    { label: "Run", cls: "mono", fill: text("run") },
+    { label: "Run", cls: "mono", fill: function (td, j) {
+      // A finished run whose report page is on the share links to it (opens in a new tab).
+      var link = td.querySelector("a");
+      if (j.report) {
+        if (!link) { td.textContent = ""; link = td.appendChild(h("a", "report")); link.target = "_blank"; link.rel = "noopener"; }
+        link.href = "reports/" + encodeURIComponent(j.run);
+        link.textContent = j.run;
+        link.title = "the run's report";
+      } else {
+        td.textContent = j.run;
+      }
+    } },
     { label: "Job", fill: text("job") },
     { label: "State", fill: function (td, j) {
       var pill = td.firstChild || td.appendChild(h("span", "pill"));
