@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,6 +212,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             run_id      text NOT NULL,
             loaded      timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (tbl, path, size, mtime_ns, parts, part)
+        );
+    """),
+    Migration(4, "run reports: the nodes' health during a run and the job's result, saved by the first report", """
+        -- What `piblade report` shows beyond the run history, copied from Redis (which keeps health
+        -- 24 hours and results a week) when a run's report is first made.
+        CREATE TABLE report_extras (
+            run_id  text PRIMARY KEY,
+            data    jsonb NOT NULL,
+            saved   timestamptz NOT NULL DEFAULT now()
         );
     """),
 )
@@ -653,3 +662,39 @@ def _load_chunk(
             (*where, key.parts, key.part, moved, run_id),
         )
     return Loaded(moved, already=False)
+
+
+# -- run reports: what `piblade report` keeps beyond the run history ---------------------------
+
+
+def save_report_extras(conn: psycopg.Connection[Any], run_id: str, data: Mapping[str, Any]) -> None:
+    """Keep (or replace) a run's report extras: ``{"health": [...], "result": ...}`` as JSON."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    try:
+        conn.execute(
+            "INSERT INTO report_extras (run_id, data) VALUES (%s, %s)"
+            " ON CONFLICT (run_id) DO UPDATE SET data = excluded.data, saved = now()",
+            (run_id, Jsonb(dict(data))),
+        )
+        conn.commit()
+    except psycopg.Error as exc:
+        conn.rollback()
+        raise ResultsUnavailable(f"saving the report data of run {run_id} failed: {exc}") from exc
+
+
+def load_report_extras(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any] | None:
+    """A run's report extras as saved by its first report, or None."""
+    import psycopg
+
+    try:
+        row = conn.execute("SELECT data FROM report_extras WHERE run_id = %s", (run_id,)).fetchone()
+        conn.commit()
+    except psycopg.Error as exc:
+        conn.rollback()
+        raise ResultsUnavailable(f"reading the report data of run {run_id} failed: {exc}") from exc
+    if row is None:
+        return None
+    data = row[0] if isinstance(row[0], dict) else json.loads(row[0])
+    return dict(data)

@@ -78,7 +78,7 @@ def sample_report(
         value={"width": 3200, "height": 2000, "tiles": tasks, "mean_iter": 257.76, "image": "mandelbrot.png"},
         image=png_image() if image else None, image_name="mandelbrot.png" if image else "",
         image_size=(3200, 2000) if image else None,
-        histogram=Histogram(tuple(float(e) for e in range(0, 33)), tuple(int(900 * 2.718 ** (-((k - 14) / 5) ** 2))
+        histogram=Histogram(tuple(float(e) for e in range(33)), tuple(int(900 * 2.718 ** (-((k - 14) / 5) ** 2))
                                                                       for k in range(32))) if histogram else None,
         rows=(("readings", 1_250_000), ("stations", 412)) if rows else (),
     )

@@ -211,6 +211,6 @@ def register(app: typer.Typer) -> None:
         else:
             render_status(status, cluster)
             if where:
-                console.print(f"report: {where}", markup=False, highlight=False)
+                console.print(f"report: {where}", markup=False, highlight=False, soft_wrap=True)
         if not status.ok:
             raise typer.Exit(1)

@@ -73,7 +73,8 @@ def facts(summary: RunSummary) -> RunFacts:
 def attempts(rows: Sequence[AttemptRow]) -> tuple[Attempt, ...]:
     return tuple(
         Attempt(task=r.task_id, attempt=r.attempt, state=r.state, node=r.node, worker=r.worker, started=r.started,
-                ended=r.ended, max_temp_c=r.max_temp_c, throttled=r.throttled, error=r.error)
+                ended=r.ended, max_temp_c=r.max_temp_c, throttled=r.throttled, error=r.error,
+                phase="reduce" if r.task_id.endswith("-reduce") else "task")
         for r in rows
     )
 

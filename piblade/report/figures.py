@@ -23,7 +23,7 @@ from piblade.report.model import STATE_COLOURS, RunReport, duration_histogram, p
 NODE_COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#222255")
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 #: What the page passes as plotly's ``config``: no logo link, no "edit in Chart Studio", fits its box.
-CONFIG = {"displaylogo": False, "responsive": True, "displayModeBar": "hover", "showLink": False,
+CONFIG = {"displaylogo": False, "responsive": True, "displayModeBar": "hover",
           "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
 #: Lanes of the timeline beyond which each lane gets thinner rather than the chart taller.
 LANE_PX = 26
@@ -72,8 +72,8 @@ def timeline(report: RunReport) -> dict[str, Any]:
             "y": [a.lane for a in picked],
             "base": [round(a.started - t0, 3) for a in picked],  # type: ignore[operator]
             "x": [round(a.ended - a.started, 3) for a in picked],  # type: ignore[operator]
-            "hovertext": [f"{_short_task(report.run.id, a.task)}"
-                          f"{f' (attempt {a.attempt})' if a.attempt > 1 else ''}: {a.ended - a.started:.2f} s"  # type: ignore[operator]
+            "hovertext": [f"{'reduce' if a.phase == 'reduce' else _short_task(report.run.id, a.task)}"
+                          f"{f' (attempt {a.attempt})' if a.attempt > 1 else ''}: {_short_seconds(a.ended - a.started)}"  # type: ignore[operator]
                           for a in picked],
             "hoverinfo": "text+y",
             "marker": {"color": colour, "line": {"width": 0.5, "color": "#ffffff"}},
@@ -91,6 +91,10 @@ def timeline(report: RunReport) -> dict[str, Any]:
     }
 
 
+def _short_seconds(value: float) -> str:
+    return f"{value * 1000:.1f} ms" if value < 0.1 else f"{value:.2f} s"
+
+
 def durations(report: RunReport) -> dict[str, Any]:
     """How long tasks took: a histogram of finished attempts, with the median and 95th percentile marked."""
     seconds = report.durations()
@@ -98,19 +102,19 @@ def durations(report: RunReport) -> dict[str, Any]:
     centres = [(a + b) / 2 for a, b in zip(hist.edges, hist.edges[1:], strict=False)]
     widths = [b - a for a, b in zip(hist.edges, hist.edges[1:], strict=False)]
     shapes, notes = [], []
-    for q, label, dash in ((0.5, "median", "solid"), (0.95, "p95", "dot")):
+    for q, label, dash, side in ((0.5, "median", "solid", "right"), (0.95, "p95", "dot", "left")):
         value = percentile(seconds, q)
         if value is None:
             continue
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": value, "x1": value, "y0": 0, "y1": 1,
                        "line": {"color": "#1f2933", "width": 1.5, "dash": dash}})
-        notes.append({"xref": "x", "yref": "paper", "x": value, "y": 1, "yanchor": "bottom", "showarrow": False,
-                      "text": f"{label} {value:.2f} s", "font": {"size": 11}})
+        notes.append({"xref": "x", "yref": "paper", "x": value, "y": 1, "yanchor": "bottom", "xanchor": side,
+                      "showarrow": False, "text": f" {label} {_short_seconds(value)} ", "font": {"size": 11}})
     return {
         "data": [{
             "type": "bar", "name": "tasks", "x": [round(c, 4) for c in centres], "y": list(hist.counts),
             "width": [round(w, 4) for w in widths],
-            "hovertext": [f"{a:.2f}-{b:.2f} s: {n} task(s)"
+            "hovertext": [f"{_short_seconds(a)} to {_short_seconds(b)}: {n} task(s)"
                           for a, b, n in zip(hist.edges, hist.edges[1:], hist.counts, strict=False)],
             "hoverinfo": "text", "marker": {"color": STATE_COLOURS["finished"], "line": {"width": 0}},
         }],

@@ -72,6 +72,8 @@ class Attempt:
     max_temp_c: float | None = None
     throttled: int | None = None
     error: str = ""
+    #: "task" (one of the fan-out) or "reduce" (the step that combines them).
+    phase: str = "task"
 
     @property
     def seconds(self) -> float | None:
@@ -111,14 +113,14 @@ class HealthSeries:
     def from_samples(cls, node: str, samples: Sequence[Mapping[str, Any]]) -> HealthSeries:
         """From agent samples as healthstore keeps them (``HealthSample.to_dict()``)."""
         ordered = sorted((s for s in samples if s.get("time") is not None), key=lambda s: float(s["time"]))
-        max_temps = [s.get("max_temp") for s in ordered if s.get("max_temp") is not None]
+        max_temps = [float(v) for s in ordered if (v := s.get("max_temp")) is not None]
         return cls(
             node=node,
             times=tuple(round(float(s["time"]), 3) for s in ordered),
             temp_c=tuple(_num(s.get("temp_c")) for s in ordered),
             cpu_percent=tuple(_num(s.get("cpu_percent")) for s in ordered),
             throttled=tuple(None if s.get("throttled") is None else int(s["throttled"]) for s in ordered),
-            max_temp=float(max_temps[-1]) if max_temps else None,
+            max_temp=max_temps[-1] if max_temps else None,
         )
 
     def flag_labels(self) -> tuple[str, ...]:
@@ -185,8 +187,14 @@ class RunReport:
         return tuple(sorted({a.lane for a in self.attempts}))
 
     def durations(self) -> list[float]:
-        """Seconds each finished attempt took."""
-        return [s for a in self.attempts if a.state == "finished" and (s := a.seconds) is not None]
+        """Seconds each finished task took (the reduce is one step of another kind, left out)."""
+        return [s for a in self.attempts
+                if a.state == "finished" and a.phase == "task" and (s := a.seconds) is not None]
+
+    @property
+    def tasks_done(self) -> int:
+        """Tasks of the fan-out with a finished attempt (history's ``done`` also counts the reduce)."""
+        return len({a.task for a in self.attempts if a.state == "finished" and a.phase == "task"})
 
 
 def duration_histogram(seconds: Sequence[float], max_bins: int = 40) -> Histogram:

@@ -3,12 +3,15 @@ draws the report's charts. Pure: builds the notebook's JSON (nbformat 4) as plai
 
 The notebook calls the same code as the page (:func:`piblade.report.make.load`
 without Redis, then :func:`piblade.report.figures.build`), so its charts are
-the page's charts, drawn by plotly.py instead of plotly.js, and people can go
-on from there with their own cells. Its charts render with the renderer pair
-``plotly_mimetype+notebook``: JupyterLab draws the first, and an HTML export
-(``jupyter nbconvert --to html``) carries plotly.js inside the page with the
-second, so the export shows its charts with no network (the CDN renderer
-would leave them blank offline).
+the page's charts, and people can go on from there with their own cells.
+
+Each chart is displayed as plotly's own mimetype (JupyterLab draws it) *and*
+as HTML that calls the plotly.js the notebook's first output carries (the
+same small bundle as the page). An HTML export (``jupyter nbconvert --to
+html``) keeps the HTML, so its charts draw with no network: plotly.py's
+``notebook`` renderer would embed the full 4.6 MB bundle and still load
+MathJax from a CDN, and its ``notebook_connected`` renderer leaves the charts
+blank offline.
 """
 
 from __future__ import annotations
@@ -18,6 +21,28 @@ from typing import Any
 
 #: nbformat 4.5 (cell ids required).
 NBFORMAT, NBFORMAT_MINOR = 4, 5
+
+
+def setup() -> None:
+    """Put the page's plotly.js into the notebook once (the first output); the charts' HTML calls it."""
+    from IPython.display import HTML, display
+
+    from piblade.report import plotlyjs
+
+    display(HTML(f"<script>{plotlyjs.bundle()}</script>"))
+
+
+def show(spec: dict[str, Any]) -> None:
+    """One chart: plotly's mimetype for JupyterLab, and HTML for exports that carry no extension."""
+    import plotly.io as pio
+    from IPython.display import display
+
+    from piblade.report.figures import CONFIG
+
+    html = pio.to_html(spec, include_plotlyjs=False, include_mathjax=False, full_html=False, config=CONFIG,
+                       default_width="100%", validate=False)
+    display({"application/vnd.plotly.v1+json": {"data": spec["data"], "layout": spec["layout"], "config": CONFIG},
+             "text/html": html}, raw=True)
 
 
 def _source(text: str) -> list[str]:
@@ -59,21 +84,19 @@ RUN_ID = {run_id!r}
 INVENTORY = {inventory!r}  # None: the local cluster (`piblade local up`)
 """),
         _code("load", """
-import plotly.graph_objects as go
-import plotly.io as pio
+from pathlib import Path
 
 from piblade.context import resolve_cluster
 from piblade.report import figures
 from piblade.report.make import load
+from piblade.report.notebook import setup, show
 
-# JupyterLab draws the mimetype; an HTML export carries plotly.js inside itself with the second.
-pio.renderers.default = "plotly_mimetype+notebook"
-
-cluster = resolve_cluster(None if INVENTORY is None else __import__("pathlib").Path(INVENTORY))
+setup()  # plotly.js, inside the notebook: its HTML export draws the charts with no network
+cluster = resolve_cluster(None if INVENTORY is None else Path(INVENTORY))
 report = load(cluster, RUN_ID, use_redis=False)
 charts = figures.build(report)
 run = report.run
-print(f"{run.job} {run.id}: {run.state}, {run.done}/{run.tasks} tasks done, {run.failed} failed, "
+print(f"{run.job} {run.id}: {run.state}, {report.tasks_done}/{run.tasks} tasks done, {run.failed} failed, "
       f"{len(report.attempts)} attempts on {', '.join(run.nodes)}")
 for note in report.notes:
     print("note:", note)
@@ -87,7 +110,7 @@ for name, value in sorted(report.run.params.items()):
         cells.append(_markdown(f"h-{name}", f"## {title}"))
         cells.append(_code(f"chart-{name}", f"""
 if {name!r} in charts:
-    go.Figure(charts[{name!r}]).show(config=figures.CONFIG)
+    show(charts[{name!r}])  # or: import plotly.graph_objects as go; go.Figure(charts[{name!r}])
 else:
     print("nothing to show for this run")
 """))

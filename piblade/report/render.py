@@ -52,6 +52,8 @@ def _when(epoch: float | None) -> str:
 def _seconds(value: float | None) -> str:
     if value is None:
         return "—"
+    if value < 0.1:
+        return f"{value * 1000:.1f} ms" if value < 0.01 else f"{value * 1000:.0f} ms"
     if value < 60:
         return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
     minutes, secs = divmod(round(value), 60)
@@ -77,9 +79,9 @@ def _summary(report: RunReport) -> str:
     hottest = max((t for h in report.health for t in h.temp_c if t is not None), default=None)
     flags = sorted({label for h in report.health for label in h.flag_labels()})
     busy = sum(secs)
-    rate = run.done / run.seconds if run.seconds else None
+    rate = report.tasks_done / run.seconds if run.seconds else None
     stats = [
-        _stat("tasks done", f"{run.done:,}/{run.tasks:,}", "good" if run.done == run.tasks else ""),
+        _stat("tasks done", f"{report.tasks_done:,}/{run.tasks:,}", "good" if report.tasks_done == run.tasks else ""),
         _stat("failed", f"{run.failed:,}", "bad" if run.failed else ""),
         _stat("wall time", escape(_seconds(run.seconds))),
         _stat("tasks/s", f"{rate:.1f}" if rate is not None else "—"),

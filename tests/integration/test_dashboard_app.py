@@ -456,3 +456,42 @@ def test_history_of_an_inventory_localhost_reads_what_its_agent_writes(conn: red
     points = source.history("localhost", 600)
     assert points is not None and [p["temp_c"] for p in points] == [40.0, 41.0, 42.0]
     assert source.history("nobody", 600) is None
+
+
+async def test_finished_runs_link_to_their_report_which_is_served_sandboxed(
+    conn: redis.Redis, workers: Any, tmp_path: Any
+) -> None:
+    """The dashboard finds a report `piblade report` wrote on the share, serves it behind the token and
+    sandboxed (an opaque origin, no request allowed), and links only runs that have one."""
+    from piblade import dispatch
+    from piblade.context import LOCAL_CLUSTER, ClusterContext
+    from piblade.dashboard.reports import ReportShelf
+    from piblade.local import LocalPaths
+    from piblade.registry import load_registry
+    from tests.integration.conftest import TEST_JOBS
+
+    registry = load_registry([TEST_JOBS])
+    with_report = dispatch.submit(conn, registry, "test-sleep", {"count": "2"})
+    without = dispatch.submit(conn, registry, "test-sleep", {"count": "2"})
+    for record in (with_report, without):
+        dispatch.wait(conn, record.id, timeout=60)
+    paths = LocalPaths(tmp_path / "cluster")
+    page = paths.data_dir / "runs" / with_report.id / "report.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<!doctype html><title>report</title><script>document.title = 'ran'</script>")
+    shelf = ReportShelf(ClusterContext(LOCAL_CLUSTER, paths))
+    app = create_app(SnapshotSource(conn, reports=shelf), DashboardSettings(token=TOKEN, interval=0.1))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
+        jobs = {j["run"]: j for j in (await c.get("/api/jobs", headers=BEARER)).json()["jobs"]}
+        assert jobs[with_report.id].get("report") is True and "report" not in jobs[without.id]
+        assert (await c.get(f"/reports/{with_report.id}")).status_code == 401
+        served = await c.get(f"/reports/{with_report.id}", headers=BEARER)
+        assert served.status_code == 200 and served.text == page.read_text()
+        csp = served.headers["content-security-policy"]
+        assert csp.startswith("sandbox allow-scripts;") and "connect-src 'none'" in csp
+        assert "allow-same-origin" not in csp
+        for missing in (without.id, "0000-00000000", "..%2F..%2Fetc%2Fpasswd", "x" * 300):
+            assert (await c.get(f"/reports/{missing}", headers=BEARER)).status_code == 404
+    page.unlink()  # a file that goes away is not served from memory
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
+        assert (await c.get(f"/reports/{with_report.id}", headers=BEARER)).status_code == 404
