@@ -127,7 +127,7 @@ def durations(report: RunReport) -> dict[str, Any]:
 def per_node(report: RunReport) -> dict[str, Any]:
     """Who did how much: finished tasks per node as a share of the run."""
     colours = node_colours(report)
-    counts = Counter(a.node for a in report.attempts if a.state == "finished")
+    counts = Counter(a.node for a in report.attempts if a.state == "finished" and a.phase == "task")
     nodes = sorted(counts)
     return {
         "data": [{

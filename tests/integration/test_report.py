@@ -233,5 +233,5 @@ def test_notebook_executes_and_its_html_draws_the_charts_offline(cluster: dict[s
     assert [r for r in seen["requests"] if not r.startswith("data:")] == [html.as_uri()]
     assert len(seen["plots"]) == 4  # timeline, durations, nodes, health
     assert all(p["svg"] >= 1 for p in seen["plots"])
-    assert max(p["points"] for p in seen["plots"]) == 129
+    assert max(p["points"] for p in seen["plots"]) == 129  # timeline: 128 tiles and the reduce
     assert f"mandelbrot {run_id}: finished" in seen["text"]
