@@ -124,12 +124,14 @@ def make_report(cluster: ClusterContext, run_id: str, *, quiet: bool) -> str | N
 
     try:
         return write_report(cluster, run_id, wait=HISTORY_WAIT)
-    except PibladeError as exc:
+    except (PibladeError, OSError) as exc:
         if not quiet:
             from rich.markup import escape
 
-            err_console.print(f"[yellow]warning:[/] no report for this run: {escape(exc.message)}"
-                              + (f" ({escape(exc.hint)})" if exc.hint else ""), highlight=False)
+            message = exc.message if isinstance(exc, PibladeError) else f"{exc.__class__.__name__}: {exc}"
+            hint = exc.hint if isinstance(exc, PibladeError) else None
+            err_console.print(f"[yellow]warning:[/] no report for this run: {escape(message)}"
+                              + (f" ({escape(hint)})" if hint else ""), highlight=False)
         return None
 
 

@@ -37,6 +37,8 @@ PREVIEW_PX = 800
 REPORT_NAME = "report.html"
 #: Health samples more than this many seconds before the submit or after the end are left out.
 HEALTH_MARGIN = 10.0
+#: How long to wait for a run the history does not know at all (its record comes before any task's).
+UNKNOWN_RUN_WAIT = 5.0
 #: A job's image larger than this is not read for the preview.
 IMAGE_MAX_BYTES = 64 * 2**20
 
@@ -90,12 +92,14 @@ def read_history(
     """
     from piblade import resultsdb
 
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
     while True:
         found = resultsdb.show_run(db, run_id)
-        if found is not None and (found[0].state in ("finished", "failed") or time.monotonic() >= deadline):
+        waited = time.monotonic() - started
+        if found is not None and (found[0].state in ("finished", "failed") or waited >= wait):
             return found
-        if found is None and time.monotonic() >= deadline:
+        # A run the history has not even heard of after a few seconds is not coming (no recorder).
+        if found is None and waited >= min(wait, UNKNOWN_RUN_WAIT):
             raise NotFound(f"no run {run_id!r} in the run history",
                            hint="`piblade runs list` shows the runs the results database has")
         sleep(0.25)

@@ -167,6 +167,8 @@ def health(report: RunReport) -> dict[str, Any]:
                        "hoverinfo": "text+x"})
         if series.max_temp is not None and any(v is not None for v in series.temp_c):
             for limit, dash in ((series.max_temp, "dash"), (series.max_temp - HOT_MARGIN, "dot")):
+                if any(s.get("y0") == limit and s.get("yref") == "y3" for s in shapes):
+                    continue  # nodes with the same limit share its line
                 shapes.append({"type": "line", "xref": "paper", "yref": "y3", "x0": 0, "x1": 1, "y0": limit,
                                "y1": limit, "line": {"color": "#d64545", "width": 1, "dash": dash}})
     ended = (report.run.ended or t0) - t0

@@ -42,11 +42,12 @@ def _optional_share(cluster: ClusterContext) -> Iterator[Share | None]:
     """The share, or None when it cannot be reached (the report then says what it could not show)."""
     from piblade.nas import open_share
 
-    try:
-        with open_share(cluster) as share:
-            yield share
-    except PibladeError:
-        yield None
+    with contextlib.ExitStack() as stack:
+        try:
+            share: Share | None = stack.enter_context(open_share(cluster))
+        except PibladeError:
+            share = None
+        yield share
 
 
 def _optional_redis(cluster: ClusterContext) -> Any:

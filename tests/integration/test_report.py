@@ -195,6 +195,10 @@ def test_failed_run_shows_its_traceback_escaped(cluster: dict[str, Any], tmp_pat
     cli(cluster["env"], "report", cluster["failing"], "-o", str(target))
     text = target.read_text()
     assert "disk on &lt;b&gt;fire&lt;/b&gt;" in text and "<b>fire</b>" not in text
+    unknown = subprocess.run([sys.executable, "-m", "piblade", "report", "0000-deadbeef"], env=cluster["env"],
+                             capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1
+    assert "no run '0000-deadbeef' in the run history" in unknown.stderr and "runs list" in unknown.stderr
     seen = open_offline(target, tmp_path / "failed.png", viewport={"width": 1280, "height": 900})
     assert "Failures (1)" in seen["text"] and "disk on <b>fire</b>" in seen["text"]
     assert seen["requests"] == [target.as_uri()]
