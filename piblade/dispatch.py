@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from piblade import runs, tasks
+from piblade import recordstream, runs, tasks
 from piblade.errors import BadParameter, PibladeError
 from piblade.registry import Registry, code_version, shown
 from piblade.runs import RunRecord
@@ -66,9 +66,15 @@ def submit(
 
 
 def _enqueue_run(conn: redis.Redis, task_path: str, name: str, record: RunRecord, plan: list[dict[str, Any]]) -> None:
-    """The run record and every task in one transaction: a run is fully enqueued or not at all."""
+    """The run record and every task in one transaction: a run is fully enqueued or not at all.
+
+    Refused first when the records waiting for the results database would pass
+    their bound (the run's own record, its tasks and its reduce step count).
+    """
+    recordstream.check_room(conn, record.total + 2)
     with conn.pipeline(transaction=True) as pipe:
         runs.save_run(pipe, record)
+        recordstream.add_run(pipe, record)
         tasks.enqueue_tasks(conn, pipe, record, task_path, name, plan)
         pipe.execute()
 

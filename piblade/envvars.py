@@ -57,6 +57,9 @@ JOB_MODULES = _var("PIBLADE_JOB_MODULES", "", "every command, worker",
                    "Comma-separated modules to import jobs from, besides the jobs/ package.")
 NODE = _var("PIBLADE_NODE", "this host's name", "worker, agent", "The node name workers and the agent report under.")
 DATA_DIR = _var("PIBLADE_DATA_DIR", "", "worker", "Where the worker finds the share (its mount, or the local data dir).")
+RECORDS_BOUND = _var("PIBLADE_RECORDS_BOUND", "1000000", "submit",
+                     "How many run records may wait in Redis for the results database before new runs are refused "
+                     "(none is dropped; the default holds over 24 h of the demo's pace).")
 HARD_TIMEOUT_GRACE = _var("PIBLADE_HARD_TIMEOUT_GRACE", "30", "worker",
                           "Seconds past a task's timeout before its stuck process is killed and replaced.")
 # -- the health agent ---------------------------------------------------------------------

@@ -137,3 +137,26 @@ def lost_workers(conn: redis.Redis, names: list[str]) -> dict[str, str]:
         return {}
     raw = conn.mget([LOST_WORKER_KEY.format(n) for n in names])
     return {n: str(json.loads(r).get("how", "lost")) for n, r in zip(names, raw, strict=True) if r}
+
+
+def samples_between(
+    conn: redis.Redis, windows: dict[str, tuple[float, float]]
+) -> dict[str, list[tuple[float, float | None, int | None]]]:
+    """Per node, ``(time, temp_c, throttled)`` of each sample in its ``(start, end)`` window (epoch s).
+
+    All nodes in one round trip: the recorder asks once per batch of task records.
+    """
+    names = sorted(windows)
+    pipe = conn.pipeline(transaction=False)
+    for node in names:
+        start, end = windows[node]
+        pipe.xrange(HISTORY_KEY.format(node), min=str(int(start * 1000)), max=str(math.ceil(end * 1000)))
+    out: dict[str, list[tuple[float, float | None, int | None]]] = {}
+    for node, entries in zip(names, pipe.execute(), strict=True):
+        samples = []
+        for entry_id, fields in entries or []:
+            sample = json.loads(fields[b"j"])
+            when = sample.get("time") or int(text(entry_id).split("-")[0]) / 1000
+            samples.append((float(when), sample.get("temp_c"), sample.get("throttled")))
+        out[node] = samples
+    return out

@@ -11,10 +11,14 @@ bulk-loads batches into PostgreSQL (:mod:`piblade.resultsdb`). The record's
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from typing import Any
+
+from piblade.errors import BadParameter
 
 #: The longest traceback summary kept (a few frames and the message).
 SUMMARY_CHARS = 2000
@@ -181,3 +185,24 @@ class AttemptRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(value: str, now: float) -> float:
+    """``--since``: an age (``90m``, ``12h``, ``7d``, ``2w``) or a date or time (``2026-12-01``,
+    ``2026-12-01T08:00``, local time unless it names its zone). Returns epoch seconds."""
+    text = value.strip().lower()
+    match = _SINCE.fullmatch(text)
+    if match:
+        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadParameter(
+            f"--since {value!r} is neither an age nor a date",
+            hint="give an age such as 90m, 12h, 7d, 2w, or a date such as 2026-12-01 or 2026-12-01T08:00",
+        ) from None
+    return when.timestamp() if when.tzinfo else when.astimezone().timestamp()

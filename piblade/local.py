@@ -2,10 +2,11 @@
 
 ``piblade local up`` starts one detached daemon (``piblade local run``) that
 owns everything else as child processes — redis-server with ACL users and AOF
-persistence, the worker supervisor, the health agent and the alert service
-(``piblade alertd``) — and restarts any of them that dies.
-``down`` sends that daemon SIGTERM: workers finish the job in hand, Redis
-flushes its AOF, and the daemon's whole process group is checked to be gone.
+persistence, a PostgreSQL for run history with the recorder that fills it, the
+worker supervisor, the health agent and the alert service (``piblade alertd``)
+— and restarts any of them that dies. ``down`` sends that daemon SIGTERM:
+workers finish the job in hand, the recorder its batch, PostgreSQL checkpoints,
+Redis flushes its AOF, and the daemon's whole process group is checked to be gone.
 No root is needed; all state lives under ``<state dir>/local``.
 """
 
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from piblade.errors import LocalClusterError
+from piblade.pgserver import STOP_SIGNAL
 from piblade.redisconn import DEFAULT_USER, PASSWORD_FILE_ENV, URL_ENV, RedisTarget, acl_line
 from piblade.state import ensure_secret, private_dir, state_dir, write_private
 
 if TYPE_CHECKING:
+    from piblade.pgserver import PgServer
     from piblade.resultsdb import ResultsTarget
 
 #: Redis ACL rules of the piblade user: everything RQ needs, no admin commands.
@@ -304,6 +307,7 @@ def up(
     port: int | None = None,
     bind: tuple[str, ...] = ("127.0.0.1",),
     node: str = "",
+    results: bool = True,
     wait_seconds: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
 ) -> tuple[LocalConfig, bool]:
@@ -311,6 +315,9 @@ def up(
 
     ``workers=0`` runs only Redis and the health agent: the controller of a Pi
     cluster, whose Redis also listens on the cluster address given in ``bind``.
+    ``results`` runs the cluster's own PostgreSQL (in ``<root>/postgres``, on a
+    free port of 127.0.0.1) and the recorder that fills it; a Pi cluster's
+    controller passes False (its results database is on the NAS node).
     """
     paths = paths or LocalPaths.default()
     current = read_config(paths)
@@ -327,7 +334,16 @@ def up(
     elif not port_free(port):
         raise LocalClusterError(f"port {port} is already in use", hint="stop what listens there or pick another port")
     write_redis_config(paths, port, password, bind)
-    config = LocalConfig(port=port, workers=workers, queues=queues, bind=bind, node=node)
+    pg_port = 0
+    if results:
+        pg_port = current.pg_port if current is not None and current.pg_port and port_free(current.pg_port) else 0
+        pg_port = pg_port or free_port()
+        server = local_pg(paths)
+        if not server.initialised:
+            if on_wait:
+                on_wait("creating the results database (first start)")
+            server.initdb()
+    config = LocalConfig(port=port, workers=workers, queues=queues, bind=bind, node=node, pg_port=pg_port)
     write_private(paths.state_file, config.to_json())
     log = (paths.log_dir / "daemon.log").open("ab")
     proc = subprocess.Popen(
@@ -340,7 +356,7 @@ def up(
         close_fds=True,
     )
     log.close()
-    config = LocalConfig(port, workers, queues, proc.pid, time.time(), bind, node)
+    config = LocalConfig(port, workers, queues, proc.pid, time.time(), bind, node, pg_port)
     write_private(paths.state_file, config.to_json())
     _wait_ready(paths, config, proc, wait_seconds, on_wait)
     return config, True
@@ -375,11 +391,12 @@ def _wait_ready(
             count = workers_on(conn, config.queues[0])
             beating = conn.exists(SAMPLE_KEY.format(config.node_name))
             conn.close()
-            if count >= config.workers and beating:
+            database = _results_ready(paths, config)
+            if count >= config.workers and beating and database:
                 return
             phase = (
                 f"warming workers ({count}/{config.workers} ready)" if count < config.workers
-                else "starting the health agent"
+                else "starting the health agent" if not beating else "starting PostgreSQL"
             )
         if on_wait:
             on_wait(phase)
@@ -389,6 +406,27 @@ def _wait_ready(
         f"the local cluster did not become ready in {wait_seconds:.0f}s ({phase})",
         hint=f"see {paths.log_dir}",
     )
+
+
+def _results_ready(paths: LocalPaths, config: LocalConfig) -> bool:
+    """True when the cluster has no results database, or its own answers (schema brought forward)."""
+    from piblade import resultsdb
+
+    target = results_target(paths)
+    if target is None or not config.pg_port:
+        return True
+    try:
+        resultsdb.connect(target, timeout=1.0).close()
+    except resultsdb.ResultsUnavailable:
+        return False
+    return True
+
+
+def local_pg(paths: LocalPaths) -> PgServer:
+    """The local cluster's own PostgreSQL server (see :mod:`piblade.pgserver`)."""
+    from piblade.pgserver import PgServer
+
+    return PgServer(paths.postgres_dir, paths.postgres_password_file)
 
 
 def down(*, paths: LocalPaths | None = None, grace: float = 60.0) -> bool:
@@ -432,6 +470,9 @@ def status(paths: LocalPaths | None = None) -> dict[str, Any]:
             info.update(daemon="dead", leftovers=left)
         return info
     info.update(running=True, pid=config.pid, redis=f"127.0.0.1:{config.port}", queues={}, workers=[])
+    results = results_target(paths)
+    if results is not None:
+        info["results"] = results.display
     try:
         conn = connect(RedisTarget("127.0.0.1", config.port, DEFAULT_USER, paths.password_file), timeout=2.0)
     except RedisUnavailable as exc:
@@ -445,6 +486,10 @@ def status(paths: LocalPaths | None = None) -> dict[str, Any]:
     for worker in rq_workers:
         state = f"lost ({lost[worker.name]})" if worker.name in lost else worker.state
         info["workers"].append({"name": worker.name, "state": state, "job": worker.job})
+    if results is not None:
+        from piblade import recordstream
+
+        info["records_waiting"] = recordstream.backlog(conn)
     conn.close()
     return info
 
@@ -476,15 +521,25 @@ class Daemon:
         self.lock_fd = fd
 
     def _env(self) -> dict[str, str]:
+        from piblade import resultsdb
+
         env = dict(os.environ)
         env[URL_ENV] = f"redis://{DEFAULT_USER}@127.0.0.1:{self.config.port}/0"
         env[PASSWORD_FILE_ENV] = str(self.paths.password_file)
+        target = results_target(self.paths)
+        if target is not None:
+            env[resultsdb.URL_ENV] = target.display
+            env[resultsdb.PASSWORD_FILE_ENV] = str(self.paths.postgres_password_file)
         return env
 
     def _start(self, name: str) -> None:
         log = (self.paths.log_dir / f"{name}.log").open("ab")
         if name == "redis":
             argv = [find_redis_server(), str(self.paths.redis_conf)]
+        elif name == "postgres":
+            argv = local_pg(self.paths).argv(self.config.pg_port)
+        elif name == "recorder":
+            argv = [sys.executable, "-m", "piblade", "recorder"]
         elif name == "agent":
             argv = [
                 sys.executable, "-m", "piblade", "agent", "--node", self.config.node_name,
@@ -513,6 +568,9 @@ class Daemon:
         signal.signal(signal.SIGINT, self._stop)
         self._lock()
         self._start("redis")
+        if self.config.pg_port:
+            self._start("postgres")
+            self._start("recorder")
         if self.config.workers:
             self._start("workers")
         self._start("agent")
@@ -532,6 +590,9 @@ class Daemon:
         return 0
 
     def _shutdown(self) -> None:
+        recorder = self.children.get("recorder")
+        if recorder and recorder.poll() is None:
+            recorder.send_signal(signal.SIGTERM)  # it ends after the batch in hand; the rest waits in Redis
         agent = self.children.get("agent")
         if agent and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
@@ -550,6 +611,15 @@ class Daemon:
             if proc and proc.poll() is None:
                 try:
                     proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for name, sig in (("recorder", signal.SIGTERM), ("postgres", STOP_SIGNAL)):
+            proc = self.children.get(name)
+            if proc and proc.poll() is None:
+                proc.send_signal(sig)  # PostgreSQL: a fast shutdown, which checkpoints its data
+                try:
+                    proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()

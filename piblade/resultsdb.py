@@ -229,13 +229,16 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 def schema_version(conn: psycopg.Connection[Any]) -> int:
     """The newest migration this database has seen; 0 for an empty database."""
+    # Committed on every path: an open transaction would turn migrate()'s into a savepoint,
+    # and its advisory lock would be held until this connection ends.
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('piblade_schema') IS NOT NULL")
         row = cur.fetchone()
-        if not row or not row[0]:
-            return 0
-        cur.execute("SELECT coalesce(max(version), 0) FROM piblade_schema")
-        row = cur.fetchone()
+        if row and row[0]:
+            cur.execute("SELECT coalesce(max(version), 0) FROM piblade_schema")
+            row = cur.fetchone()
+        else:
+            row = (0,)
     conn.commit()
     return int(row[0]) if row else 0
 

@@ -90,6 +90,15 @@ class RunRecord:
             "piblade": self.piblade,
         }
 
+    def to_json(self) -> str:
+        """The record as one JSON text (the history stream's run record)."""
+        return json.dumps({"id": self.id, **self.to_hash()}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> RunRecord:
+        data = json.loads(raw)
+        return cls.from_hash(data.pop("id"), data)
+
     @classmethod
     def from_hash(cls, run_id: str, raw: Mapping[bytes | str, bytes | str]) -> RunRecord:
         data = {text(k): text(v) for k, v in raw.items()}

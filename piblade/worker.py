@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,13 +50,14 @@ from rq import Queue
 from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
 
-from piblade import envvars, runs, taskcounts, tasks
+from piblade import envvars, recordstream, runs, taskcounts, tasks
 
 # Imported now, not when the first reduce is due: an upgrade reinstalls piblade
 # under a running worker, and a module imported after that would be the new
 # code inside the old process.
 from piblade.dispatch import enqueue_reduce
 from piblade.errors import PibladeError, TaskStopped, UnregisteredCallable
+from piblade.history import TaskAttempt, new_key, traceback_summary
 from piblade.registry import REGISTRY, JobChanged, JobSpec, Registry, TaskContext, code_version, load_registry
 
 if TYPE_CHECKING:
@@ -109,6 +111,13 @@ def _interrupt_task(signum: int, frame: Any) -> None:
     target = _stop_target
     if target is not None and target == _running_task:
         raise TaskStopped(f"task {target} was stopped on request (`piblade jobs cancel --running` or RQ's stop-job)")
+
+
+def _epoch(value: datetime | None) -> float | None:
+    """An RQ timestamp as epoch seconds (RQ's are UTC, some without tzinfo)."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def configure_runtime(runtime: Runtime) -> None:
@@ -306,6 +315,7 @@ class BladeWorker(SimpleWorker):
         self._pending_pipe: Any = None
         self._last_pause_check = 0.0
         self._pause: str | None = None
+        self._ending_attempt: TaskAttempt | None = None
 
     @property
     def dequeue_timeout(self) -> int:
@@ -465,13 +475,36 @@ class BladeWorker(SimpleWorker):
         finally:
             _stop_target = None
             self._stopped_job_id = None
+            self._ending_attempt = None
             self._keeper.clear()
             # Idle again for RQ's stop handling (a SIGTERM now must stop at once);
             # the Redis copy of the state is written on the next idle wait.
             self._state = WorkerStatus.IDLE
 
+    def _ended(self, job: Job, state: str, exc_string: str = "") -> TaskAttempt | None:
+        """The history record of the attempt that just ended; made once, before RQ's pipeline."""
+        meta = job.meta or {}
+        if "run" not in meta:
+            return None
+        return TaskAttempt(
+            key=new_key(), run_id=str(meta["run"]), task_id=job.id, phase=str(meta.get("phase", "task")),
+            index=int(meta.get("index", 0)), state=state, node=_runtime.node, worker=self.name,
+            enqueued=_epoch(job.enqueued_at), started=_epoch(job.started_at),
+            ended=_epoch(job.ended_at) or time.time(), error=traceback_summary(exc_string) if exc_string else "",
+        )
+
+    def _record(self, pipeline: Any) -> None:
+        """Add the ending attempt's record to the pipeline that records the end in RQ.
+
+        RQ may build that pipeline again (a WatchError on the success path): the
+        record goes into each, only the executed one counts, and its key is the same.
+        """
+        if self._ending_attempt is not None:
+            recordstream.add_attempt(pipeline if pipeline is not None else self.connection, self._ending_attempt)
+
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         self._ending_queue = queue.name
+        self._ending_attempt = self._ended(job, "finished")
         super().handle_job_success(job, queue, *args, **kwargs)
         meta = job.meta or {}
         if meta.get("reduce") and meta.get("phase") == "task":
@@ -481,17 +514,25 @@ class BladeWorker(SimpleWorker):
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         self._ending_queue = queue.name
+        # As RQ decides inside: a stopped task is never retried.
+        stopped = self._stopped_job_id == job.id
+        state = "stopped" if stopped else "retried" if job.should_retry else "failed"
+        exc_string = kwargs.get("exc_string") or (args[1] if len(args) > 1 else "")
+        self._ending_attempt = self._ended(job, state, str(exc_string or ""))
         super().handle_job_failure(job, queue, *args, **kwargs)
 
     # RQ calls these two inside the pipeline that records a task's end: piblade's per-node,
-    # per-queue counters (piblade.taskcounts, for /metrics) ride along, no extra round trip.
+    # per-queue counters (piblade.taskcounts, for /metrics) and the attempt's history record
+    # (piblade.recordstream) ride along, no extra round trip.
     def increment_successful_job_count(self, pipeline: Any = None) -> None:
         super().increment_successful_job_count(pipeline=pipeline)
+        self._record(pipeline)
         taskcounts.count(pipeline if pipeline is not None else self.connection, _runtime.node,
                          getattr(self, "_ending_queue", ""), "finished")
 
     def increment_failed_job_count(self, pipeline: Any = None) -> None:
         super().increment_failed_job_count(pipeline)
+        self._record(pipeline)
         taskcounts.count(pipeline if pipeline is not None else self.connection, _runtime.node,
                          getattr(self, "_ending_queue", ""), "failed")
 

@@ -54,6 +54,7 @@ def _register() -> None:
         node_cmd,
         provision_cmd,
         report_cmd,
+        runs_cmd,
         status_cmd,
         submit_cmd,
         testbed_cmd,
@@ -65,6 +66,7 @@ def _register() -> None:
     app.add_typer(local_cmd.app, name="local")
     app.add_typer(nas_cmd.app, name="nas")
     app.add_typer(node_cmd.app, name="node")
+    app.add_typer(runs_cmd.app, name="runs")
     app.add_typer(testbed_cmd.app, name="testbed")
     submit_cmd.register(app)
     report_cmd.register(app)
@@ -75,6 +77,7 @@ def _register() -> None:
     worker_cmd.register(app)
     agent_cmd.register(app)
     alerts_cmd.register(app)
+    runs_cmd.register_recorder(app)
 
 
 def _crash_log(exc: BaseException) -> Path | None:

@@ -27,6 +27,8 @@ def up(
         )
     if started:
         console.print(f"local cluster up: redis 127.0.0.1:{config.port}, {config.workers} worker(s), state in {paths.root}")
+        if config.pg_port:
+            console.print(f"run history: PostgreSQL on 127.0.0.1:{config.pg_port} (`piblade runs list`)")
     else:
         console.print(f"local cluster already running (pid {config.pid}, redis 127.0.0.1:{config.port})")
 
@@ -59,6 +61,8 @@ def status(as_json: bool = JsonOption) -> None:
         console.print("local cluster: not running (start it with `piblade local up`)")
     else:
         console.print(f"local cluster: running (pid {info['pid']}), redis {info['redis']}, data in {info['data_dir']}")
+        if "results" in info:
+            console.print(f"  run history: {info['results']}, {info.get('records_waiting', 0)} record(s) waiting")
         for name, q in info.get("queues", {}).items():
             console.print(f"  queue {name}: {q['queued']} queued, {q['failed']} failed")
         for w in info.get("workers", []):

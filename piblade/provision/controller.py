@@ -79,7 +79,7 @@ def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit
         if running:
             local.down(paths=paths)
         emit(name, "starting redis")
-        local.up(0, paths=paths, port=port, bind=bind, node=name)
+        local.up(0, paths=paths, port=port, bind=bind, node=name, results=False)
     except PibladeError as exc:
         return HostResult(name, (StepResult(step, "failed", summary, output=exc.message, kind=kind),), error=exc.message,
                           hint=exc.hint, seconds=time.monotonic() - started)
