@@ -22,7 +22,12 @@ else echo cifs=no; fi
 echo "init=$(cat /proc/1/comm 2>/dev/null)"
 echo "virt=$(systemd-detect-virt 2>/dev/null || echo none)"
 echo "user=$(id -un)"
+echo "postgres=$(ls /usr/lib/postgresql 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1)"
 """
+
+
+#: The PostgreSQL major version each Debian (and Raspberry Pi OS) release ships.
+POSTGRES_OF_RELEASE = {"bullseye": "13", "bookworm": "15", "trixie": "17"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class NodeFacts:
     virtualization: str = "none"
     #: ``getconf LONG_BIT``: 32 on a 32-bit OS even where the kernel (uname) says aarch64.
     userland_bits: int = 0
+    #: Major version of the newest PostgreSQL server installed ("" for none).
+    postgres: str = ""
 
     @property
     def wheel_platform(self) -> str:
@@ -49,6 +56,15 @@ class NodeFacts:
         return {"aarch64": "aarch64", "arm64": "aarch64", "x86_64": "x86_64", "amd64": "x86_64"}.get(
             self.arch, self.arch
         )
+
+    @property
+    def postgres_version(self) -> str:
+        """The PostgreSQL major version to configure: the newest installed, else what the release's
+        ``postgresql`` package installs (a Pi may get it in the same run that configures it)."""
+        if self.postgres:
+            return self.postgres
+        release = self.os.rsplit("(", 1)[-1].rstrip(")").strip().lower()
+        return POSTGRES_OF_RELEASE.get(release, POSTGRES_OF_RELEASE["bookworm"])
 
     def summary(self) -> str:
         board = self.model
@@ -78,4 +94,5 @@ def parse_facts(output: str) -> NodeFacts:
         user=values.get("user", ""),
         virtualization=values.get("virt", "none") or "none",
         userland_bits=int(values["bits"]) if values.get("bits", "").isdigit() else 0,
+        postgres=values.get("postgres", ""),
     )

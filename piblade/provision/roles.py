@@ -23,6 +23,8 @@ from piblade.provision.steps import (
     FstabLine,
     Hostname,
     Packages,
+    PostgresCluster,
+    PostgresRole,
     SambaUser,
     Service,
     Step,
@@ -49,6 +51,8 @@ class Secrets:
     smb_password: str = field(repr=False)
     mount_key_private: str = field(repr=False)
     mount_key_public: str
+    #: Of the ``piblade`` role in the results database (PostgreSQL).
+    postgres_password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,7 @@ def template_vars(node: Node, ctx: Context) -> dict[str, Any]:
     """The variables every template sees: the inventory's piblade_ settings plus derived ones."""
     cluster, s = ctx.cluster, node.settings
     nas = cluster.nas
+    results = cluster.results_node
     roles = sorted(node.roles - {"controller"}) or ["node"]
     mount = nas.settings.nas_path if nas is not None and node.name == nas.name else s.mount
     return {
@@ -108,7 +113,31 @@ def template_vars(node: Node, ctx: Context) -> dict[str, Any]:
         "piblade_nas_device": nas.settings.nas_device if nas else None,
         "piblade_nas_address": nas.address if nas else "",
         "piblade_smb_password": ctx.secrets.smb_password,
+        "piblade_results_address": results.address,
+        "piblade_results_port": cluster.results_port,
+        "piblade_results_root": results_root(cluster),
+        "piblade_results_clients": sorted({n.address for n in cluster.nodes}),
     }
+
+
+#: The results database: its user and database name (piblade.resultsdb's defaults).
+RESULTS_USER = "piblade"
+#: Where Debian keeps PostgreSQL's clusters when the results node has no NAS disk.
+PG_HOME = "/var/lib/postgresql"
+
+
+def results_root(cluster: Cluster) -> str:
+    """The directory PostgreSQL's clusters live under on the results node: the NAS disk's, not the SD card.
+
+    On the NAS node that is a ``.postgresql`` directory inside the share's
+    directory (the disk is mounted there, so anything beside it would be on the
+    SD card); it is ``postgres`` 0750, so neither Samba's user nor the sshfs
+    mounts can read it. Any other results node keeps Debian's own place.
+    """
+    node, nas = cluster.results_node, cluster.nas
+    if nas is not None and node.name == nas.name:
+        return f"{nas.settings.nas_path}/.postgresql"
+    return PG_HOME
 
 
 def common(node: Node, facts: NodeFacts, ctx: Context) -> list[Step]:
@@ -158,6 +187,34 @@ def nas(node: Node, facts: NodeFacts, ctx: Context) -> list[Step]:
             USER, USER, "600", tags=frozenset({"nas", "mount"}),
         ),
     ]
+
+
+def results(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str]:
+    """The cluster's results database: Debian's PostgreSQL, its data on the NAS disk, the piblade role."""
+    tags = frozenset({"results", "postgresql"})
+    v = template_vars(node, ctx)
+    version = facts.postgres_version
+    data = f"{v['piblade_results_root']}/{version}/main"
+    etc = f"/etc/postgresql/{version}/main"
+    unit = f"postgresql@{version}-main"
+    dropin = f"/etc/systemd/system/{unit}.service.d"
+    steps: list[Step] = [
+        Packages(("postgresql",), tags=tags),
+        PostgresCluster(version, data, ctx.cluster.results_port, tags=tags),
+        File(f"{etc}/conf.d/piblade.conf", render("postgresql-piblade.conf.j2", v), "postgres", "postgres", "644",
+             notify=(unit,), tags=tags),
+        File(f"{etc}/pg_hba.conf", render("pg_hba.conf.j2", v), "postgres", "postgres", "640",
+             notify=(unit,), tags=tags),
+        Directory(dropin, tags=tags),
+        File(f"{dropin}/piblade.conf", render("postgresql-mounts.conf.j2", v), notify=(unit,), tags=tags),
+        # postgresql.service starts every cluster whose start.conf says auto, at boot too.
+        Service("postgresql.service", tags=tags),
+        Service(f"{unit}.service", enabled=False, tags=tags),
+        PostgresRole(version, RESULTS_USER, ctx.secrets.postgres_password, tags=tags),
+    ]
+    clients = ", ".join(v["piblade_results_clients"])
+    return steps, (f"results: PostgreSQL {version} on {v['piblade_results_address']}:{v['piblade_results_port']}, "
+                   f"data in {data}, scram-sha-256 from {clients}")
 
 
 def services(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse) -> list[Step]:
@@ -221,6 +278,10 @@ def plan(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse) -> 
     if "nas" in node.roles:
         disk_steps, note = nas_disk(node, ctx)
         steps += disk_steps + nas(node, facts, ctx)
+        notes.append(note)
+    if node.name == ctx.cluster.results_node.name:
+        results_steps, note = results(node, facts, ctx)
+        steps += results_steps
         notes.append(note)
     if "workers" in node.roles:
         mount_steps, note = workers(node, facts, ctx)

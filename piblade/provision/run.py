@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from piblade import resultsdb
 from piblade.context import cluster_state
 from piblade.errors import PibladeError
 from piblade.inventory import Cluster
@@ -54,6 +55,7 @@ def load_secrets(cluster: Cluster) -> roles.Secrets:
         smb_password=ensure_secret(secrets_dir / "samba.password", 24),
         mount_key_private=read_secret(key_file) + "\n",
         mount_key_public=(secrets_dir / "nas_mount_key.pub").read_text().strip(),
+        postgres_password=ensure_secret(secrets_dir / resultsdb.PASSWORD_FILE_NAME),
     )
 
 

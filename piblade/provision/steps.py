@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
+import hmac
+import os
 import shlex
 from dataclasses import dataclass, field
 from enum import Enum
@@ -251,7 +253,8 @@ class File(Step):
         install = (
             f"install -o {q(self.owner)} -g {q(self.group)} -m {self.mode} \"$STAGE/{stage}\" {q(self.path)}"
         )
-        if self.path.endswith((".service", ".mount", ".automount", ".timer")):
+        if self.path.endswith((".service", ".mount", ".automount", ".timer")) or (
+                self.path.startswith("/etc/systemd/system/") and ".service.d/" in self.path):
             install += " && systemctl daemon-reload"
         if not lines or lines[0] == "missing":
             return Change(self.name, ChangeKind.CREATE, f"create {self.path}", install, (Upload(stage, data=self.content),),
@@ -440,3 +443,151 @@ class VenvInstall(Step):
         wheels = f"{len(uploads)} wheel{'' if len(uploads) == 1 else 's'}"
         return Change(self.name, ChangeKind.INSTALL, f"install {self.requirement} ({wheels}, {amount} to push)", script,
                       uploads)
+
+
+#: The cluster piblade keeps its results in: Debian's default cluster name, moved onto the NAS disk.
+PG_CLUSTER = "main"
+
+
+def pg_default_data(version: str) -> str:
+    """Where Debian's ``postgresql`` package puts the cluster it creates on install (the SD card)."""
+    return f"/var/lib/postgresql/{version}/{PG_CLUSTER}"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresCluster(Step):
+    """Debian's PostgreSQL cluster ``<version>/main`` with its data directory where piblade wants it.
+
+    Installing ``postgresql`` creates an empty ``main`` cluster on the SD card.
+    piblade replaces it with one whose data lives on the NAS disk
+    (``pg_createcluster -d``), but only while it is that empty default (its
+    ``base/`` holds the three template and ``postgres`` databases and nothing
+    else); a cluster with databases of its own is never dropped: the step fails
+    and says so.
+    """
+
+    version: str
+    data: str
+    port: int = 5432
+
+    @property
+    def name(self) -> str:
+        return f"postgresql {self.version}/{PG_CLUSTER}"
+
+    def probe(self) -> str:
+        v, c = q(self.version), PG_CLUSTER
+        return (f"line=$(pg_lsclusters -h 2>/dev/null | awk -v v={v} '$1 == v && $2 == \"{c}\"'); "
+                'echo "cluster ${line:-none}"; '
+                'data=$(echo "$line" | awk \'{print $6}\'); '
+                '[ -n "$data" ] && echo "databases $(ls -1 "$data/base" 2>/dev/null | wc -l)"; true')
+
+    def decide(self, output: str) -> Decision:
+        fields: dict[str, list[str]] = {}
+        for line in output.splitlines():
+            key, _, rest = line.partition(" ")
+            fields[key] = rest.split()
+        cluster = fields.get("cluster", ["none"])
+        where = f"{self.version}/{PG_CLUSTER}"
+        create = (f"install -d -o postgres -g postgres -m 750 {q(str(Path(self.data).parent.parent))}"
+                  f" && pg_createcluster -d {q(self.data)} -p {self.port} --start-conf auto {q(self.version)} "
+                  f"{PG_CLUSTER} >/dev/null && systemctl daemon-reload")
+        if cluster == ["none"]:
+            return Change(self.name, ChangeKind.CREATE, f"create PostgreSQL {where} with its data in {self.data}", create)
+        have = cluster[5] if len(cluster) > 5 else "?"
+        if have == self.data:
+            return self.ok(f"PostgreSQL {where} keeps its data in {self.data}")
+        databases = int(fields.get("databases", ["0"])[0] or 0)
+        if have == pg_default_data(self.version) and databases <= 3:
+            return Change(self.name, ChangeKind.UPDATE,
+                          f"move PostgreSQL {where} from {have} (the empty cluster the package made) to {self.data}",
+                          f"pg_dropcluster --stop {q(self.version)} {PG_CLUSTER} && {create}")
+        message = (f"PostgreSQL {where} already keeps databases in {have}; piblade leaves them alone: "
+                   f"move them to {self.data} yourself, or set piblade_results_host to another node")
+        return Change(self.name, ChangeKind.UPDATE, f"move PostgreSQL {where} to {self.data}",
+                      f"echo {q(message)} >&2; exit 1")
+
+
+def scram_verifier(password: str, salt: bytes, iterations: int = 4096) -> str:
+    """PostgreSQL's stored form of a scram-sha-256 password (RFC 5802/7677), as ``pg_authid`` keeps it.
+
+    Computed on the controller, so the password itself never reaches the node:
+    the node gets (and PostgreSQL stores) only this verifier, the same string
+    ``ALTER ROLE … PASSWORD`` would have made from the password.
+    """
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+            f"${b64(hashlib.sha256(client_key).digest()).decode()}:{b64(server_key).decode()}")
+
+
+def scram_matches(verifier: str, password: str) -> bool:
+    """True if ``verifier`` (from ``pg_authid.rolpassword``) accepts ``password``."""
+    try:
+        head, keys = verifier.split("$", 2)[1:]
+        iterations, salt = head.split(":")
+        return hmac.compare_digest(scram_verifier(password, base64.b64decode(salt), int(iterations)).split("$")[2],
+                                   keys)
+    except (ValueError, IndexError):
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresRole(Step):
+    """A login role with the cluster's password and a database it owns, in PostgreSQL ``<version>/main``.
+
+    The probe reads the role's SCRAM verifier as the ``postgres`` superuser (over
+    the local socket, peer authentication) and :meth:`decide` checks it against
+    the password on the controller: the password is never part of a probe, a
+    script or an argv, and the change sends a verifier with a fresh salt as a
+    staged SQL file on psql's stdin.
+    """
+
+    version: str
+    user: str
+    password: str = field(repr=False)
+    database: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"postgresql role {self.user}"
+
+    def _psql(self) -> str:
+        return f"runuser -u postgres -- psql --cluster {q(self.version + '/' + PG_CLUSTER)} -X -q -At -d postgres"
+
+    def probe(self) -> str:
+        role, db = self.user.replace("'", "''"), (self.database or self.user).replace("'", "''")
+        sql = (f"select 'role ' || coalesce(rolpassword, 'none') from pg_authid where rolname = '{role}'; "
+               f"select 'owner ' || pg_get_userbyid(datdba) from pg_database where datname = '{db}'")
+        return f"{self._psql()} -c {q(sql)} 2>/dev/null || echo down"
+
+    def decide(self, output: str) -> Decision:
+        lines = dict(line.split(" ", 1) for line in output.splitlines() if " " in line)
+        database = self.database or self.user
+        if scram_matches(lines.get("role", ""), self.password) and lines.get("owner") == self.user:
+            return self.ok(f"role {self.user} logs in with the cluster's password (scram-sha-256) "
+                           f"and owns database {database}")
+        stage = _stage_name(f"postgres-role-{self.user}")
+        role, db = '"' + self.user.replace('"', '""') + '"', '"' + database.replace('"', '""') + '"'
+        literal = "'" + self.user.replace("'", "''") + "'"
+        sql = (
+            "\\set ON_ERROR_STOP on\n"
+            f"select 'create role {role} login' where not exists "
+            f"(select from pg_roles where rolname = {literal}) \\gexec\n"
+            f"alter role {role} with login password '{scram_verifier(self.password, os.urandom(16))}';\n"
+            f"select 'create database {db} owner {role}' where not exists "
+            f"(select from pg_database where datname = '{database.replace(chr(39), chr(39) * 2)}') \\gexec\n"
+            f"alter database {db} owner to {role};\n"
+            f"revoke all on database {db} from public;\n"
+        )
+        ready = (f"i=0; until {self._psql()} -c 'select 1' >/dev/null 2>&1; do "
+                 "i=$((i+1)); [ $i -lt 60 ] || { echo 'PostgreSQL did not start in 60 s' >&2; exit 1; }; sleep 1; done")
+        if "role" not in lines:
+            kind, summary = ChangeKind.CREATE, f"create role {self.user} and database {database}"
+        else:
+            kind, summary = ChangeKind.UPDATE, f"set the password of role {self.user} and its database {database}"
+        if output.strip() == "down":
+            kind, summary = ChangeKind.CREATE, f"create role {self.user} and database {database} (once PostgreSQL runs)"
+        return Change(self.name, kind, summary, f'{ready} && {self._psql()} < "$STAGE/{stage}" >/dev/null',
+                      (Upload(stage, data=sql.encode()),))

@@ -38,12 +38,14 @@ NODES = ("tb-nas", "tb-w1", "tb-w2")
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
 # What a node's provisioned state is made of: users, hostname, every file piblade manages (owner,
-# group, mode, SHA-256), the venv, the Samba users, the mount, and the services' state.
+# group, mode, SHA-256), the venv, the Samba users, the mount, PostgreSQL's cluster, role and
+# database (the password's verifier has a new salt each time: only its kind), and the services' state.
 SNAPSHOT = r"""
 echo "== users"; getent passwd piblade; getent group piblade; id piblade
 echo "== hostname"; cat /etc/hostname; hostname; ls /etc/machine-info 2>&1
 echo "== files"
-for p in /etc/piblade /var/lib/piblade /opt/piblade/wheelhouse /srv/piblade /etc/samba/smb.conf /etc/fstab /etc/systemd/system; do
+for p in /etc/piblade /var/lib/piblade /opt/piblade/wheelhouse /srv/piblade /etc/samba/smb.conf /etc/fstab /etc/systemd/system \
+         /etc/postgresql; do
   [ -e "$p" ] || { echo "missing $p"; continue; }
   find "$p" \( -path /var/lib/piblade/numba-cache -o -path '/srv/piblade/*' \) -prune -o -printf '%p %u:%g:%m %y ' \
     -exec sh -c '[ -f "$1" ] && sha256sum < "$1" | cut -c1-16 || echo -' _ {} \;
@@ -56,8 +58,12 @@ cat /opt/piblade/venv/.piblade-wheelhouse
 /opt/piblade/venv/bin/pip freeze 2>/dev/null
 find /opt/piblade/venv -not -name '*.pyc' -printf '%P %u:%g:%m\n' | sort | sha256sum
 echo "== samba"; pdbedit -L 2>/dev/null
+echo "== postgresql"; pg_lsclusters -h 2>&1; stat -c '%n %U:%G:%a' /srv/piblade/.postgresql /srv/piblade/.postgresql/* 2>&1
+runuser -u postgres -- psql -XAtq -d postgres -c "select rolname, rolcanlogin, rolsuper, split_part(rolpassword, '$', 1)
+  from pg_authid where rolname = 'piblade'" -c "select datname, pg_get_userbyid(datdba), datacl from pg_database
+  where datname = 'piblade'" 2>&1
 echo "== units"
-for u in smbd piblade-agent piblade-worker mnt-piblade.mount systemd-timesyncd; do
+for u in smbd piblade-agent piblade-worker mnt-piblade.mount systemd-timesyncd postgresql postgresql@15-main; do
   echo "$u $(systemctl is-enabled $u 2>/dev/null) $(systemctl is-active $u 2>/dev/null)"
 done
 """

