@@ -71,6 +71,8 @@ def view(snap: Snapshot) -> dict[str, Any]:
         "nodes": {n["name"]: node_view(n) for n in snap.nodes},
         "queue_order": [q["name"] for q in snap.queues],
         "queues": {q["name"]: dict(q) for q in snap.queues},
+        "alerts": {"service": snap.alert_service,
+                   "firing": [{k: a[k] for k in ("key", "rule", "summary", "started")} for a in snap.alerts]},
         "job_order": [j["run"] for j in snap.jobs],
         "jobs": {j["run"]: job_row(j) for j in snap.jobs},
     }

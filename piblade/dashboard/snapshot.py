@@ -3,7 +3,8 @@
 Nodes and queues come from :func:`piblade.clusterstatus.gather`, the same
 function behind ``piblade status``, so the page and the terminal never disagree
 about "down" or "paused". Recent runs come from :mod:`piblade.runs` and
-:func:`piblade.dispatch.run_status`.
+:func:`piblade.dispatch.run_status`; the alerts firing now from
+:mod:`piblade.alertstore`, as ``piblade alerts list`` shows them.
 
 Reads here are synchronous (redis-py); the web layer runs them in a worker
 thread. A finished run never changes, so its details (per-node counts, failure
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from piblade import healthstore, runs, taskcounts
+from piblade import alertstore, healthstore, runs, taskcounts
 from piblade.inventory import Cluster
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class Snapshot:
     error: str | None = None
     #: While Redis cannot be read: when the last good read was (None: never, or Redis is fine).
     unknown_since: float | None = None
+    #: What is firing now (``alertstore`` episodes, oldest first) and whether an alert service is active.
+    alerts: tuple[dict[str, Any], ...] = ()
+    alert_service: bool | None = None
     #: Tasks finished/failed per (node, queue, outcome), for /metrics only (not sent to the page).
     task_counts: dict[tuple[str, str, str], int] = field(default_factory=dict, compare=False)
     #: JSON of the content without clocks: equal fingerprints mean nothing worth pushing changed.
@@ -62,6 +66,8 @@ class Snapshot:
             "queues": list(self.queues),
             "jobs": list(self.jobs),
             "share": self.share,
+            "alerts": list(self.alerts),
+            "alert_service": self.alert_service,
             "error": self.error,
             "unknown_since": self.unknown_since,
         }
@@ -88,9 +94,9 @@ def unknown(last: Snapshot | None, cluster: str | None, now: float, error: str) 
                     fingerprint=_fingerprint(nodes, queues, jobs, None, error))
 
 
-def _fingerprint(nodes: Any, queues: Any, jobs: Any, share: Any, error: str | None) -> str:
+def _fingerprint(nodes: Any, queues: Any, jobs: Any, share: Any, error: str | None, alerts: Any = None) -> str:
     steady = [{k: v for k, v in n.items() if k != "seen_ago"} for n in nodes]
-    return json.dumps([steady, queues, jobs, share, error], sort_keys=True, default=str)
+    return json.dumps([steady, queues, jobs, share, error, alerts], sort_keys=True, default=str)
 
 
 def job_view(status: dict[str, Any], now: float, failed_nodes: dict[str, int] | None = None) -> dict[str, Any]:
@@ -156,9 +162,12 @@ class SnapshotSource:
         queues = tuple(q.to_dict() for q in status.queues)
         share = status.share.to_dict() if status.share else None
         jobs = tuple(self.jobs(now))
+        alerts = tuple(e.to_dict() for e in sorted(alertstore.firing(self.conn).values(), key=lambda e: e.started))
+        service = alertstore.leader(self.conn) is not None
         return Snapshot(
-            self.name, now, nodes, queues, jobs, share, task_counts=taskcounts.read(self.conn),
-            fingerprint=_fingerprint(nodes, queues, jobs, share, None),
+            self.name, now, nodes, queues, jobs, share, alerts=alerts, alert_service=service,
+            task_counts=taskcounts.read(self.conn),
+            fingerprint=_fingerprint(nodes, queues, jobs, share, None, [alerts, service]),
         )
 
     def jobs(self, now: float | None = None) -> list[dict[str, Any]]:

@@ -495,3 +495,20 @@ async def test_finished_runs_link_to_their_report_which_is_served_sandboxed(
     page.unlink()  # a file that goes away is not served from memory
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
         assert (await c.get(f"/reports/{with_report.id}", headers=BEARER)).status_code == 404
+
+
+async def test_the_page_shows_what_the_alert_service_has_firing(conn: redis.Redis) -> None:
+    from piblade import alertstore
+    from piblade.alertrules import Change, Episode, Transition
+
+    publish_two_nodes(conn)
+    episode = Episode("temp:pi-a", "temp", "pi-a", 1_764_860_400.0, "pi-a is hot: 82.0 °C (limit 80 °C)")
+    assert alertstore.acquire(conn, "test-service", 30)
+    alertstore.record(conn, "test-service", [(Transition(Change.FIRE, episode, episode.started), None)])
+    transport = httpx.ASGITransport(app=make_app(conn))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as c:
+        page = (await c.get("/", headers=BEARER)).text
+    initial = json.loads(re.search(r'<script id="initial" type="application/json">(.*?)</script>', page).group(1))
+    assert initial["view"]["alerts"] == {"service": True, "firing": [
+        {"key": "temp:pi-a", "rule": "temp", "summary": "pi-a is hot: 82.0 °C (limit 80 °C)", "started": 1_764_860_400.0}]}
+    assert 'id="alerts-panel"' in page

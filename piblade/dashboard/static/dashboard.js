@@ -314,9 +314,25 @@
     return out;
   }
 
+  /* What the alert service has announced and not yet resolved (what `piblade alerts list` shows). */
+  function renderAlerts(alerts) {
+    var list = $("alerts"), firing = (alerts && alerts.firing) || [];
+    list.textContent = "";
+    firing.forEach(function (a) {
+      var li = h("li", "alert", a.summary);
+      li.dataset.rule = a.rule;
+      li.appendChild(h("span", "muted", " since " + clock(a.started)));
+      list.appendChild(li);
+    });
+    $("alert-summary").textContent = !alerts || alerts.service === null ? ""
+      : (firing.length ? firing.length + " firing" : "nothing firing")
+        + (alerts.service ? "" : " · no alert service is running");
+  }
+
   function render(view) {
     var snap = {
       cluster: view.cluster, error: view.error, unknown_since: view.unknown_since, share: view.share,
+      alerts: view.alerts,
       nodes: ordered(view.nodes, view.node_order), queues: ordered(view.queues, view.queue_order),
       jobs: ordered(view.jobs, view.job_order)
     };
@@ -330,6 +346,7 @@
     redisDown = !!snap.error;
     showConn();
     renderNodes(snap.nodes);
+    renderAlerts(snap.alerts);
     syncRows($("queues").tBodies[0], snap.queues, function (q) { return q.name; }, QUEUE_COLUMNS);
     syncRows($("jobs").tBodies[0], snap.jobs, function (j) { return j.run; }, JOB_COLUMNS);
     $("no-jobs").hidden = snap.jobs.length > 0;
