@@ -19,6 +19,7 @@ code 1; anything else is a bug and keeps its traceback.
     │   └── TestbedError        the virtual cluster cannot boot here (piblade.testbed.system)
     ├── NotFound                a job or run id that does not exist
     ├── SecretError             a secrets file is missing or readable by others
+    ├── AlertConfigError        alert targets or settings missing or malformed (piblade.alertconfig)
     ├── SshError                a node cannot be reached or logged into (piblade.provision.ssh)
     │   ├── HostKeyUnknown      not in known_hosts yet: `piblade trust NODE`
     │   └── HostKeyChanged      a different key than known_hosts says: refused, always

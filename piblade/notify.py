@@ -70,17 +70,33 @@ def _host(url: str) -> str:
 
 
 def describe(url: str) -> str:
-    """The URL as people may see it: Apprise's privacy form; AlertConfigError if Apprise knows no such URL."""
+    """The URL as people may see it: scheme and host only (``ntfys://ntfy.sh/…``); an ntfy topic, a
+    webhook path or a mail user can each be the secret, so none of them is shown.
+
+    Raises AlertConfigError if Apprise knows no such URL.
+    """
     import apprise
 
+    _quiet()
     plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
     if not plugin:
-        scheme = url.split("://", 1)[0] if "://" in url else url[:12]
         raise AlertConfigError(
-            f"Apprise does not understand this URL (scheme {redact(scheme, url)!r})",
+            f"Apprise does not understand this URL (scheme {redact(scheme or url[:12], url)!r})",
             hint="see https://github.com/caronc/apprise/wiki for the URL of each service, e.g. ntfys://ntfy.sh/TOPIC",
         )
-    return redact(str(plugin.url(privacy=True)), url)
+    try:
+        parts = urlsplit(url)
+        where = f"{scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        more = bool(parts.path.strip("/") or parts.query)
+    except ValueError:
+        where, more = f"{scheme}://", True
+    return where + ("/…" if more else "")
+
+
+def _quiet() -> None:
+    """Apprise's own log lines go to our capture only, never to the root logger (they name hosts and paths)."""
+    logging.getLogger("apprise").propagate = False
 
 
 def send(name: str, url: str, title: str, body: str) -> Delivery:
@@ -92,6 +108,7 @@ def send(name: str, url: str, title: str, body: str) -> Delivery:
         where = describe(url)
     except AlertConfigError as exc:
         return Delivery(name, False, "?", time.monotonic() - started, exc.message)
+    _quiet()
     notifier = apprise.Apprise()
     notifier.add(url)
     with apprise.LogCapture(level=logging.WARNING) as captured:
