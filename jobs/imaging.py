@@ -35,6 +35,7 @@ import numpy as np
 from piblade.errors import BadParameter
 from piblade.outputs import replace_into
 from piblade.registry import REQUIRED, Param, TaskContext, job, relative_share_path, shown
+from piblade.resultsdb import Column, check_table_name
 
 OPS = ("grayscale", "blur", "edges", "resize")
 #: Output rows per kernel call: bounds the work of one call and the memory of intermediates.
@@ -48,7 +49,12 @@ PARAMS = (
     Param("size", int, 1024, min=1, max=16384, help="resize: length of the longer side in pixels"),
     Param("sigma", float, 2.0, min=0.1, max=50.0, help="blur: Gaussian standard deviation in pixels"),
     Param("radius", int, 0, min=0, max=200, help="blur: kernel radius in pixels; 0 means ceil(3*sigma)"),
+    Param("table", str, "", max_length=127, help="also write one row per picture into this results-database table"),
 )
+#: The row a picture adds to ``table`` (after run_id and task).
+ROW = (Column("input", "text"), Column("output", "text"), Column("op", "text"), Column("width", "int4"),
+       Column("height", "int4"), Column("input_width", "int4"), Column("input_height", "int4"),
+       Column("seconds", "float8"))
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -58,6 +64,8 @@ def check(params: Mapping[str, Any]) -> None:
     """Refuse, before anything is queued, a path that is absolute or climbs out with '..'."""
     relative_share_path("image", params["path"],
                         "give the picture's path under the share, e.g. path=photos/cat.jpg, or use --over 'photos/*.jpg'")
+    if params["table"]:
+        check_table_name("image", params["table"])
 
 
 def gaussian_weights(sigma: float, radius: int = 0) -> np.ndarray:
@@ -253,8 +261,8 @@ def reduce(ctx: TaskContext, params: Mapping[str, Any], results: list[Any]) -> d
     timeout=900,
     writes_output=True,
 )
-def task(ctx: TaskContext, *, path: str, op: str, size: int, sigma: float, radius: int) -> dict[str, Any]:
-    """Process one picture; write it to ``<output dir>/<path>``; return what was done."""
+def task(ctx: TaskContext, *, path: str, op: str, size: int, sigma: float, radius: int, table: str = "") -> dict[str, Any]:
+    """Process one picture; write it to ``<output dir>/<path>`` (and a row into ``table``); return what was done."""
     import numba
 
     numba.set_num_threads(max(1, min(ctx.threads, numba.config.NUMBA_NUM_THREADS)))
@@ -268,7 +276,7 @@ def task(ctx: TaskContext, *, path: str, op: str, size: int, sigma: float, radiu
     result = apply(img, op, size=size, sigma=sigma, radius=radius)
     seconds = time.perf_counter() - started
     save(result, target)
-    return {
+    done = {
         "input": relative.as_posix(),
         "output": target.relative_to(ctx.data_root.resolve()).as_posix(),
         "width": int(result.shape[1]),
@@ -278,3 +286,6 @@ def task(ctx: TaskContext, *, path: str, op: str, size: int, sigma: float, radiu
         "op": op,
         "seconds": round(seconds, 6),
     }
+    if table:
+        ctx.emit(table, ROW, [tuple(done[c.name] for c in ROW)])
+    return done

@@ -5,9 +5,11 @@ task per file, or per ``chunk_mb`` of a large file (a chunk owns the lines
 that *start* in its byte range, so chunks meet at line boundaries). Each task
 streams its bytes from the worker's mount of the share straight into
 PostgreSQL's own CSV parser (``COPY … FROM STDIN (FORMAT csv)``), 1 MiB at a
-time whatever the file's size, into a temporary staging table, then moves the
-rows into the target and records the chunk in ``ingest_loads``, all in one
-transaction (:func:`piblade.resultsdb.load_csv`). So:
+time whatever the file's size, and records the chunk in ``ingest_loads`` in
+the same transaction (:func:`piblade.resultsdb.load_csv`). With
+``duplicates=skip`` the rows go to a temporary staging table first and move
+into the target with ``ON CONFLICT DO NOTHING`` (rows the table already has,
+by its unique keys, are left out and counted). So:
 
 * **A re-run does not duplicate rows.** A chunk is known by table, path,
   size, mtime and its place in the file; a chunk already recorded is skipped,
@@ -36,6 +38,7 @@ from typing import Any
 
 from piblade.errors import BadParameter, JobError
 from piblade.registry import REQUIRED, Param, TaskContext, job, relative_share_path, shown
+from piblade.resultsdb import TABLE_NAME, check_table_name
 
 MIB = 1 << 20
 #: Bytes sent per COPY write: the most a task holds of its file at once.
@@ -59,19 +62,19 @@ TYPES = {
     "json": "jsonb", "jsonb": "jsonb",
     "uuid": "uuid",
 }
-#: A column or table name: what PostgreSQL takes unquoted (lower case, at most 63 bytes).
-NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-#: Tables of piblade's own in the results database, never an ingest's target.
-RESERVED_TABLES = frozenset({"runs", "task_attempts", "ingest_loads", "piblade_schema"})
+#: A column name: what PostgreSQL takes unquoted.
+NAME = TABLE_NAME
 SCHEMA_MAX = 8192
 
 PARAMS = (
     Param("path", str, REQUIRED, path=True, help="CSV file to load, relative to the share's root"),
     Param("table", str, REQUIRED, max_length=127, help="target table (created if missing), e.g. readings or lab.readings"),
     Param("schema", str, "", max_length=SCHEMA_MAX,
-          help="columns as name:type,... (default: the table's, else inferred from the header and a sample)"),
+          help="name:type,... (default: the table's, else inferred from the header and a sample)"),
     Param("header", bool, True, help="the first line names the columns"),
-    Param("chunk_mb", int, 64, min=0, max=1 << 20, help="with --over, one task per this many MiB of a file; 0: per file"),
+    Param("duplicates", str, "error", choices=("error", "skip"),
+          help="rows the table already has (unique keys): refuse the chunk, or skip them"),
+    Param("chunk_mb", int, 64, min=0, max=1 << 20, help="with --over: a task per this many MiB of a file (0: one per file)"),
 )
 
 
@@ -79,20 +82,7 @@ PARAMS = (
 
 
 def check_table(table: str) -> str:
-    """``name`` or ``schema.name``, each a plain lower-case identifier, and none of piblade's own tables."""
-    parts = table.split(".")
-    if len(parts) > 2 or not all(NAME.fullmatch(p) for p in parts):
-        raise BadParameter(
-            f"ingest: table={shown(table)} is not a table name",
-            hint="give table=NAME or table=SCHEMA.NAME: lower-case letters, digits and '_', starting with a letter",
-        )
-    name = parts[-1]
-    if (len(parts) == 1 or parts[0] == "public") and (name in RESERVED_TABLES or name.startswith("piblade_")):
-        raise BadParameter(
-            f"ingest: table={shown(table)} is one of piblade's own tables in the results database",
-            hint="load into a table of your own, e.g. table=readings",
-        )
-    return table
+    return check_table_name("ingest", table)
 
 
 def parse_schema(text: str) -> tuple[tuple[str, str], ...]:
@@ -132,7 +122,7 @@ def check(params: Mapping[str, Any]) -> None:
 
 def _task(params: Mapping[str, Any], part: int, parts: int) -> dict[str, Any]:
     return {"path": check_relative(params["path"]), "table": params["table"], "schema": params["schema"],
-            "header": params["header"], "part": part, "parts": parts}
+            "header": params["header"], "duplicates": params["duplicates"], "part": part, "parts": parts}
 
 
 def split(params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -307,13 +297,16 @@ def reduce(ctx: TaskContext, params: Mapping[str, Any], results: list[Any]) -> d
         "chunks": len(results),
         "rows": sum(r["rows"] for r in results),
         "already_loaded": sum(1 for r in results if r["already_loaded"]),
+        "duplicates": sum(r.get("duplicates", 0) for r in results),
         "seconds": round(sum(r["seconds"] for r in results), 3),
+        "copy_s": round(sum(r.get("copy_s", 0.0) for r in results), 3),
+        "move_s": round(sum(r.get("move_s", 0.0) for r in results), 3),
     }
 
 
 @job(
     "ingest",
-    summary="Load CSV files on the share into a results-database table with COPY; fan out with --over 'logs/*.csv'",
+    summary="Load CSV files on the share into a PostgreSQL table with COPY; --over 'logs/*.csv'",
     params=PARAMS,
     check=check,
     split=split,
@@ -321,7 +314,8 @@ def reduce(ctx: TaskContext, params: Mapping[str, Any], results: list[Any]) -> d
     reduce=reduce,
     timeout=3600,
 )
-def task(ctx: TaskContext, *, path: str, table: str, schema: str, header: bool, part: int, parts: int) -> dict[str, Any]:
+def task(ctx: TaskContext, *, path: str, table: str, schema: str, header: bool, duplicates: str, part: int,
+         parts: int) -> dict[str, Any]:
     """Load part ``part`` of ``parts`` of the file into ``table``, once; return what was done."""
     from piblade import resultsdb
 
@@ -329,11 +323,7 @@ def task(ctx: TaskContext, *, path: str, table: str, schema: str, header: bool, 
     file = ctx.resolve(path)
     if not file.is_file():
         raise BadParameter(f"ingest: {shown(str(path))} is not a file under the data directory {ctx.data_root}")
-    if ctx.results is None:
-        raise resultsdb.ResultsUnavailable(
-            "this worker knows of no results database",
-            hint=f"start the local cluster with `piblade local up`, or set {resultsdb.URL_ENV} for the worker",
-        )
+    target = ctx.results_target()
     declared = parse_schema(schema) if schema else None
     stat = file.stat()
     with open(file, "rb") as fh:
@@ -356,8 +346,8 @@ def task(ctx: TaskContext, *, path: str, table: str, schema: str, header: bool, 
 
         try:
             loaded = resultsdb.load_csv(
-                ctx.results, key, columns, read_range(fh, start, end), create=create,
-                skip_header=header and start == 0, run_id=ctx.run_id,
+                target, key, columns, read_range(fh, start, end), create=create,
+                skip_header=header and start == 0, run_id=ctx.run_id, skip_duplicates=duplicates == "skip",
             )
         except resultsdb.CopyRefused as exc:
             line = lines_before(fh, start) + exc.line
@@ -365,5 +355,7 @@ def task(ctx: TaskContext, *, path: str, table: str, schema: str, header: bool, 
             raise RowRefused(f"ingest: {where}: {exc.detail}",
                              hint=f"fix line {line} of {path} (nothing of this chunk was loaded), then submit again") from None
     return {"path": path, "part": part, "parts": parts, "rows": loaded.rows, "already_loaded": loaded.already,
-            "table": table, "bytes": end - start, "seconds": round(time.perf_counter() - started, 6)}
+            "duplicates": loaded.duplicates,
+            "table": table, "bytes": end - start, "copy_s": round(loaded.copy_s, 6), "move_s": round(loaded.move_s, 6),
+            "seconds": round(time.perf_counter() - started, 6)}
 

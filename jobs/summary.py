@@ -37,6 +37,7 @@ import numpy as np
 
 from piblade.errors import BadParameter
 from piblade.registry import REQUIRED, Param, TaskContext, job, relative_share_path, shown
+from piblade.resultsdb import Column, check_table_name
 
 #: Bytes read per chunk (one kernel call each).
 CHUNK_BYTES = 4 << 20
@@ -51,7 +52,11 @@ PARAMS = (
     Param("bins", int, 20, min=1, max=1000, help="histogram bins (when lo < hi)"),
     Param("lo", float, 0.0, help="histogram lower edge; no histogram unless lo < hi"),
     Param("hi", float, 0.0, help="histogram upper edge; no histogram unless lo < hi"),
+    Param("table", str, "", max_length=127, help="also write the statistics as a row into this results-database table"),
 )
+#: The row a run adds to ``table`` (after run_id and task).
+ROW = (Column("path", "text"), Column("count", "int8"), Column("mean", "float8"), Column("std", "float8"),
+       Column("min", "float8"), Column("max", "float8"), Column("sum", "float8"), Column("skipped", "int8"))
 
 
 # --------------------------------------------------------------------------- parameters
@@ -75,6 +80,8 @@ def split(params: Mapping[str, Any]) -> list[dict[str, Any]]:
             f"summary: lo={params['lo']!r} is greater than hi={params['hi']!r}",
             hint="give lo < hi for a histogram, or leave both out",
         )
+    if params["table"]:
+        check_table_name("summary", params["table"])
     common = {k: params[k] for k in ("format", "column", "bins", "lo", "hi")}
     n = params["parts"]
     return [{"path": path, "part": i, "parts": n, **common} for i in range(n)]
@@ -275,8 +282,15 @@ def warmup() -> None:
 
 
 def reduce(ctx: TaskContext, params: Mapping[str, Any], results: list[Any]) -> dict[str, Any]:
-    """Merge the parts' statistics: ``{"count", "mean", "std", "min", "max", "sum", "skipped", "histogram"}``."""
-    return finalize(merge_all(results), params["lo"], params["hi"], params["bins"])
+    """Merge the parts' statistics: ``{"count", "mean", "std", "min", "max", "sum", "skipped", "histogram"}``.
+
+    With ``table``, they also go into that results-database table as one row.
+    """
+    summary = finalize(merge_all(results), params["lo"], params["hi"], params["bins"])
+    if params.get("table"):
+        where = params.get("path") or params.get("over", "")
+        ctx.emit(params["table"], ROW, [(where, *(summary[c.name] for c in ROW[1:]))])
+    return summary
 
 
 @job(

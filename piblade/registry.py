@@ -27,7 +27,7 @@ from piblade import envvars
 from piblade.errors import BadParameter, JobError, UnknownJob, UnregisteredCallable
 
 if TYPE_CHECKING:
-    from piblade.resultsdb import ResultsTarget
+    from piblade.resultsdb import Column, ResultsTarget
 
 #: The module that a wheel built for a node carries, naming the source it was built from
 #: (``piblade.provision.wheelhouse`` writes it into the copy it builds from).
@@ -276,6 +276,27 @@ class TaskContext:
     output_dir: Path
     threads: int = 1
     results: ResultsTarget | None = None
+
+    def emit(self, table: str, columns: Sequence[Column], rows: Iterable[Sequence[Any]]) -> int:
+        """Write rows into a results-database table (binary COPY, declared types), once per task.
+
+        The table gets ``run_id`` and ``task`` before ``columns`` and is created
+        when missing; a second attempt of the same task replaces its rows.
+        """
+        from piblade import resultsdb
+
+        return resultsdb.emit_rows(self.results_target(), table, columns, rows, run_id=self.run_id, task=self.index)
+
+    def results_target(self) -> ResultsTarget:
+        """The cluster's results database, or an error that says how to give the worker one."""
+        from piblade import resultsdb
+
+        if self.results is None:
+            raise resultsdb.ResultsUnavailable(
+                "this worker knows of no results database",
+                hint=f"start the local cluster with `piblade local up`, or set {resultsdb.URL_ENV} for the worker",
+            )
+        return self.results
 
     def resolve(self, relative: str) -> Path:
         """Resolve a path given relative to the data root, refusing escapes."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -300,6 +301,13 @@ class Column:
     type: str
 
 
+def _table_sql(table: str) -> Any:
+    """``name`` or ``schema.name`` as a quoted identifier."""
+    from psycopg import sql
+
+    return sql.Identifier(*table.split("."))
+
+
 def copy_rows(
     cur: psycopg.Cursor[Any], table: str, columns: Sequence[Column], rows: Iterable[Sequence[Any]]
 ) -> int:
@@ -311,7 +319,7 @@ def copy_rows(
     from psycopg import sql
 
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+        _table_sql(table), sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     )
     count = 0
     with cur.copy(statement) as copy:
@@ -492,6 +500,35 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> tuple[RunSummary, li
 
 # -- ingest: CSV files into a table of the user's ----------------------------------------------
 
+#: A table name piblade creates for a job: what PostgreSQL takes unquoted (lower case, at most 63 bytes).
+TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: Tables of piblade's own, never a job's: every table a migration creates, and anything named piblade_*.
+OWN_TABLES = frozenset({"runs", "task_attempts", "ingest_loads", "piblade_schema"})
+
+
+def check_table_name(job: str, table: str) -> str:
+    """``name`` or ``schema.name`` of plain lower-case identifiers, and none of piblade's own tables. Pure.
+
+    Checked before anything is enqueued; names are also quoted as identifiers
+    wherever they reach SQL, so this is about clear refusals, not injection.
+    """
+    from piblade.errors import BadParameter
+
+    parts = table.split(".")
+    if len(parts) > 2 or not all(TABLE_NAME.fullmatch(p) for p in parts):
+        raise BadParameter(
+            f"{job}: table={table[:60]} is not a table name",
+            hint="give table=NAME or table=SCHEMA.NAME: lower-case letters, digits and '_', starting with a letter",
+        )
+    name = parts[-1]
+    if (len(parts) == 1 or parts[0] == "public") and (name in OWN_TABLES or name.startswith("piblade_")):
+        raise BadParameter(
+            f"{job}: table={table} is one of piblade's own tables in the results database",
+            hint="give a table of your own, e.g. table=readings",
+        )
+    return table
+
+
 #: Session memory for the staging table before it spills to disk (PostgreSQL's default is 8 MB).
 STAGING_BUFFERS = "64MB"
 
@@ -510,10 +547,17 @@ class LoadKey:
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """What :func:`load_csv` did: rows moved into the table now, or ``already`` loaded by an earlier run."""
+    """What :func:`load_csv` did: rows written into the table now, or ``already`` loaded by an earlier run.
+
+    ``duplicates``: rows left out because the table had them (``skip_duplicates``).
+    ``copy_s`` and ``move_s``: seconds of the COPY and of the move from staging, where the time goes.
+    """
 
     rows: int
     already: bool
+    duplicates: int = 0
+    copy_s: float = 0.0
+    move_s: float = 0.0
 
 
 class CopyRefused(PibladeError):
@@ -529,12 +573,6 @@ class TableMismatch(PibladeError):
 
 
 _COPY_CONTEXT = re.compile(r"COPY \S+, line (\d+)(?:, column (\w+))?")
-
-
-def _table_sql(table: str) -> Any:
-    from psycopg import sql
-
-    return sql.Identifier(*table.split("."))
 
 
 def table_columns(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str]] | None:
@@ -583,10 +621,16 @@ def load_csv(
     create: Callable[[], Sequence[tuple[str, str]]],
     skip_header: bool,
     run_id: str,
+    skip_duplicates: bool = False,
 ) -> Loaded:
-    """Load CSV bytes into ``key.table`` once: COPY into a staging table, then move, in one transaction.
+    """Load CSV bytes into ``key.table`` once, in one transaction with the record of the chunk.
 
-    ``columns`` are the file's columns in file order (empty: the table's, in
+    The bytes go to ``COPY … FROM STDIN (FORMAT csv)`` straight into the table;
+    with ``skip_duplicates`` into a temporary staging table first, then
+    ``INSERT … SELECT … ON CONFLICT DO NOTHING``, which is what a staging
+    table buys (COPY cannot skip a row) and what it costs: the move inserts
+    row by row, where COPY inserts a thousand at a time (about 40% of a
+    load's time in the benchmark). ``columns`` are the file's columns in file order (empty: the table's, in
     table order); ``create()`` gives (name, type) pairs when the table does not
     exist yet (their types are the only place they matter). The chunk is
     recorded in ``ingest_loads`` in the same transaction as its rows, under an
@@ -609,7 +653,8 @@ def load_csv(
                     f"(its columns: {', '.join(n for n, _ in existing)})",
                     hint="load into a new table, or give header=false with a schema to load by position",
                 )
-            return _load_chunk(conn, key, names, data, skip_header=skip_header, run_id=run_id)
+            return _load_chunk(conn, key, names, data, skip_header=skip_header, run_id=run_id,
+                               skip_duplicates=skip_duplicates)
     except psycopg.Error as exc:
         context = _COPY_CONTEXT.search(getattr(exc.diag, "context", None) or "")
         detail = exc.diag.message_primary or str(exc)
@@ -626,7 +671,7 @@ def load_csv(
 
 def _load_chunk(
     conn: psycopg.Connection[Any], key: LoadKey, names: list[str], data: Iterable[bytes], *, skip_header: bool,
-    run_id: str,
+    run_id: str, skip_duplicates: bool,
 ) -> Loaded:
     from psycopg import sql
 
@@ -648,23 +693,64 @@ def _load_chunk(
                 f"now in {key.parts}",
                 hint="submit it with the chunk_mb of the first load, so its chunks are known",
             )
-        conn.execute(sql.SQL("CREATE TEMP TABLE ingest_staging (LIKE {}) ON COMMIT DROP").format(
-            _table_sql(key.table)))
-        statement = sql.SQL("COPY ingest_staging ({}) FROM STDIN (FORMAT csv, HEADER {}, ENCODING 'UTF8')").format(
-            cols, sql.SQL("true" if skip_header else "false"))
+        into = sql.Identifier("ingest_staging") if skip_duplicates else _table_sql(key.table)
+        if skip_duplicates:
+            conn.execute(sql.SQL("CREATE TEMP TABLE ingest_staging (LIKE {}) ON COMMIT DROP").format(
+                _table_sql(key.table)))
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER {}, ENCODING 'UTF8')").format(
+            into, cols, sql.SQL("true" if skip_header else "false"))
+        started = time.perf_counter()
         with conn.cursor() as cur:
             with cur.copy(statement) as copy:
                 for block in data:
                     copy.write(block)
-            cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM ingest_staging").format(
-                _table_sql(key.table), cols, cols))
-            moved = cur.rowcount
+            copied = moved = cur.rowcount
+            done_copy = time.perf_counter()
+            if skip_duplicates:
+                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM ingest_staging ON CONFLICT DO NOTHING").format(
+                    _table_sql(key.table), cols, cols))
+                moved = cur.rowcount
         conn.execute(
             "INSERT INTO ingest_loads (tbl, path, size, mtime_ns, parts, part, rows, run_id)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (*where, key.parts, key.part, moved, run_id),
         )
-    return Loaded(moved, already=False)
+    return Loaded(moved, already=False, duplicates=copied - moved, copy_s=done_copy - started,
+                  move_s=time.perf_counter() - done_copy)
+
+
+# -- rows a task emits (TaskContext.emit) ----------------------------------------------------
+
+#: The columns every emitted row starts with: which run and which task (or reduce) wrote it.
+EMIT_KEY = (Column("run_id", "text"), Column("task", "int4"))
+
+
+def emit_rows(
+    target: ResultsTarget, table: str, columns: Sequence[Column], rows: Iterable[Sequence[Any]], *,
+    run_id: str, task: int,
+) -> int:
+    """A task's rows into ``table``, replacing what an earlier attempt of the same task wrote.
+
+    Binary COPY with declared types (the worker made the values, so no text
+    is parsed on either side), after deleting the task's old rows, in one
+    transaction: a task that RQ runs twice leaves its rows once. The table is
+    created with ``run_id``, ``task`` and ``columns`` when missing. Returns the rows written.
+    """
+    import psycopg
+    from psycopg import sql
+
+    every = (*EMIT_KEY, *columns)
+    try:
+        with connect(target) as conn:
+            ensure_table(conn, table, lambda: [(c.name, c.type) for c in every])
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE run_id = %s AND task = %s").format(_table_sql(table)),
+                            (run_id, task))
+                count = copy_rows(cur, table, every, ((run_id, task, *row) for row in rows))
+    except psycopg.Error as exc:
+        raise ResultsUnavailable(f"writing rows into {table} failed: {exc.__class__.__name__}: {exc}",
+                                 hint="check the table's columns against the job's (a table made by hand may differ)") from exc
+    return count
 
 
 # -- run reports: what `piblade report` keeps beyond the run history ---------------------------

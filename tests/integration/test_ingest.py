@@ -174,3 +174,45 @@ def test_a_worker_killed_mid_file_loses_nothing_and_duplicates_nothing(
     assert query(results, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM big") == [
         (rows, rows, 0, rows - 1)]
     assert query(results, "SELECT count(*), sum(rows) FROM ingest_loads WHERE tbl = 'big'") == [(record.total, rows)]
+
+
+def test_jobs_emit_rows_through_the_task_context_once_per_task(results: PostgresServer, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from jobs import imaging, summary
+
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).save(tmp_path / "pic.png")
+    for attempt in range(2):  # RQ may run a task twice: its rows are there once
+        ctx = TaskContext(run_id="r1", index=3, total=5, node="here", data_root=tmp_path,
+                          output_dir=tmp_path / "out", results=results.target)
+        imaging.task(ctx, path="pic.png", op="grayscale", size=1024, sigma=2.0, radius=0, table="pictures")
+    assert query(results, "SELECT run_id, task, input, output, op, width, height FROM pictures") == [
+        ("r1", 3, "pic.png", "out/pic.png", "grayscale", 8, 6)]
+
+    params = {"path": "data.f8", "lo": 0.0, "hi": 0.0, "bins": 20, "table": "stats"}
+    parts = [{**summary.empty_stats(), "count": 2, "sum": 3.0, "mean": 1.5, "m2": 0.5, "min": 1.0, "max": 2.0}]
+    ctx = TaskContext(run_id="r2", index=1, total=1, node="here", data_root=tmp_path, output_dir=tmp_path,
+                      results=results.target)
+    summary.reduce(ctx, params, parts)
+    summary.reduce(ctx, params, parts)
+    assert query(results, "SELECT run_id, task, path, count, mean, std, min, max, sum, skipped FROM stats") == [
+        ("r2", 1, "data.f8", 2, 1.5, 0.5, 1.0, 2.0, 3.0, 0)]
+    with pytest.raises(resultsdb.ResultsUnavailable, match="knows of no results database"):
+        summary.reduce(TaskContext(run_id="r3", index=1, total=1, node="here", data_root=tmp_path,
+                                   output_dir=tmp_path), params, parts)
+
+
+def test_rows_the_table_has_already_are_refused_or_skipped_through_staging(results: PostgresServer, tmp_path: Path) -> None:
+    with resultsdb.connect(results.target) as db:
+        db.execute("CREATE TABLE keyed (id integer PRIMARY KEY, v text)")
+        db.execute("INSERT INTO keyed VALUES (2, 'old'), (4, 'old')")
+        db.commit()
+    (tmp_path / "k.csv").write_text("id,v\n1,new\n2,new\n3,new\n4,new\n")
+    with pytest.raises(ingest.RowRefused) as caught:
+        load(tmp_path, results, "k.csv", "keyed")
+    assert caught.value.message.startswith('ingest: k.csv:3: duplicate key value violates unique constraint "keyed_pkey"')
+    params = load_registry().get("ingest").validate({"path": "k.csv", "table": "keyed", "duplicates": "skip"})
+    (done,) = [ingest.task(context(tmp_path, results), **t) for t in ingest.split_file(params, 40)]
+    assert (done["rows"], done["duplicates"]) == (2, 2)
+    assert query(results, "SELECT id, v FROM keyed ORDER BY id") == [(1, "new"), (2, "old"), (3, "new"), (4, "old")]

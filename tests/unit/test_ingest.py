@@ -50,7 +50,8 @@ def test_over_splits_a_large_file_into_chunks_and_keeps_small_ones_whole() -> No
                               {"a.csv": 5 * mib, "b.csv": 10, "c.csv": 0})
     assert [(t["path"], t["part"], t["parts"]) for t in plan] == [
         ("a.csv", 0, 3), ("a.csv", 1, 3), ("a.csv", 2, 3), ("b.csv", 0, 1), ("c.csv", 0, 1)]
-    assert plan[0] == {"path": "a.csv", "table": "t", "schema": "", "header": True, "part": 0, "parts": 3}
+    assert plan[0] == {"path": "a.csv", "table": "t", "schema": "", "header": True, "duplicates": "error", "part": 0,
+                       "parts": 3}
     whole = dispatch.plan_over(registry, "ingest", {"table": "t", "chunk_mb": "0"}, ["a.csv"], {"a.csv": 5 * mib})
     assert len(whole) == 1
     spec = registry.get("ingest")
@@ -105,3 +106,13 @@ def test_types_are_inferred_from_a_sample(values: list[str], kind: str) -> None:
 
 def test_infer_columns_counts_short_rows_as_empty_fields() -> None:
     assert ingest.infer_columns(["a", "b"], [["1", "2"], ["3"]]) == (("a", "bigint"), ("b", "bigint"))
+
+
+def test_jobs_that_emit_rows_refuse_a_bad_table_before_anything_is_enqueued() -> None:
+    registry = load_registry([])
+    with pytest.raises(BadParameter, match="image: table=runs is one of piblade's own tables"):
+        registry.get("image").validate({"path": "a.png", "table": "runs"})
+    summary = registry.get("summary")
+    with pytest.raises(BadParameter, match="summary: table=Stats is not a table name"):
+        summary.plan(summary.validate({"path": "a.f8", "table": "Stats"}))
+    assert summary.plan(summary.validate({"path": "a.f8", "table": "stats"}))[0]["path"] == "a.f8"

@@ -248,8 +248,8 @@ def test_glob_expansion(tmp_path: Path) -> None:
 def test_over_plans_one_task_per_file() -> None:
     registry = load_registry([])
     plan = dispatch.plan_over(registry, "image", {"op": "resize", "size": "64"}, ["a/x.jpg", "b/y.png"])
-    assert plan == [{"path": "a/x.jpg", "op": "resize", "size": 64, "sigma": 2.0, "radius": 0},
-                    {"path": "b/y.png", "op": "resize", "size": 64, "sigma": 2.0, "radius": 0}]
+    assert plan == [{"path": "a/x.jpg", "op": "resize", "size": 64, "sigma": 2.0, "radius": 0, "table": ""},
+                    {"path": "b/y.png", "op": "resize", "size": 64, "sigma": 2.0, "radius": 0, "table": ""}]
     with pytest.raises(BadParameter, match="has no `path` parameter") as info:
         dispatch.check_over(registry, "montecarlo-pi", {})
     assert "image" in (info.value.hint or "") and "summary" in (info.value.hint or "")
