@@ -12,15 +12,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from piblade import dispatch, healthstore, history, resultsdb, runs, tasks
-from piblade.clusterstatus import node_of_worker
+from piblade import dispatch, healthstore, recorder, resultsdb, runs
 from piblade.registry import load_registry
 from tests.integration.conftest import ROOT, TEST_JOBS, PostgresServer, RedisServer, WorkerPool
 from tests.integration.test_dashboard_app import fake_sample
@@ -30,32 +28,6 @@ pytestmark = pytest.mark.integration
 
 BUDGET_128 = 1_500_000
 NODE = "testnode"  # the worker pool's node name
-
-
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    return float(value)
-
-
-def record_history(conn: redis.Redis, db: Any, run_id: str) -> None:
-    """Write a finished run's record and one attempt per task into the results database, from what RQ
-    kept: what the recorder does for every run of a cluster."""
-    record = runs.load_run(conn, run_id)
-    attempts = []
-    for index, job_id in enumerate(record.all_job_ids):
-        info = tasks.task_info(conn, job_id)
-        ended = _epoch(info.get("ended_at")) or time.time()
-        attempts.append(history.TaskAttempt(
-            key=history.new_key(), run_id=run_id, task_id=job_id,
-            phase="reduce" if job_id.endswith("-reduce") else "task", index=index, state=info["state"],
-            node=node_of_worker(info.get("worker") or "") or NODE, worker=info.get("worker") or "",
-            enqueued=_epoch(info.get("enqueued_at")), started=_epoch(info.get("started_at")), ended=ended,
-            error=history.traceback_summary(info.get("traceback") or ""),
-        ))
-    resultsdb.record(db, [record], attempts)
 
 
 class Beats:
@@ -97,8 +69,8 @@ def cluster(redis_server: RedisServer, conn: redis.Redis, workers: WorkerPool, r
         beats.done.set()
         beats.thread.join(5)
     with resultsdb.connect(results.target) as db:
-        for record in (image, failing):
-            record_history(conn, db, record.id)
+        while recorder.drain_once(conn, db):  # what `piblade recorder` does, until the stream is empty
+            pass
     state = tmp_path / "state"
     (state / "local").mkdir(parents=True)
     (state / "local" / "data").symlink_to(workers.data_dir)  # the local cluster's share is the workers' data
