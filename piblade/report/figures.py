@@ -176,20 +176,24 @@ def health(report: RunReport) -> dict[str, Any]:
                    "fillcolor": "rgba(31,41,51,0.05)", "line": {"width": 0}, "layer": "below"})
     nodes = [s.node for s in report.health]
     annotations = []
-    if not any_temp:
-        annotations.append({"xref": "paper", "yref": "y3 domain", "x": 0.5, "y": 0.5, "showarrow": False,
+    # Without a temperature sensor (a VM, a PC) the CPU panel takes the temperature's room.
+    axes: dict[str, Any] = {"yaxis2": _axis("CPU %", domain=[0.22, 0.58] if any_temp else [0.22, 1], range=[0, 105])}
+    if any_temp:
+        axes["yaxis3"] = _axis("°C", domain=[0.64, 1])
+    else:
+        annotations.append({"xref": "paper", "yref": "paper", "x": 1, "y": 1, "xanchor": "right",
+                            "yanchor": "bottom", "showarrow": False,
                             "text": "no temperature sensor on these nodes", "font": {"color": "#7b8794"}})
     return {
         "data": traces,
         "layout": _layout(
-            height=420, shapes=shapes, annotations=annotations,
+            height=420 if any_temp else 320, shapes=shapes, annotations=annotations,
             xaxis=_axis("seconds since submit (shaded: the run)", anchor="y"),
             yaxis=_axis("throttled", domain=[0, 0.16], type="category", categoryorder="array",
                         categoryarray=nodes, range=[-0.5, max(0.5, len(nodes) - 0.5)], showgrid=False),
-            yaxis2=_axis("CPU %", domain=[0.22, 0.58], range=[0, 105]),
-            yaxis3=_axis("°C", domain=[0.64, 1]),
             legend={"orientation": "h", "y": -0.16, "x": 0},
-            margin={"l": 56, "r": 12, "t": 8, "b": 40},
+            margin={"l": 56, "r": 12, "t": 20 if not any_temp else 8, "b": 40},
+            **axes,
         ),
     }
 
