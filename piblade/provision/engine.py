@@ -201,10 +201,8 @@ def connect_and_gather(run: HostRun, accept_new: bool, emit: EventFn) -> None:
             f"{run.node.name}: the node does not run systemd (PID 1 is {run.facts.virtualization!r})",
             hint="piblade nodes run Raspberry Pi OS / Debian with systemd",
         )
-    try:  # before anything is pushed: a node the wheelhouse cannot serve is refused here
-        refuse_unsupported(run.facts.wheel_platform, run.facts.python, userland_bits=run.facts.userland_bits)
-    except PibladeError as exc:
-        raise PibladeError(f"{run.node.name}: {exc.message}", hint=exc.hint) from exc
+    # Before anything is pushed: a node the wheelhouse cannot serve is refused here.
+    refuse_unsupported(run.facts.wheel_platform, run.facts.python, userland_bits=run.facts.userland_bits)
 
 
 def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn, rolling: Rolling | None = None) -> HostResult:
