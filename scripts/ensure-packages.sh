@@ -23,6 +23,7 @@ check() {
     debootstrap)  have debootstrap ;;  # builds the testbed's node image (once, cached)
     openssh-client) have ssh && have ssh-keygen ;;  # the controller's side of the testbed's SSH
     iproute2)     have ip ;;  # the testbed's bridge
+    qemu-user-static) [ -f /usr/lib/binfmt.d/qemu-aarch64.conf ] && [ -x /usr/bin/qemu-aarch64-static ] ;;  # arm64 testbed nodes
     openssh-server) [ -x /usr/sbin/sshd ] ;;  # a real sshd on loopback for the SSH tests
     samba)        [ -x /usr/sbin/smbd ] && have pdbedit ;;  # a real smbd on loopback for the NAS tests
     samba-vfs-modules) ls /usr/lib/*/samba/vfs/streams_xattr.so >/dev/null 2>&1 ;;  # streams and Apple metadata
@@ -33,7 +34,7 @@ check() {
 
 case "${1:-}" in
   base) wanted=(python3-venv redis-server postgresql npm) ;;
-  test) wanted=(python3-venv redis-server postgresql npm redis-tools chromium systemd-container debootstrap openssh-client iproute2 openssh-server samba samba-vfs-modules smbclient) ;;
+  test) wanted=(python3-venv redis-server postgresql npm redis-tools chromium systemd-container debootstrap qemu-user-static openssh-client iproute2 openssh-server samba samba-vfs-modules smbclient) ;;
   *) echo "usage: $0 base|test" >&2; exit 2 ;;
 esac
 

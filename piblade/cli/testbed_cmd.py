@@ -21,6 +21,10 @@ InventoryPathOption = typer.Option(
     Path("inventory/testbed.yml"), "--inventory", "-i", help="Where to write the testbed's inventory."
 )
 WorkersOption = typer.Option(2, "--workers", "-n", min=0, max=20, help="Worker nodes besides the NAS node.")
+Arm64Option = typer.Option(
+    0, "--arm64", min=0, max=4,
+    help="aarch64 worker nodes (tb-arm1, ...), as on a Pi; emulated by qemu-user-static on an x86_64 host.",
+)
 CommandArgument = typer.Argument(None, help="Command to run; a login shell without one.")
 UserOption = typer.Option("pi", "--user", "-u", help="User on the node (pi has passwordless sudo; root works too).")
 
@@ -28,6 +32,7 @@ UserOption = typer.Option("pi", "--user", "-u", help="User on the node (pi has p
 @app.command("up")
 def up(
     workers: int = WorkersOption,
+    arm64: int = Arm64Option,
     inventory: Path = InventoryPathOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -36,20 +41,27 @@ def up(
 
     with err_console.status("starting the testbed") as spinner:
         bed = Testbed(inventory=inventory, progress=spinner.update)
-        info = bed.up(workers)
+        info = bed.up(workers, arm64)
     timings = {k: round(v, 2) if v is not None else None for k, v in bed.timings.items()}
     if as_json:
         print_json({**info.to_dict(), "timings": timings})
         return
-    table = Table("node", "address", "role", box=None, pad_edge=False)
+    table = Table("node", "address", "role", "machine", box=None, pad_edge=False)
     for node in info.nodes:
-        table.add_row(node.name, node.address, node.role)
+        table.add_row(node.name, node.address, node.role, _machine(node.machine))
     console.print(table)
-    built = timings.get("image_build")
-    image = f"image built in {built:.0f} s" if built is not None else "cached image"
+    builds = {"image" if k == "image_build" else k.removeprefix("image_build_") + " image": v
+              for k, v in timings.items() if k.startswith("image_build")}
+    image = ", ".join(f"{name} built in {s:.0f} s" if s is not None else f"cached {name}" for name, s in builds.items())
     console.print(f"testbed up in {timings['up']:.1f} s ({image}); controller 10.199.0.1 on bridge pibr0")
     console.print(f"inventory: {info.inventory}")
     console.print(f"try: piblade testbed ssh {info.nodes[-1].name} hostname")
+
+
+def _machine(machine: str) -> str:
+    import platform
+
+    return machine if machine == platform.machine() else f"{machine} (emulated)"
 
 
 @app.command("down")
@@ -76,10 +88,11 @@ def status(as_json: bool = JsonOption) -> None:
     elif not info.up:
         console.print("testbed: not up (start it with `piblade testbed up`)")
     else:
-        table = Table("node", "address", "role", "state", "ssh", "nspawn pid", box=None, pad_edge=False)
+        table = Table("node", "address", "role", "machine", "state", "ssh", "nspawn pid", box=None, pad_edge=False)
         for node in info.nodes:
             state = "[green]running[/]" if node.running else "[red]stopped[/]"
-            table.add_row(node.name, node.address, node.role, state, "yes" if node.ssh else "no", str(node.pid or "-"))
+            table.add_row(node.name, node.address, node.role, _machine(node.machine), state,
+                          "yes" if node.ssh else "no", str(node.pid or "-"))
         console.print(table)
     if info.stray_pids or (info.bridge and not info.up):
         err_console.print(f"[yellow]leftovers:[/] bridge={info.bridge} processes={list(info.stray_pids)} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import platform
 import shlex
 import signal
 import socket
@@ -27,7 +28,8 @@ from typing import Any
 
 from piblade.state import private_dir, state_dir, write_private
 from piblade.testbed import node as nodes_mod
-from piblade.testbed.image import ensure_image, image_dir, is_complete
+from piblade.testbed.emulation import Emulation, ensure_aarch64, release
+from piblade.testbed.image import debian_arch, ensure_image, image_dir, is_complete
 from piblade.testbed.info import GuestStatus, TestbedInfo, TestbedStatus
 from piblade.testbed.inventory_file import CLUSTER_NAME, is_generated, render_inventory
 from piblade.testbed.node import (
@@ -59,7 +61,10 @@ from piblade.testbed.system import (
 
 STATE_VERSION = 1
 BOOT_TIMEOUT = 120.0
+#: An emulated node runs systemd, sshd and everything else through qemu, ≈10× slower.
+EMULATED_BOOT_TIMEOUT = 300.0
 STOP_TIMEOUT = 20.0
+EMULATED_STOP_TIMEOUT = 60.0
 DEFAULT_INVENTORY = Path("inventory") / "testbed.yml"
 
 
@@ -101,10 +106,16 @@ class Testbed:
 
     # --- public API ----------------------------------------------------------------------------
 
-    def up(self, workers: int = 2) -> TestbedInfo:
-        """Start a fresh testbed (removing whatever testbed is there first) and wait until it is ready."""
+    def up(self, workers: int = 2, arm64: int = 0) -> TestbedInfo:
+        """Start a fresh testbed (removing whatever testbed is there first) and wait until it is ready.
+
+        ``arm64`` aarch64 worker nodes boot beside the others, under qemu-user-static
+        on an x86_64 host (binfmt_misc is mounted and the rule registered if needed,
+        and both are taken back on `down`).
+        """
         self._check()
-        nodes = nodes_mod.plan_nodes(workers)
+        native = platform.machine()
+        nodes = nodes_mod.plan_nodes(workers, arm64, native=native)
         started = time.monotonic()
         private_dir(self.root)
         with self._locked():
@@ -113,21 +124,31 @@ class Testbed:
             self._teardown()  # also catches strays that left no state behind
             for log in self.root.glob(f"{nodes_mod.NAME_PREFIX}*.log"):
                 log.unlink()  # console logs of the previous testbed (kept after `down` for debugging)
-            image, built = ensure_image(self.root, self._progress)
-            self.timings = {"image_build": built}
-            nodes_mod.ssh_keygen_controller_key(self.key)
             state: dict[str, Any] = {
-                "version": STATE_VERSION, "image": str(image), "inventory": str(self.inventory),
+                "version": STATE_VERSION, "image": None, "images": {}, "emulation": None,
+                "inventory": str(self.inventory),
                 "nodes": [{**n.to_dict(), "mode": None, "nspawn": None, "init": None, "pidns": None} for n in nodes],
             }
             self._save(state)  # before anything exists, so a killed `up` is cleaned by the next one
             try:
+                if any(n.machine != native for n in nodes):
+                    state["emulation"] = ensure_aarch64().to_dict()  # before the build: debootstrap needs it
+                    self._save(state)
+                self.timings = {}
+                for arch in sorted({n.arch for n in nodes}, key=lambda a: a != debian_arch()):
+                    image, built = ensure_image(self.root, self._progress, arch=arch)
+                    self.timings["image_build" if arch == debian_arch() else f"image_build_{arch}"] = built
+                    state["images"][arch] = str(image)
+                state["image"] = state["images"].get(debian_arch())
+                self._save(state)
+                nodes_mod.ssh_keygen_controller_key(self.key)
                 t0 = time.monotonic()
                 self._progress(f"preparing {len(nodes)} nodes")
                 create_bridge(BRIDGE, f"{CONTROLLER_ADDRESS}/{NETWORK.prefixlen}")
                 public_key = self.key.with_suffix(".pub").read_text()
                 with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-                    modes = list(pool.map(lambda n: self._prepare(n, image, nodes, public_key), nodes))
+                    modes = list(pool.map(lambda n: self._prepare(n, Path(state["images"][n.arch]), nodes,
+                                                                  public_key), nodes))
                 for entry, mode in zip(state["nodes"], modes, strict=True):
                     entry["mode"] = mode
                 self._write_known_hosts(nodes)
@@ -177,15 +198,23 @@ class Testbed:
             self._forget(state, entry)
 
     def stop(self, node: str) -> None:
-        """Clean shutdown of one node (SIGTERM to its nspawn, which powers the node off)."""
+        """Clean shutdown of one node: SIGTERM to its nspawn, which powers the node off.
+
+        An emulated node is powered off from inside instead (``systemctl poweroff`` over
+        SSH): nspawn asks init to power off with a real-time signal that does not reach
+        it as such through qemu-user, and the node would go to rescue mode instead.
+        """
         self._check()
         with self._locked():
             state, entry = self._entry(node)
             running = _running(entry)
             if running:
-                send(running.nspawn, signal.SIGTERM)
-                wait_gone([running.nspawn, running.init], STOP_TIMEOUT)
-            self._forget(state, entry)
+                if not self._emulated(entry):
+                    send(running.nspawn, signal.SIGTERM)
+                    wait_gone([running.nspawn, running.init], STOP_TIMEOUT)
+                elif self._poweroff_inside(entry):
+                    wait_gone([running.nspawn, running.init], EMULATED_STOP_TIMEOUT)
+            self._forget(state, entry)  # whatever did not go is killed
 
     def start(self, node: str) -> None:
         """Boot a stopped (or killed) node again, with its disk as it was, and wait until it is ready."""
@@ -194,10 +223,11 @@ class Testbed:
             state, entry = self._entry(node)
             if _running(entry):
                 raise TestbedError(f"{entry['name']} is already running", hint=f"`piblade testbed stop {node}` first")
-            target = TestbedNode(entry["name"], entry["address"], entry["role"])
+            target = self._node(entry)
             if not link_exists(BRIDGE):
                 create_bridge(BRIDGE, f"{CONTROLLER_ADDRESS}/{NETWORK.prefixlen}")
-            nodes_mod.mount_root(self._dirs(target), Path(state["image"]))
+            image = (state.get("images") or {}).get(target.arch) or state["image"]
+            nodes_mod.mount_root(self._dirs(target), Path(image))
             running = nodes_mod.boot(target, self._dirs(target).root, self._log(target))
             _record(entry, running)
             self._save(state)
@@ -216,6 +246,7 @@ class Testbed:
                 entry["name"], entry["address"], entry["role"], running is not None,
                 running is not None and _port_open(entry["address"], 22, 0.5),
                 running.nspawn.pid if running else None,
+                self._node(entry).machine, self._emulated(entry),
             ))
         accounted = {p for e in (state or {}).get("nodes", []) for p in _procs(e)}
         stray = tuple(p.pid for p in processes_under(self.root)
@@ -233,7 +264,10 @@ class Testbed:
     def ssh_argv(self, node: str, command: str | Sequence[str] | None = None, *, user: str = "pi",
                  tty: bool = False) -> list[str]:
         """The ssh command line for a node: the testbed key, strict host key checking, no user ssh config."""
-        target = self.info().node(node)
+        return self._ssh_argv(self.info().node(node).address, command, user=user, tty=tty)
+
+    def _ssh_argv(self, address: str, command: str | Sequence[str] | None = None, *, user: str = "pi",
+                  tty: bool = False) -> list[str]:
         argv = [
             "ssh", "-F", "/dev/null", "-i", str(self.key),
             "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
@@ -243,7 +277,7 @@ class Testbed:
         ]
         if tty:
             argv.append("-t")
-        argv.append(f"{user}@{target.address}")
+        argv.append(f"{user}@{address}")
         if command:
             argv.append(command if isinstance(command, str) else shlex.join(command))
         return argv
@@ -287,8 +321,24 @@ class Testbed:
     def _save(self, state: dict[str, Any]) -> None:
         write_private(self.state_file, json.dumps(state, indent=2) + "\n")
 
+    def _node(self, entry: dict[str, Any]) -> TestbedNode:
+        return TestbedNode.from_dict(entry, platform.machine())
+
+    def _emulated(self, entry: dict[str, Any]) -> bool:
+        """True for a node whose machine is not this host's (it runs under qemu-user)."""
+        return self._node(entry).machine != platform.machine()
+
+    def _poweroff_inside(self, entry: dict[str, Any]) -> bool:
+        """``systemctl poweroff`` on the node over SSH; True if the node took the order."""
+        argv = self._ssh_argv(entry["address"], "systemctl --no-block poweroff", user="root")
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+
     def _info(self, state: dict[str, Any]) -> TestbedInfo:
-        nodes = tuple(TestbedNode(e["name"], e["address"], e["role"]) for e in state["nodes"])
+        nodes = tuple(self._node(e) for e in state["nodes"])
         return TestbedInfo(nodes, self.key, self.known_hosts, Path(state.get("inventory") or self.inventory))
 
     def _entry(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -304,7 +354,7 @@ class Testbed:
         if not wait_gone(procs, 5.0):
             kill_all(procs)
         ns = [entry["pidns"]] if entry.get("pidns") else []
-        node_dir = self._dirs(TestbedNode(entry["name"], entry["address"], entry["role"])).base
+        node_dir = self._dirs(self._node(entry)).base
         left = processes_under(node_dir, ns, node=entry["name"])
         if left and not kill_all(left):
             raise TestbedError(f"{entry['name']}: processes {[p.pid for p in left]} would not die")
@@ -342,12 +392,13 @@ class Testbed:
 
     def _wait_ready(self, nodes: Sequence[TestbedNode], running: dict[str, Running]) -> None:
         """Until each node's sshd answers and systemd says the boot finished (running or degraded)."""
-        deadline = time.monotonic() + BOOT_TIMEOUT
+        started = time.monotonic()
         abort = threading.Event()
 
         def wait(node: TestbedNode) -> None:
+            limit = BOOT_TIMEOUT if node.machine == platform.machine() else EMULATED_BOOT_TIMEOUT
             try:
-                self._wait_one(node, running[node.name], deadline, abort)
+                self._wait_one(node, running[node.name], started + limit, abort)
             except BaseException:
                 abort.set()
                 raise
@@ -369,7 +420,7 @@ class Testbed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TestbedError(
-                    f"{node.name} did not finish booting within {BOOT_TIMEOUT:.0f} s", hint=f"its console is in {log}"
+                    f"{node.name} did not finish booting in time", hint=f"its console is in {log}"
                 )
             if _port_open(node.address, 22, 0.5):
                 wait_s = max(1, int(min(remaining, 30)))
@@ -392,12 +443,22 @@ class Testbed:
         nspawns = [_proc(e, "nspawn") for e in entries]
         inits = [_proc(e, "init") for e in entries]
         namespaces = [e["pidns"] for e in entries if isinstance(e.get("pidns"), int)]
-        for nspawn, init in zip(nspawns, inits, strict=True):
-            if alive(nspawn):
+        inside = []  # emulated nodes: powered off from inside (SIGTERM would send them to rescue mode)
+        for entry, nspawn, init in zip(entries, nspawns, inits, strict=True):
+            if alive(nspawn) and self._emulated(entry):
+                inside.append((entry, nspawn, init))
+            elif alive(nspawn):
                 send(nspawn, signal.SIGTERM)  # nspawn powers the node off cleanly
             else:
                 send(init, signal.SIGKILL)  # an orphaned node init: nobody to shut it down cleanly
-        if not wait_gone([*nspawns, *inits], STOP_TIMEOUT):
+        if inside:
+            with ThreadPoolExecutor(max_workers=len(inside)) as pool:
+                took = list(pool.map(lambda item: self._poweroff_inside(item[0]), inside))
+            for (_, nspawn, init), ok in zip(inside, took, strict=True):
+                if not ok:  # no answer over SSH: pull its power
+                    kill_all([p for p in (init, nspawn) if p is not None], timeout=0)
+        timeout = EMULATED_STOP_TIMEOUT if inside else STOP_TIMEOUT
+        if not wait_gone([*nspawns, *inits], timeout):
             kill_all([p for p in (*inits, *nspawns) if p is not None])
         stray = processes_under(self.root, namespaces)
         if stray:
@@ -422,6 +483,7 @@ class Testbed:
             left.append(f"mounts {', '.join(map(str, mounts))}")
         if stuck:
             left.append(f"cgroups {', '.join(map(str, stuck))}")
+        left += release(Emulation.from_dict(state.get("emulation")))  # only what this testbed set up
         if left:
             raise TestbedError(f"the testbed could not be removed completely: {'; '.join(left)} remain",
                                hint="run `piblade testbed down` again; if it persists, end those by hand")

@@ -48,6 +48,14 @@ PACKAGES = (
     # resolve virtual packages: python3-cffi-backend provides what python3-cryptography needs.
     "postgresql", "cloud-init", "python3-cffi-backend",
 )
+#: The arm64 image (worker nodes under emulation): only what provisioning's worker role checks
+#: with apt (python3, python3-venv, ca-certificates, procps; sshfs and fuse3 for the share,
+#: since the testbed kernel has no cifs) and what the testbed needs to boot and reach it. Every
+#: package here costs emulated dpkg time in the build; a NAS node stays x86_64.
+ARM64_PACKAGES = (
+    "openssh-server", "sudo", "python3", "python3-venv", "systemd", "systemd-sysv", "dbus", "iproute2",
+    "procps", "ca-certificates", "sshfs", "fuse3",
+)
 MARKER = ".piblade-image"
 #: Units the packages enable that a testbed node should not run at boot.
 _DISABLED_UNITS = (
@@ -72,30 +80,53 @@ def image_key(packages: tuple[str, ...] = PACKAGES, *, suite: str = SUITE, arch:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def image_dir(root: Path) -> Path:
-    return root / f"image-{image_key()}"
+def packages_for(arch: str | None) -> tuple[str, ...]:
+    """The package list of the image for a Debian ``arch`` (None: this machine's)."""
+    return PACKAGES if arch in (None, debian_arch()) else ARM64_PACKAGES
+
+
+def image_dir(root: Path, arch: str | None = None) -> Path:
+    return root / f"image-{image_key(packages_for(arch), arch=arch)}"
 
 
 def is_complete(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
-def ensure_image(root: Path, progress: Progress | None = None) -> tuple[Path, float | None]:
-    """The cached image under ``root``, built first if needed; returns (path, seconds spent building or None)."""
-    path = image_dir(root)
+def image_arch(path: Path) -> str | None:
+    """The Debian architecture a built image records in its marker (None if unreadable)."""
+    try:
+        arch = json.loads((path / MARKER).read_text()).get("arch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return arch if isinstance(arch, str) else None
+
+
+def ensure_image(root: Path, progress: Progress | None = None, *, arch: str | None = None) -> tuple[Path, float | None]:
+    """The cached image under ``root``, built first if needed; returns (path, seconds spent building or None).
+
+    ``arch`` is a Debian architecture (``arm64``); None is this machine's. A foreign
+    architecture needs its binfmt_misc rule in place (:mod:`piblade.testbed.emulation`):
+    debootstrap's second stage runs the image's own programs.
+    """
+    arch = arch or debian_arch()
+    packages = packages_for(arch)
+    key = image_key(packages, arch=arch)
+    path = image_dir(root, arch)
     if is_complete(path):
         return path, None
     started = time.monotonic()
-    for stale in root.glob(".image-*.tmp-*"):  # a killed build; the caller holds the testbed lock
+    for stale in root.glob(f".image-{key}.tmp-*"):  # a killed build; the caller holds the testbed lock
         remove_tree(stale, end_users=True)
-    tmp = root / f".image-{image_key()}.tmp-{os.getpid()}"
-    log = root / "image-build.log"
+    tmp = root / f".image-{key}.tmp-{os.getpid()}"
+    log = root / f"image-build-{arch}.log"
+    say = progress or (lambda _: None)
     try:
-        _debootstrap(tmp, root / "debs", log, progress or (lambda _: None))
-        (progress or (lambda _: None))("customising the node image")
+        _debootstrap(tmp, root / "debs", log, say, arch, packages)
+        say(f"customising the {arch} node image")
         _customise(tmp)
         (tmp / MARKER).write_text(json.dumps({
-            "format": IMAGE_FORMAT, "suite": SUITE, "arch": debian_arch(), "packages": list(PACKAGES),
+            "format": IMAGE_FORMAT, "suite": SUITE, "arch": arch, "packages": list(packages),
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.monotonic() - started, 1),
         }, indent=2) + "\n")
         remove_tree(path)  # only a hand-made or damaged directory can be there without the marker
@@ -103,18 +134,20 @@ def ensure_image(root: Path, progress: Progress | None = None) -> tuple[Path, fl
     except BaseException:
         remove_tree(tmp, end_users=True)
         raise
-    for old in root.glob("image-*"):  # images for another package list or format
-        if old != path and old.is_dir():
+    for old in root.glob("image-*"):  # images of this architecture for another package list or format
+        if old != path and old.is_dir() and image_arch(old) in (arch, None):
             remove_tree(old)
     return path, time.monotonic() - started
 
 
-def _debootstrap(target: Path, cache: Path, log: Path, progress: Progress) -> None:
+def _debootstrap(target: Path, cache: Path, log: Path, progress: Progress, arch: str,
+                 packages: tuple[str, ...]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     argv = [
-        find_tool("debootstrap") or "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-        f"--cache-dir={cache}", SUITE, str(target), MIRROR,
+        find_tool("debootstrap") or "debootstrap", "--variant=minbase", f"--arch={arch}",
+        f"--include={','.join(packages)}", f"--cache-dir={cache}", SUITE, str(target), MIRROR,
     ]
+    about = "≈2 min" if arch == debian_arch() else "≈3 min, emulated"
     setpriv = find_tool("setpriv")
     if setpriv:  # debootstrap dies with us; the next build ends anything it had started (remove_tree)
         argv = [setpriv, "--pdeathsig", "KILL", *argv]
@@ -132,7 +165,7 @@ def _debootstrap(target: Path, cache: Path, log: Path, progress: Progress) -> No
                     out.write(line)
                     if line.startswith("I: "):
                         elapsed = time.monotonic() - started
-                        progress(f"building the node image (once, ≈2 min; log {log}): {line[3:].strip()} "
+                        progress(f"building the {arch} node image (once, {about}; log {log}): {line[3:].strip()} "
                                  f"[{elapsed:.0f} s]")
                 code = proc.wait()
             except BaseException:
@@ -167,7 +200,8 @@ def _customise(image: Path) -> None:
     (image / "etc" / "ssh" / "sshd_config.d" / "piblade-testbed.conf").write_text(_SSHD_CONFIG)
     # cloud-init stays off unless a node is booted from a seed on purpose (it would rewrite host
     # keys and network settings the testbed hands out).
-    (image / "etc" / "cloud" / "cloud-init.disabled").write_text("piblade testbed: off unless seeded\n")
+    if (image / "etc" / "cloud").is_dir():  # the arm64 worker image has no cloud-init
+        (image / "etc" / "cloud" / "cloud-init.disabled").write_text("piblade testbed: off unless seeded\n")
 
     units = [u for u in _DISABLED_UNITS if _unit_exists(image, u)]
     systemctl = find_tool("systemctl") or "systemctl"

@@ -57,10 +57,12 @@ class GuestStatus:
     running: bool
     ssh: bool  # port 22 accepts a connection
     pid: int | None  # of its systemd-nspawn
+    machine: str = "x86_64"  # what `uname -m` says on the node
+    emulated: bool = False  # runs under qemu-user (an aarch64 node on an x86_64 host)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address, "role": self.role, "running": self.running,
-                "ssh": self.ssh, "pid": self.pid}
+        return {"name": self.name, "address": self.address, "role": self.role, "machine": self.machine,
+                "emulated": self.emulated, "running": self.running, "ssh": self.ssh, "pid": self.pid}
 
 
 @dataclass(frozen=True, slots=True)

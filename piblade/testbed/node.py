@@ -40,32 +40,60 @@ NAME_PREFIX = "tb-"
 CONTROLLER_NAME = f"{NAME_PREFIX}ctl"
 NAS_NAME = f"{NAME_PREFIX}nas"
 WORKER_PREFIX = f"{NAME_PREFIX}w"
+ARM64_PREFIX = f"{NAME_PREFIX}arm"
 MAX_WORKERS = 20
+MAX_ARM64 = 4
 _NAS_HOST = 10  # tb-nas is .10, tb-w1 .11, tb-w2 .12, ...
+_ARM64_HOST = 40  # tb-arm1 is .41, tb-arm2 .42, ...: apart from the x86_64 workers'
+#: What ``uname -m`` says on a node of each Debian architecture the testbed boots.
+MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 @dataclass(frozen=True, slots=True)
 class TestbedNode:
-    """A node of the testbed: its name, its address on the bridge and its role (``nas`` or ``worker``)."""
+    """A node of the testbed: its name, its address on the bridge, its role (``nas`` or ``worker``)
+    and its machine (``x86_64`` natively, ``aarch64`` under emulation on an x86_64 host)."""
 
     __test__ = False
 
     name: str
     address: str
     role: str
+    machine: str = "x86_64"
+
+    @property
+    def arch(self) -> str:
+        """The node's Debian architecture (which image it boots)."""
+        return next((deb for deb, machine in MACHINES.items() if machine == self.machine), self.machine)
 
     def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "address": self.address, "role": self.role}
+        return {"name": self.name, "address": self.address, "role": self.role, "machine": self.machine}
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, object], native: str) -> TestbedNode:
+        """From ``state.json``; an entry written before nodes had a machine is a native one."""
+        return cls(str(entry["name"]), str(entry["address"]), str(entry["role"]), str(entry.get("machine") or native))
 
 
-def plan_nodes(workers: int) -> tuple[TestbedNode, ...]:
-    """The NAS node and ``workers`` worker nodes, with their fixed addresses."""
+def plan_nodes(workers: int, arm64: int = 0, *, native: str = "x86_64") -> tuple[TestbedNode, ...]:
+    """The NAS node, ``workers`` worker nodes and ``arm64`` aarch64 worker nodes, with fixed addresses.
+
+    The NAS node and the ``tb-w`` workers run this machine's architecture (``native``);
+    ``tb-arm`` workers are aarch64, as on a Pi, emulated unless the host is aarch64 itself.
+    """
     if not 0 <= workers <= MAX_WORKERS:
         raise TestbedError(f"--workers must be between 0 and {MAX_WORKERS}, not {workers}")
+    if not 0 <= arm64 <= MAX_ARM64:
+        raise TestbedError(f"--arm64 must be between 0 and {MAX_ARM64}, not {arm64}",
+                           hint="each emulated node runs about ten times slower than a native one")
     base = int(NETWORK.network_address)
-    nodes = [TestbedNode(NAS_NAME, str(ipaddress.ip_address(base + _NAS_HOST)), "nas")]
+    nodes = [TestbedNode(NAS_NAME, str(ipaddress.ip_address(base + _NAS_HOST)), "nas", native)]
     for i in range(1, workers + 1):
-        nodes.append(TestbedNode(f"{WORKER_PREFIX}{i}", str(ipaddress.ip_address(base + _NAS_HOST + i)), "worker"))
+        nodes.append(TestbedNode(f"{WORKER_PREFIX}{i}", str(ipaddress.ip_address(base + _NAS_HOST + i)), "worker",
+                                 native))
+    for i in range(1, arm64 + 1):
+        nodes.append(TestbedNode(f"{ARM64_PREFIX}{i}", str(ipaddress.ip_address(base + _ARM64_HOST + i)), "worker",
+                                 "aarch64"))
     return tuple(nodes)
 
 

@@ -14,7 +14,7 @@ from piblade.inventory import parse_inventory
 from piblade.testbed import BRIDGE, Testbed, TestbedError, check_host
 from piblade.testbed.image import PACKAGES, image_key
 from piblade.testbed.inventory_file import render_inventory
-from piblade.testbed.node import network_file, nspawn_argv, plan_nodes
+from piblade.testbed.node import TestbedNode, network_file, nspawn_argv, plan_nodes
 
 
 def _all_tools(tool: str) -> str:
@@ -106,7 +106,104 @@ def test_the_image_build_closes_the_pipe_of_its_debootstrap(tmp_path: Path, monk
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     seen: list[str] = []
-    image._debootstrap(tmp_path / "target", tmp_path / "debs", tmp_path / "build.log", seen.append)
+    image._debootstrap(tmp_path / "target", tmp_path / "debs", tmp_path / "build.log", seen.append,
+                      image.debian_arch(), image.PACKAGES)
     gc.collect()
     assert len(seen) == 2 and "Retrieving Release" in seen[0]
     assert "Base system installed" in (tmp_path / "build.log").read_text()
+
+
+def test_arm64_workers_are_aarch64_nodes_with_addresses_of_their_own() -> None:
+    nodes = plan_nodes(1, 2, native="x86_64")
+    assert [(n.name, n.address, n.role, n.machine, n.arch) for n in nodes] == [
+        ("tb-nas", "10.199.0.10", "nas", "x86_64", "amd64"), ("tb-w1", "10.199.0.11", "worker", "x86_64", "amd64"),
+        ("tb-arm1", "10.199.0.41", "worker", "aarch64", "arm64"),
+        ("tb-arm2", "10.199.0.42", "worker", "aarch64", "arm64"),
+    ]
+    with pytest.raises(TestbedError, match="--arm64 must be between 0 and 4"):
+        plan_nodes(1, 5)
+    # state.json from before nodes had a machine: a native node.
+    assert TestbedNode.from_dict({"name": "tb-w1", "address": "10.199.0.11", "role": "worker"}, "x86_64").machine == (
+        "x86_64")
+
+
+def test_an_emulated_worker_runs_one_process_and_warms_only_the_mandelbrot(tmp_path: Path) -> None:
+    import platform
+
+    key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
+    nodes = plan_nodes(1, 1, native=platform.machine())
+    cluster = parse_inventory(render_inventory(nodes, key=key, known_hosts=known), source="testbed.yml")
+    arm, native = cluster.node("tb-arm1"), cluster.node("tb-w1")
+    assert "workers" in arm.roles and arm.address == "10.199.0.41"
+    if platform.machine() != "aarch64":
+        assert (arm.settings.worker_processes, arm.settings.warm) == (1, ("mandelbrot",))
+    assert (native.settings.worker_processes, native.settings.warm) == (0, None)
+
+
+def test_the_arm64_image_has_its_own_small_recipe_and_the_x86_image_keeps_its_key() -> None:
+    from piblade.testbed.image import ARM64_PACKAGES, packages_for
+
+    assert image_key(arch="amd64") == "ce0fda6cb8a5d256"  # the x86_64 image is unchanged by arm64 nodes
+    assert image_key(ARM64_PACKAGES, arch="arm64") != image_key(ARM64_PACKAGES, arch="amd64")
+    # What provisioning's worker role checks with apt is baked in; the NAS's Samba and PostgreSQL are not.
+    from piblade.provision.roles import BASE_PACKAGES
+
+    assert set(BASE_PACKAGES) | {"sshfs", "fuse3", "openssh-server", "sudo"} <= set(ARM64_PACKAGES)
+    assert not {"samba", "postgresql", "cloud-init"} & set(ARM64_PACKAGES)
+    if platform_machine() == "x86_64":
+        assert packages_for("arm64") == ARM64_PACKAGES and packages_for(None) == PACKAGES
+
+
+def platform_machine() -> str:
+    import platform
+
+    return platform.machine()
+
+
+def _binfmt(tmp_path: Path, rule: str | None) -> Path:
+    binfmt = tmp_path / "binfmt_misc"
+    binfmt.mkdir()
+    (binfmt / "register").write_text("")
+    (binfmt / "status").write_text("enabled\n")
+    if rule is not None:
+        (binfmt / "qemu-aarch64").write_text(rule)
+    return binfmt
+
+
+def test_a_registered_rule_is_read_and_one_without_the_f_flag_is_refused_saying_why(tmp_path: Path) -> None:
+    from piblade.testbed.emulation import _usable, rule_state
+
+    binfmt = _binfmt(tmp_path, "enabled\ninterpreter /bin/sh\nflags: OCF\noffset 0\nmagic 7f454c46\n")
+    assert rule_state(binfmt) == {"enabled": "enabled", "interpreter": "/bin/sh", "flags": "OCF", "offset": "0",
+                                  "magic": "7f454c46"}
+    assert _usable(rule_state(binfmt) or {}, mounted=False).registered is False
+    with pytest.raises(TestbedError) as info:
+        _usable({"enabled": "enabled", "interpreter": "/usr/bin/qemu-aarch64", "flags": "OC"}, mounted=False)
+    assert "lacks the F flag" in str(info.value) and "echo -1 >" in (info.value.hint or "")
+    with pytest.raises(TestbedError, match="is disabled"):
+        _usable({"enabled": "disabled", "flags": "F"}, mounted=False)
+    (binfmt / "qemu-aarch64").unlink()
+    assert rule_state(binfmt) is None
+
+
+def test_down_removes_only_the_rule_and_mount_the_testbed_made(tmp_path: Path) -> None:
+    from piblade.testbed.emulation import Emulation, release
+
+    binfmt = _binfmt(tmp_path, "enabled\ninterpreter /bin/sh\nflags: F\n")
+    assert release(Emulation(mounted=False, registered=False), binfmt) == []
+    assert (binfmt / "qemu-aarch64").read_text().startswith("enabled")  # the host's own rule stays
+    assert release(Emulation(mounted=False, registered=True), binfmt) == []
+    assert (binfmt / "qemu-aarch64").read_text() == "-1\n"  # what the kernel takes as "remove this rule"
+    assert Emulation.from_dict({"mounted": True, "registered": True}) == Emulation(True, True)
+    assert Emulation.from_dict(None) == Emulation()
+
+
+def test_a_host_without_qemu_user_static_is_told_what_to_install(tmp_path: Path) -> None:
+    from piblade.testbed.emulation import ensure_aarch64, native_aarch64
+
+    if native_aarch64():
+        return  # an aarch64 host runs arm64 nodes natively and needs nothing
+    with pytest.raises(TestbedError) as info:
+        ensure_aarch64(_binfmt(tmp_path, None), rule_file=tmp_path / "qemu-aarch64.conf")
+    assert str(info.value) == f"arm64 nodes need qemu-user-static (no {tmp_path / 'qemu-aarch64.conf'} on this machine)"
+    assert info.value.hint == "apt-get install -y qemu-user-static (`make test-packages` does it)"
