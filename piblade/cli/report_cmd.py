@@ -45,4 +45,5 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json({"run": run_id, "report": where, "notebook": notebook})
         else:
-            console.print(f"report: {where}", markup=False, highlight=False, soft_wrap=True)
+            label = "notebook" if notebook else "report"
+            console.print(f"{label}: {where}", markup=False, highlight=False, soft_wrap=True)
