@@ -44,6 +44,8 @@ RUNS_WATCHED = 50
 #: A notice that could not reach a target for this long is given up (and logged).
 GIVE_UP_AFTER = 24 * 3600.0
 MAX_RETRY_DELAY = 300.0
+#: Seconds before a failed run is read again (only a retry changes it).
+FAILED_RECHECK = 60.0
 
 
 def interval_from_env() -> float:
@@ -62,8 +64,20 @@ def lock_ttl(interval: float) -> float:
     return max(3.0, 3 * interval)
 
 
-def observe(conn: redis.Redis, known_ok: set[str], now: float | None = None) -> Observation:
-    """Heartbeats and recent runs, read without side effects. ``known_ok``: runs that finished cleanly."""
+class RunCache:
+    """What is known of recent runs, so a check does not re-read every task of every run.
+
+    A run that finished cleanly never changes again; a failed one changes only if
+    someone retries it, so it is read again every :data:`FAILED_RECHECK` seconds.
+    """
+
+    def __init__(self) -> None:
+        self.ok: set[str] = set()
+        self.failed: dict[str, tuple[RunView, float]] = {}
+
+
+def observe(conn: redis.Redis, cache: RunCache, now: float | None = None) -> Observation:
+    """Heartbeats and recent runs, read without side effects."""
     now = time.time() if now is None else now
     index = healthstore.nodes(conn)
     samples = healthstore.current(conn, sorted(index))
@@ -72,13 +86,27 @@ def observe(conn: redis.Redis, known_ok: set[str], now: float | None = None) -> 
         for name, info in sorted(index.items())
     )
     views = []
-    for record in runs.recent_runs(conn, RUNS_WATCHED):
-        if record.id in known_ok:
+    recent = runs.recent_runs(conn, RUNS_WATCHED)
+    for record in recent:
+        if record.id in cache.ok:
+            continue
+        known = cache.failed.get(record.id)
+        if known is not None and now - known[1] < FAILED_RECHECK:
+            views.append(known[0])
             continue
         status = dispatch.run_status(conn, record.id, details=False)
+        view = RunView(record.id, record.job, status.state, status.failed, record.total, record.created)
         if status.state == "finished":
-            known_ok.add(record.id)
-        views.append(RunView(record.id, record.job, status.state, status.failed, record.total, record.created))
+            cache.ok.add(record.id)
+        if status.state == "failed":
+            cache.failed[record.id] = (view, now)
+        else:
+            cache.failed.pop(record.id, None)
+        views.append(view)
+    watched = {r.id for r in recent}
+    cache.ok &= watched
+    for run_id in [r for r in cache.failed if r not in watched]:
+        del cache.failed[run_id]
     return Observation(now, nodes, tuple(views))
 
 
@@ -101,7 +129,7 @@ class AlertService:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.leading = False
         self.stopping = threading.Event()
-        self.known_ok: set[str] = set()
+        self.runs = RunCache()
         self.last_ping = 0.0
         self.client: redis.Redis | None = None
 
@@ -114,7 +142,7 @@ class AlertService:
         """Observe, evaluate, record the changes with their notices. Raises NotLeader if it lost the lead."""
         config = self.load_config()
         firing = alertstore.firing(conn)
-        transitions = evaluate(config.rules, observe(conn, self.known_ok), firing)
+        transitions = evaluate(config.rules, observe(conn, self.runs), firing)
         if not transitions:
             return []
         targets = self._target_names(config)

@@ -166,3 +166,28 @@ def test_a_standby_takes_over_when_the_active_service_dies(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_failed_run_is_announced_once_and_a_dead_man_endpoint_that_is_gone_is_named(
+    redis_server: RedisServer, conn: redis.Redis, workers: object, http_receiver: HttpReceiver, tmp_path: Path
+) -> None:
+    from piblade import alertconfig, dispatch, notify
+    from piblade.registry import load_registry
+    from tests.integration.conftest import TEST_JOBS
+
+    root = tmp_path / "cluster"
+    alertconfig.set_target(root / "secrets", "hook", http_receiver.url("json", "/hook"))
+    run = dispatch.submit(conn, load_registry([TEST_JOBS]), "test-fail", {"message": "disk on fire"})
+    dispatch.wait(conn, run.id, timeout=60)
+    proc = start_alertd(redis_server, root, tmp_path / "alertd.log")
+    try:
+        wait_for("the failed-run alert", lambda: len(http_receiver.on("/hook")) == 1)
+        time.sleep(1.5)  # five more checks: nothing new
+        (notice,) = http_receiver.on("/hook")
+        assert notice.json()["title"] == f"[local] run {run.id} (test-fail) failed: 1 of 1 task(s) failed"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    closed = notify.ping("http://127.0.0.1:9/ping/secret-uuid", timeout=2)
+    assert closed is not None and closed.startswith("cannot reach the dead-man endpoint 127.0.0.1 (")
+    assert "secret-uuid" not in closed
