@@ -118,6 +118,34 @@ def ssh(
     raise typer.Exit(subprocess.run(argv, check=False).returncode)
 
 
+@app.command("card")
+def card(
+    seed: Path = typer.Argument(..., file_okay=False, help="The seed directory `piblade node add --dir` wrote."),
+    role: str = typer.Option("worker", "--role", help="worker or nas (the inventory entry is node add's)."),
+) -> None:
+    """Boot one more node as a freshly flashed card: cloud-init reads the seed on its first boot."""
+    from piblade.testbed import Testbed
+
+    with err_console.status(f"booting a blank node from {seed}") as spinner:
+        bed = Testbed(progress=spinner.update)
+        started = time.monotonic()
+        node = bed.boot_card(seed, role)
+    console.print(f"{node.name} ({node.address}): first boot from {seed} done in {time.monotonic() - started:.1f} s; "
+                  "host key verified")
+    console.print(f"`piblade testbed remove {node.name}` deletes it again")
+
+
+@app.command("remove")
+def remove(node: str = NodeArgument) -> None:
+    """Stop and delete a node booted with `piblade testbed card`."""
+    from piblade.testbed import Testbed
+
+    bed = Testbed()
+    name = bed.info().node(node).name
+    bed.remove(node)
+    console.print(f"{name}: removed")
+
+
 @app.command("kill")
 def kill(node: str = NodeArgument) -> None:
     """Pull a node's power: SIGKILL its init and its systemd-nspawn."""

@@ -9,6 +9,7 @@ the bridge and nothing else. ``down`` removes everything but the image cache.
 
 Modules: :mod:`.system` (the host: processes, mounts, bridge), :mod:`.image`
 (debootstrap and the cache), :mod:`.node` (one node's files and nspawn),
+:mod:`.card` (a node that boots like a blank card, from a `piblade node add` seed),
 :mod:`.inventory_file`, :mod:`.info` (what it reports), :mod:`.core` (the lifecycle).
 """
 

@@ -16,6 +16,7 @@ import fcntl
 import json
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from piblade.state import private_dir, state_dir, write_private
+from piblade.testbed import card
 from piblade.testbed import node as nodes_mod
 from piblade.testbed.emulation import Emulation, ensure_aarch64, release
 from piblade.testbed.image import debian_arch, ensure_image, image_dir, is_complete
@@ -233,6 +235,63 @@ class Testbed:
             self._save(state)
             self._wait_ready((target,), {target.name: running})
 
+    def boot_card(self, seed: Path, role: str = "worker") -> TestbedNode:
+        """Boot one more node as a freshly flashed card whose first boot reads ``seed`` (see :mod:`.card`).
+
+        ``seed`` is what ``piblade node add --dir`` wrote for the testbed's inventory, so the
+        node's login key is the testbed's and its host keys are already in the testbed's
+        known_hosts: waiting for the boot to finish (over SSH, strictly checked) is the
+        first proof that the seed worked. A node that does not come up is removed again,
+        its cloud-init logs kept beside the console log.
+        """
+        self._check()
+        wanted = card.read_seed(seed)
+        if role not in ("worker", "nas"):
+            raise TestbedError(f"role {role!r}: a testbed node is a worker or the nas")
+        with self._locked():
+            state = self._load()
+            if state is None:
+                raise TestbedError("no testbed is up", hint="start one with `piblade testbed up`")
+            for entry in state["nodes"]:
+                if wanted.name in (entry["name"], entry["name"].removeprefix(nodes_mod.NAME_PREFIX)) \
+                        or wanted.address == entry["address"]:
+                    raise TestbedError(f"the testbed already has {entry['name']} ({entry['address']})",
+                                       hint="give the new node another name and address in `piblade node add`")
+            public = self.key.with_suffix(".pub").read_text().split()
+            if not any(k.split()[:2] == public[:2] for k in wanted.authorized_keys):
+                raise TestbedError(f"the seed in {seed} does not let the testbed's key log in",
+                                   hint=f"make it with `piblade node add -i {state.get('inventory')}`")
+            node = TestbedNode(wanted.name, wanted.address, role)
+            entry = {**node.to_dict(), "mode": None, "nspawn": None, "init": None, "pidns": None, "card": True}
+            state["nodes"].append(entry)
+            self._save(state)  # first, so a killed boot is cleaned up by `down`
+            dirs = self._dirs(node)
+            try:
+                entry["mode"] = nodes_mod.mount_root(dirs, Path(state["image"]))
+                card.prepare(dirs.root, wanted)
+                self._log(node).unlink(missing_ok=True)
+                running = nodes_mod.boot(node, dirs.root, self._log(node))
+                _record(entry, running)
+                self._save(state)
+                self._wait_ready((node,), {node.name: running})
+            except BaseException:
+                for log in ("cloud-init.log", "cloud-init-output.log"):
+                    with contextlib.suppress(OSError):
+                        shutil.copyfile(dirs.root / "var" / "log" / log, self.root / f"{node.name}.{log}")
+                self._drop(state, entry)
+                raise
+        return node
+
+    def remove(self, name: str) -> None:
+        """Stop a node booted by :meth:`boot_card` and delete it (the planned nodes stay until `down`)."""
+        self._check()
+        with self._locked():
+            state, entry = self._entry(name)
+            if not entry.get("card"):
+                raise TestbedError(f"{entry['name']} is one of the testbed's own nodes",
+                                   hint="only a node booted from a seed can be removed; `piblade testbed stop` stops it")
+            self._drop(state, entry)
+
     def status(self) -> TestbedStatus:
         state = self._load()
         image = image_dir(self.root)
@@ -362,6 +421,17 @@ class Testbed:
         if stuck := remove_cgroups(entry["name"]):
             raise TestbedError(f"{entry['name']}: cgroups {', '.join(map(str, stuck))} are still in use")
         entry.update(nspawn=None, init=None, pidns=None)
+        self._save(state)
+
+    def _drop(self, state: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Stop one node, delete its files and its state entry."""
+        running = _running(entry)
+        if running:
+            send(running.nspawn, signal.SIGTERM)
+            wait_gone([running.nspawn, running.init], STOP_TIMEOUT)
+        self._forget(state, entry)
+        remove_tree(self._dirs(TestbedNode(entry["name"], entry["address"], entry["role"])).base)
+        state["nodes"].remove(entry)
         self._save(state)
 
     def _prepare(self, node: TestbedNode, image: Path, nodes: tuple[TestbedNode, ...], public_key: str) -> str:
