@@ -107,18 +107,24 @@ class LocalConfig:
     node: str = ""
     #: The local PostgreSQL's port on 127.0.0.1; 0 for a cluster started before it had one.
     pg_port: int = 0
+    #: A results database elsewhere that this daemon's recorder fills (a Pi cluster's controller:
+    #: the NAS node's PostgreSQL), as ``postgresql://user@host:port/db``; its password is
+    #: :attr:`LocalPaths.postgres_password_file`. "" for none.
+    results_url: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
             {"port": self.port, "workers": self.workers, "queues": list(self.queues), "pid": self.pid,
-             "started": self.started, "bind": list(self.bind), "node": self.node, "pg_port": self.pg_port}
+             "started": self.started, "bind": list(self.bind), "node": self.node, "pg_port": self.pg_port,
+             "results_url": self.results_url}
         )
 
     @classmethod
     def from_json(cls, text: str) -> LocalConfig:
         data = json.loads(text)
         return cls(data["port"], data["workers"], tuple(data["queues"]), data.get("pid", 0), data.get("started", 0.0),
-                   tuple(data.get("bind", ["127.0.0.1"])), data.get("node", ""), data.get("pg_port", 0))
+                   tuple(data.get("bind", ["127.0.0.1"])), data.get("node", ""), data.get("pg_port", 0),
+                   data.get("results_url", ""))
 
     @property
     def node_name(self) -> str:
@@ -142,11 +148,13 @@ def target(paths: LocalPaths | None = None) -> RedisTarget | None:
 
 
 def results_target(paths: LocalPaths | None = None) -> ResultsTarget | None:
-    """The results database of the local cluster, if one was ever started here with one."""
-    from piblade.resultsdb import ResultsTarget
+    """The results database of the local cluster (its own, or the one its recorder fills), if it has one."""
+    from piblade.resultsdb import ResultsTarget, target_from_url
 
     paths = paths or LocalPaths.default()
     config = read_config(paths)
+    if config is not None and config.results_url:
+        return target_from_url(config.results_url, paths.postgres_password_file)
     if config is None or not config.pg_port:
         return None
     return ResultsTarget("127.0.0.1", config.pg_port, password_file=paths.postgres_password_file)
@@ -308,6 +316,7 @@ def up(
     bind: tuple[str, ...] = ("127.0.0.1",),
     node: str = "",
     results: bool = True,
+    results_url: str = "",
     wait_seconds: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
 ) -> tuple[LocalConfig, bool]:
@@ -317,7 +326,9 @@ def up(
     cluster, whose Redis also listens on the cluster address given in ``bind``.
     ``results`` runs the cluster's own PostgreSQL (in ``<root>/postgres``, on a
     free port of 127.0.0.1) and the recorder that fills it; a Pi cluster's
-    controller passes False (its results database is on the NAS node).
+    controller passes False (its results database is on the NAS node) and
+    names that database in ``results_url``: the daemon then runs a recorder that
+    fills it (and restarts it when it dies), and start-up does not wait for it.
     """
     paths = paths or LocalPaths.default()
     current = read_config(paths)
@@ -343,7 +354,8 @@ def up(
             if on_wait:
                 on_wait("creating the results database (first start)")
             server.initdb()
-    config = LocalConfig(port=port, workers=workers, queues=queues, bind=bind, node=node, pg_port=pg_port)
+    config = LocalConfig(port=port, workers=workers, queues=queues, bind=bind, node=node, pg_port=pg_port,
+                         results_url=results_url)
     write_private(paths.state_file, config.to_json())
     log = (paths.log_dir / "daemon.log").open("ab")
     proc = subprocess.Popen(
@@ -356,7 +368,7 @@ def up(
         close_fds=True,
     )
     log.close()
-    config = LocalConfig(port, workers, queues, proc.pid, time.time(), bind, node, pg_port)
+    config = LocalConfig(port, workers, queues, proc.pid, time.time(), bind, node, pg_port, results_url)
     write_private(paths.state_file, config.to_json())
     _wait_ready(paths, config, proc, wait_seconds, on_wait)
     return config, True
@@ -570,6 +582,7 @@ class Daemon:
         self._start("redis")
         if self.config.pg_port:
             self._start("postgres")
+        if self.config.pg_port or self.config.results_url:
             self._start("recorder")
         if self.config.workers:
             self._start("workers")

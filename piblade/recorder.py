@@ -1,7 +1,8 @@
 """The recorder: drains the history stream from Redis into the results database, in batches.
 
 One recorder per cluster (``piblade recorder``: a child of ``piblade local
-up``, a systemd unit on a Pi cluster's controller). Each batch is read from
+up``, and of the controller's supervisor on a Pi cluster, which restarts it
+when it dies). Each batch is read from
 the front of the stream, given the health of each attempt's node while it ran
 (from the 24 h of heartbeats in Redis, one round trip per batch), written with
 binary COPY in one transaction, and only then trimmed from the stream. A crash

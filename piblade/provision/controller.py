@@ -5,7 +5,9 @@ cluster address the workers use, with ACL users, a generated password and AOF.
 It is the same supervised redis-server as `piblade local up`, kept in the
 cluster's own state directory (``<state>/clusters/<name>``) and with no local
 workers. The same supervisor runs the alert service (``piblade alertd``), whose
-settings this role renders from the inventory into ``alerts.json`` there.
+settings this role renders from the inventory into ``alerts.json`` there, and
+the recorder (``piblade recorder``) that drains the cluster's run records into
+the results node's PostgreSQL; it restarts either when it dies.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from piblade import alertconfig, local
+from piblade import alertconfig, local, resultsdb
 from piblade.errors import PibladeError, RedisUnavailable
 from piblade.inventory import Cluster
 from piblade.provision.engine import EventFn, HostResult, StepResult
@@ -51,15 +53,32 @@ def converge_controller(cluster: Cluster, paths: local.LocalPaths, check: bool, 
     return replace(result, steps=(*result.steps, _alert_settings(cluster, paths, check)))
 
 
+def results_url(cluster: Cluster) -> str:
+    """The results database the controller's recorder fills: the results node's PostgreSQL ("" if it is this machine).
+
+    The recorder runs under the controller's supervisor beside Redis (as
+    ``piblade recorder`` would under systemd), which restarts it when it dies;
+    while the database is away the records wait in Redis.
+    """
+    node = cluster.results_node
+    if node.is_local:
+        return ""
+    return f"postgresql://{resultsdb.DEFAULT_USER}@{node.address}:{cluster.results_port}/{resultsdb.DEFAULT_DB}"
+
+
 def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn) -> HostResult:
     started = time.monotonic()
     name = cluster.controller.name
     port, bind = desired(cluster)
+    url = results_url(cluster)
     step = f"redis for cluster {cluster.name} on {', '.join(f'{a}:{port}' for a in bind)}"
+    if url:
+        step += f", recorder into {url}"
     emit(name, "checking redis")
     current = local.read_config(paths)
     running = current is not None and local.pid_alive(current.pid)
-    right = running and current is not None and current.port == port and tuple(current.bind) == bind
+    right = (running and current is not None and current.port == port and tuple(current.bind) == bind
+             and current.results_url == url)
     if right:
         try:
             connect(RedisTarget(bind[-1], port, DEFAULT_USER, paths.password_file), timeout=2).close()
@@ -67,19 +86,21 @@ def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit
             right = False
     if right:
         reason = f"redis answers on {', '.join(f'{a}:{port}' for a in bind)} with the cluster's password"
+        if url:
+            reason += "; its supervisor runs the recorder"
         return HostResult(name, (StepResult(step, "ok", reason=reason),), notes=("controller: this machine",),
                           seconds=time.monotonic() - started)
     if running:
         kind, summary = ChangeKind.RESTART, "restart redis with the cluster's settings"
     else:
-        kind, summary = ChangeKind.START, "start redis (password, ACL, AOF)"
+        kind, summary = ChangeKind.START, "start redis (password, ACL, AOF)" + (" and the recorder" if url else "")
     if check:
         return HostResult(name, (StepResult(step, "changed", summary, kind=kind),), seconds=time.monotonic() - started)
     try:
         if running:
             local.down(paths=paths)
         emit(name, "starting redis")
-        local.up(0, paths=paths, port=port, bind=bind, node=name, results=False)
+        local.up(0, paths=paths, port=port, bind=bind, node=name, results=False, results_url=url)
     except PibladeError as exc:
         return HostResult(name, (StepResult(step, "failed", summary, output=exc.message, kind=kind),), error=exc.message,
                           hint=exc.hint, seconds=time.monotonic() - started)

@@ -144,3 +144,11 @@ def test_results_host_may_name_another_node(ctx: roles.Context) -> None:
     cluster = next(s for s in steps if isinstance(s, PostgresCluster))
     assert cluster.data == "/var/lib/postgresql/15/main" and cluster.port == 5433  # Debian's own place
     assert notes[0].startswith("results: PostgreSQL 15 on 10.199.0.11:5433, data in /var/lib/postgresql/15/main")
+
+
+def test_the_controllers_recorder_fills_the_results_nodes_database(ctx: roles.Context) -> None:
+    from piblade.provision.controller import results_url
+
+    assert results_url(ctx.cluster) == "postgresql://piblade@10.199.0.10:5432/piblade"
+    alone = parse_inventory(INVENTORY.split("    nas:")[0], source="alone.yml")  # no NAS: the controller itself
+    assert results_url(alone) == ""
