@@ -92,9 +92,12 @@ def publish(cluster: ClusterContext, run_id: str, page: bytes) -> str:
     """Write ``page`` to ``runs/<id>/report.html`` on the cluster's share."""
     from piblade.nas import open_share
     from piblade.nas.paths import parent
+    from piblade.nas.share import LocalShare
 
     path = collect.report_path(run_id)
     with open_share(cluster) as share:
         share.makedirs(parent(path))
         share.write_file(path, io.BytesIO(page), len(page), lambda _n: None)
-    return str(cluster.paths.data_dir / path) if cluster.is_local else f"NAS share: {path}"
+        if isinstance(share, LocalShare):
+            return str(share.root / path)
+        return f"{share.description.rstrip('/')}/{path}"

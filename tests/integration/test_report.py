@@ -211,3 +211,24 @@ def test_notebook_executes_and_its_html_draws_the_charts_offline(cluster: dict[s
     assert all(p["svg"] >= 1 for p in seen["plots"])
     assert max(p["points"] for p in seen["plots"]) == 129  # timeline: 128 tiles and the reduce
     assert f"mandelbrot {run_id}: finished" in seen["text"]
+
+
+def test_report_is_written_to_the_nas_share_over_smb(cluster: dict[str, Any], tmp_path: Path) -> None:
+    """With a NAS (here a real smbd exporting the workers' data), the page goes to the share over SMB,
+    beside the run's output, and the image is read from there too."""
+    from tests.integration.smbd import start_smbd
+
+    try:
+        smbd = start_smbd(tmp_path / "smbd", share_dir=cluster["data"])
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        run_id = cluster["image"]
+        out = cli({**cluster["env"], **smbd.env()}, "report", run_id)
+    finally:
+        smbd.stop()
+    assert out.strip() == f"report: //{smbd.address}/piblade/runs/{run_id}/report.html"
+    page = cluster["data"] / "runs" / run_id / "report.html"
+    text = page.read_text()
+    assert 'src="data:image/jpeg;base64,' in text and run_id in text
+    assert not [p.name for p in page.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
