@@ -287,20 +287,18 @@ def _columns(file_names: list[str] | None, declared: tuple[tuple[str, str], ...]
 
 
 def reduce(ctx: TaskContext, params: Mapping[str, Any], results: list[Any]) -> dict[str, Any]:
-    """Totals of a run: rows loaded now, chunks skipped because they were loaded before, per file."""
-    files: dict[str, int] = {}
-    for r in results:
-        files[r["path"]] = files.get(r["path"], 0) + r["rows"]
+    """Totals of a run: rows loaded now, and the chunks (and their rows) skipped because they were loaded before."""
     return {
         "table": params["table"],
-        "files": len(files),
+        "files": len({r["path"] for r in results}),
         "chunks": len(results),
-        "rows": sum(r["rows"] for r in results),
+        "rows": sum(r["rows"] for r in results if not r["already_loaded"]),
         "already_loaded": sum(1 for r in results if r["already_loaded"]),
+        "rows_loaded_before": sum(r["rows"] for r in results if r["already_loaded"]),
         "duplicates": sum(r.get("duplicates", 0) for r in results),
         "seconds": round(sum(r["seconds"] for r in results), 3),
         "copy_s": round(sum(r.get("copy_s", 0.0) for r in results), 3),
-        "move_s": round(sum(r.get("move_s", 0.0) for r in results), 3),
+        "columns": results[0].get("columns", []) if results else [],
     }
 
 
@@ -355,7 +353,7 @@ def task(ctx: TaskContext, *, path: str, table: str, schema: str, header: bool, 
             raise RowRefused(f"ingest: {where}: {exc.detail}",
                              hint=f"fix line {line} of {path} (nothing of this chunk was loaded), then submit again") from None
     return {"path": path, "part": part, "parts": parts, "rows": loaded.rows, "already_loaded": loaded.already,
-            "duplicates": loaded.duplicates,
+            "duplicates": loaded.duplicates, "columns": [f"{n} {t}" for n, t in loaded.columns],
             "table": table, "bytes": end - start, "copy_s": round(loaded.copy_s, 6), "move_s": round(loaded.move_s, 6),
             "seconds": round(time.perf_counter() - started, 6)}
 

@@ -27,6 +27,7 @@ psycopg is imported here and nowhere else; its errors leave this module as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -551,6 +552,7 @@ class Loaded:
 
     ``duplicates``: rows left out because the table had them (``skip_duplicates``).
     ``copy_s`` and ``move_s``: seconds of the COPY and of the move from staging, where the time goes.
+    ``columns``: the table's (name, type) pairs, as PostgreSQL names the types.
     """
 
     rows: int
@@ -558,6 +560,7 @@ class Loaded:
     duplicates: int = 0
     copy_s: float = 0.0
     move_s: float = 0.0
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 class CopyRefused(PibladeError):
@@ -653,8 +656,9 @@ def load_csv(
                     f"(its columns: {', '.join(n for n, _ in existing)})",
                     hint="load into a new table, or give header=false with a schema to load by position",
                 )
-            return _load_chunk(conn, key, names, data, skip_header=skip_header, run_id=run_id,
-                               skip_duplicates=skip_duplicates)
+            loaded = _load_chunk(conn, key, names, data, skip_header=skip_header, run_id=run_id,
+                                 skip_duplicates=skip_duplicates)
+            return dataclasses.replace(loaded, columns=tuple(existing))
     except psycopg.Error as exc:
         context = _COPY_CONTEXT.search(getattr(exc.diag, "context", None) or "")
         detail = exc.diag.message_primary or str(exc)

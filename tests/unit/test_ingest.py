@@ -116,3 +116,18 @@ def test_jobs_that_emit_rows_refuse_a_bad_table_before_anything_is_enqueued() ->
     with pytest.raises(BadParameter, match="summary: table=Stats is not a table name"):
         summary.plan(summary.validate({"path": "a.f8", "table": "Stats"}))
     assert summary.plan(summary.validate({"path": "a.f8", "table": "stats"}))[0]["path"] == "a.f8"
+
+
+def test_the_reduce_counts_rows_loaded_now_apart_from_chunks_loaded_before(tmp_path: Path) -> None:
+    from piblade.registry import TaskContext
+
+    ctx = TaskContext(run_id="r", index=3, total=3, node="n", data_root=tmp_path, output_dir=tmp_path)
+    results = [
+        {"path": "a.csv", "rows": 10, "already_loaded": False, "duplicates": 1, "seconds": 1.0, "copy_s": 0.5,
+         "columns": ["id bigint"]},
+        {"path": "a.csv", "rows": 20, "already_loaded": True, "duplicates": 0, "seconds": 0.1, "copy_s": 0.0},
+        {"path": "b.csv", "rows": 5, "already_loaded": False, "duplicates": 0, "seconds": 0.5, "copy_s": 0.25},
+    ]
+    assert ingest.reduce(ctx, {"table": "t"}, results) == {
+        "table": "t", "files": 2, "chunks": 3, "rows": 15, "already_loaded": 1, "rows_loaded_before": 20,
+        "duplicates": 1, "seconds": 1.6, "copy_s": 0.75, "columns": ["id bigint"]}
