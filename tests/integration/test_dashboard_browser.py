@@ -25,8 +25,11 @@ import redis
 
 from piblade import dispatch, healthstore, local
 from piblade.registry import load_registry
+from piblade.report import plotlyjs
+from piblade.report.render import render_html
 from tests.integration.conftest import ROOT, TEST_JOBS, RedisServer, WorkerPool
 from tests.integration.test_dashboard_app import fake_sample
+from tests.report_samples import sample_report
 
 pytestmark = pytest.mark.integration
 
@@ -129,6 +132,10 @@ def dashboard(redis_server: RedisServer, conn: redis.Redis, workers: WorkerPool,
                                                                  t=now - i * 15), interval=60, role="worker")
     port = local.free_port()
     state = tmp_path / "state"
+    # A report page for the first run, where `piblade report` puts it on the (local cluster's) share.
+    page = state / "local" / "data" / "runs" / runs[0].id / "report.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(render_html(sample_report(tasks=64, failures=1), plotlyjs.bundle()))
     env = dict(
         os.environ,
         PIBLADE_REDIS_URL=redis_server.target.url(),
@@ -225,6 +232,17 @@ def test_dashboard_in_chromium(dashboard: dict, tmp_path: Path) -> None:
             assert "test failure: disk on fire" in page.locator("#jobs").inner_text()
             page.wait_for_timeout(600)  # let the bars' transitions finish for the picture
             page.screenshot(path=str(tmp_path / "dashboard-desktop.png"), full_page=True)
+
+            # The run with a report links to it; the report opens in a new tab, sandboxed, and draws.
+            link = page.locator("#jobs a.report")
+            assert link.count() == 1
+            with desktop.expect_page() as opened:
+                link.click()
+            report = opened.value
+            report.wait_for_selector("body[data-charts]", timeout=20_000)
+            assert report.get_attribute("body", "data-charts") == "4"
+            assert report.locator(".js-plotly-plot .main-svg").count() >= 4
+            report.close()
 
             # What a user sees: number headers over their numbers, whole run ids, where a failed run ran,
             # a young node's chart across the chart (not a sliver at the right), a chart for a name with "/".
