@@ -156,3 +156,23 @@ def test_failures_are_newest_first_and_include_retried_attempts() -> None:
     report = sample_report(tasks=2)
     report = type(report)(run=report.run, attempts=(a, b, c))
     assert [f.task for f in report.failures] == ["r-2", "r-1"]
+
+
+def test_dashboard_looks_for_a_missing_report_at_most_every_recheck_seconds(tmp_path: Path) -> None:
+    from piblade.context import LOCAL_CLUSTER, ClusterContext
+    from piblade.dashboard.reports import ReportShelf
+    from piblade.local import LocalPaths
+
+    paths = LocalPaths(tmp_path)
+    paths.data_dir.mkdir(parents=True)
+    shelf = ReportShelf(ClusterContext(LOCAL_CLUSTER, paths), recheck=30)
+    run = "1204-5a3c9e01"
+    assert shelf.which([run, "../../etc"], now=100.0) == set()
+    page = paths.data_dir / collect.report_path(run)
+    page.parent.mkdir(parents=True)
+    page.write_text("<p>report</p>")
+    assert shelf.which([run], now=110.0) == set()  # looked 10 s ago: not again yet
+    assert shelf.which([run], now=131.0) == {run}
+    page.unlink()
+    assert shelf.which([run], now=132.0) == {run}  # a link once found stays; serving checks the file
+    assert shelf.read(run) is None and shelf.read("../../etc/passwd") is None
