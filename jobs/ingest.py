@@ -86,9 +86,12 @@ def check_table(table: str) -> str:
 
 
 def parse_schema(text: str) -> tuple[tuple[str, str], ...]:
-    """``"sensor:int, value:float"`` -> ``(("sensor", "integer"), ("value", "double precision"))``. Pure."""
+    """``"sensor:int, value:float"`` -> ``(("sensor", "integer"), ("value", "double precision"))``. Pure.
+
+    Entries are separated by commas or new lines (a schema file, ``-p schema=@FILE``).
+    """
     columns: list[tuple[str, str]] = []
-    for item in (i.strip() for i in text.split(",")):
+    for item in (i.strip() for i in re.split(r"[,\n]", text.strip())):
         name, sep, kind = (s.strip().lower() for s in item.partition(":"))
         if not sep or not NAME.fullmatch(name):
             raise BadParameter(

@@ -18,7 +18,12 @@ if TYPE_CHECKING:
     from piblade.context import ClusterContext
 
 
+#: The largest file `--param KEY=@FILE` reads.
+PARAM_FILE_MAX = 64 * 1024
+
+
 def parse_params(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs; ``KEY=@FILE`` takes the value from a local text file (e.g. a long schema)."""
     params: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -26,8 +31,20 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
             raise BadParameter(f"--param {pair!r} is not KEY=VALUE", hint="for example --param width=800")
         if key.strip() in params:
             raise BadParameter(f"--param {key.strip()!r} is given twice")
-        params[key.strip()] = value
+        params[key.strip()] = _from_file(key.strip(), value[1:]) if value.startswith("@") else value
     return params
+
+
+def _from_file(key: str, name: str) -> str:
+    path = Path(name).expanduser()
+    try:
+        if path.stat().st_size > PARAM_FILE_MAX:
+            raise BadParameter(f"--param {key}=@{name}: the file is larger than {PARAM_FILE_MAX // 1024} KiB",
+                               hint="a parameter file holds a value, such as a schema, not data")
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadParameter(f"--param {key}=@{name}: cannot read the file ({exc.__class__.__name__})",
+                           hint="give the path of a local UTF-8 text file after the @") from None
 
 
 def render_status(status: Any, cluster: ClusterContext) -> None:

@@ -131,3 +131,18 @@ def test_the_reduce_counts_rows_loaded_now_apart_from_chunks_loaded_before(tmp_p
     assert ingest.reduce(ctx, {"table": "t"}, results) == {
         "table": "t", "files": 2, "chunks": 3, "rows": 15, "already_loaded": 1, "rows_loaded_before": 20,
         "duplicates": 1, "seconds": 1.6, "copy_s": 0.75, "columns": ["id bigint"]}
+
+
+def test_a_schema_can_come_from_a_local_file(tmp_path: Path) -> None:
+    from piblade.cli.submit_cmd import PARAM_FILE_MAX, parse_params
+
+    (tmp_path / "readings.schema").write_text("sensor:int\nts:timestamptz\nvalue:float\n")
+    params = parse_params(["table=readings", f"schema=@{tmp_path / 'readings.schema'}"])
+    assert params == {"table": "readings", "schema": "sensor:int\nts:timestamptz\nvalue:float"}
+    assert ingest.parse_schema(params["schema"]) == (
+        ("sensor", "integer"), ("ts", "timestamptz"), ("value", "double precision"))
+    with pytest.raises(BadParameter, match=r"schema=@.*missing: cannot read the file \(FileNotFoundError\)"):
+        parse_params([f"schema=@{tmp_path / 'missing'}"])
+    (tmp_path / "big").write_text("x" * (PARAM_FILE_MAX + 1))
+    with pytest.raises(BadParameter, match="the file is larger than 64 KiB"):
+        parse_params([f"schema=@{tmp_path / 'big'}"])
