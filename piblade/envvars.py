@@ -60,6 +60,8 @@ DATA_DIR = _var("PIBLADE_DATA_DIR", "", "worker", "Where the worker finds the sh
 RECORDS_BOUND = _var("PIBLADE_RECORDS_BOUND", "1000000", "submit",
                      "How many run records may wait in Redis for the results database before new runs are refused "
                      "(none is dropped; the default holds over 24 h of the demo's pace).")
+RECORD_TASKS = _var("PIBLADE_RECORD_TASKS", "1", "worker",
+                    "0 sends no task attempt records to the run history (bench/recorder.py measures their cost).")
 HARD_TIMEOUT_GRACE = _var("PIBLADE_HARD_TIMEOUT_GRACE", "30", "worker",
                           "Seconds past a task's timeout before its stuck process is killed and replaced.")
 # -- the health agent ---------------------------------------------------------------------

@@ -75,6 +75,8 @@ MAINTENANCE_INTERVAL = 15
 WORKER_TTL = 35
 #: A job overrunning its timeout by this much gets its process killed.
 HARD_TIMEOUT_GRACE = float(envvars.HARD_TIMEOUT_GRACE.get() or envvars.HARD_TIMEOUT_GRACE.default)
+#: Whether task attempts are recorded for the run history (PIBLADE_RECORD_TASKS=0: not).
+RECORD_TASKS = (envvars.RECORD_TASKS.get() or envvars.RECORD_TASKS.default) != "0"
 #: How often a worker asks whether its node is paused (hot, under-voltage).
 PAUSE_CHECK_INTERVAL = 1.0
 #: An idle worker blocks on the queue at most this long before it looks around
@@ -484,7 +486,7 @@ class BladeWorker(SimpleWorker):
     def _ended(self, job: Job, state: str, exc_string: str = "") -> TaskAttempt | None:
         """The history record of the attempt that just ended; made once, before RQ's pipeline."""
         meta = job.meta or {}
-        if "run" not in meta:
+        if "run" not in meta or not RECORD_TASKS:
             return None
         return TaskAttempt(
             key=new_key(), run_id=str(meta["run"]), task_id=job.id, phase=str(meta.get("phase", "task")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -10,6 +11,10 @@ from rich.markup import escape
 from piblade.cli.common import InventoryOption
 from piblade.cli.output import console, err_console
 from piblade.errors import PibladeError
+
+if TYPE_CHECKING:
+    from piblade.context import ClusterContext
+    from piblade.resultsdb import ResultsTarget
 
 
 def _split(values: list[str]) -> tuple[str, ...]:
@@ -120,7 +125,7 @@ def register(app: typer.Typer) -> None:
         )
         try:
             publish.run(
-                SnapshotSource(conn, where.inventory, reports=ReportShelf(where)),
+                SnapshotSource(conn, where.inventory, reports=ReportShelf(where), results=_results(where)),
                 publish.Publish(bind, port, token_file, options if tunnel else None),
                 _Printer(bind, token_file),
             )
@@ -172,3 +177,13 @@ class _Printer:
 
     def tunnel_closed(self) -> None:
         console.print("ngrok tunnel closed")
+
+
+def _results(where: ClusterContext) -> ResultsTarget | None:
+    """The cluster's results database, or None when it has none yet (the page then shows Redis's runs only)."""
+    from piblade.errors import ClusterError
+
+    try:
+        return where.results_target()
+    except ClusterError:
+        return None

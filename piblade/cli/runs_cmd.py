@@ -100,7 +100,8 @@ def _render(run: RunSummary, attempts: list[AttemptRow]) -> None:
         ("state", (f"{run.state}: {run.done}/{run.expected} tasks done, {run.failed} failed, "
                   f"{run.attempts} attempts")),
         ("submitted", f"{_when(run.submitted)}  started {_when(run.started)}  ended {_when(run.ended)}"),
-        ("took", f"{_secs(run.seconds)} s on {', '.join(run.nodes) or '-'}, max {_temp(run.max_temp_c)} °C"),
+        ("took", f"{_secs(run.seconds)} s on {', '.join(run.nodes) or '-'}, "
+                 + (f"max {run.max_temp_c:.1f} °C" if run.max_temp_c is not None else "no temperature readings")),
         ("piblade", run.piblade or "-"),
     ):
         head.add_row(label, value)

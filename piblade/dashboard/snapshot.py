@@ -3,8 +3,13 @@
 Nodes and queues come from :func:`piblade.clusterstatus.gather`, the same
 function behind ``piblade status``, so the page and the terminal never disagree
 about "down" or "paused". Recent runs come from :mod:`piblade.runs` and
-:func:`piblade.dispatch.run_status`; the alerts firing now from
-:mod:`piblade.alertstore`, as ``piblade alerts list`` shows them.
+:func:`piblade.dispatch.run_status` while Redis knows them, and from the
+results database (:mod:`piblade.resultsdb`) after it forgot them: the table is
+filled up to :data:`JOBS_SHOWN` with recorded runs (read at most every
+:data:`HISTORY_REFRESH` seconds; a database that does not answer only leaves
+them out);
+the alerts firing now from :mod:`piblade.alertstore`, as ``piblade alerts list``
+shows them.
 
 Reads here are synchronous (redis-py); the web layer runs them in a worker
 thread. A finished run never changes, so its details (per-node counts, failure
@@ -29,9 +34,13 @@ from piblade.inventory import Cluster
 
 if TYPE_CHECKING:
     from piblade.dashboard.reports import ReportShelf
+    from piblade.history import RunSummary
+    from piblade.resultsdb import ResultsTarget
 
 #: Recent runs listed on the page and by /api/jobs.
 JOBS_SHOWN = 15
+#: Seconds between reads of the run history in PostgreSQL (recorded runs change rarely).
+HISTORY_REFRESH = 10.0
 #: Points per history chart: plenty for a phone-width chart, small enough to send often.
 HISTORY_POINTS = 360
 _TERMINAL = {"finished", "failed"}
@@ -123,14 +132,37 @@ def job_view(status: dict[str, Any], now: float, failed_nodes: dict[str, int] | 
     }
 
 
+def history_view(run: RunSummary) -> dict[str, Any]:
+    """A recorded run (Redis forgot it) as a row of the jobs table."""
+    return {
+        "run": run.id,
+        "job": run.job,
+        "queue": run.queue,
+        "state": run.state,
+        "total": run.tasks,
+        "done": min(run.done, run.tasks),
+        "failed": run.failed,
+        "created": run.submitted,
+        "seconds": round(run.seconds, 2) if run.seconds is not None else None,
+        "nodes": {},
+        "failed_nodes": {},
+        "failure": None,
+        "recorded": True,
+    }
+
+
 class SnapshotSource:
     """Reads snapshots; keeps the details of finished runs and the last good snapshot."""
 
     def __init__(
         self, conn: redis.Redis, cluster: Cluster | None = None, *, jobs_shown: int = JOBS_SHOWN,
-        reports: ReportShelf | None = None,
+        reports: ReportShelf | None = None, results: ResultsTarget | None = None,
     ) -> None:
         self.conn = conn
+        #: The results database whose recorded runs fill the table after Redis forgot them.
+        self.results = results
+        self._history: list[dict[str, Any]] = []
+        self._history_read = 0.0
         self.cluster = cluster
         self.jobs_shown = jobs_shown
         #: Where finished runs' report pages are looked for (None: no links).
@@ -195,11 +227,28 @@ class SnapshotSource:
             keep = {r.id for r in recent}
             for run_id in [r for r in self._finished if r not in keep]:
                 del self._finished[run_id]
+            if len(out) < self.jobs_shown:
+                older = [h for h in self._recorded(now) if h["run"] not in keep]
+                out.extend(older[: self.jobs_shown - len(out)])
         if self.reports is not None:
             over = [j["run"] for j in out if j["state"] in _TERMINAL]
             have = self.reports.which(over) if over else set()
             out = [{**j, "report": True} if j["run"] in have else j for j in out]
         return out
+
+    def _recorded(self, now: float) -> list[dict[str, Any]]:
+        """The newest recorded runs, from PostgreSQL at most every HISTORY_REFRESH seconds."""
+        if self.results is None or now - self._history_read < HISTORY_REFRESH:
+            return self._history
+        from piblade import resultsdb
+
+        self._history_read = now
+        try:
+            with resultsdb.connect(self.results, timeout=2.0) as db:
+                self._history = [history_view(r) for r in resultsdb.list_runs(db, limit=self.jobs_shown)]
+        except resultsdb.ResultsUnavailable:
+            self._history = []  # the live runs from Redis are still shown
+        return self._history
 
     def _failed_nodes(self, status: dict[str, Any]) -> dict[str, int]:
         """Where a finished run's failed tasks ran (RQ's worker name is ``<node>.<pid>``); read once per run."""

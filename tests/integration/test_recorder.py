@@ -49,6 +49,15 @@ class Recorder:
             self.proc = subprocess.Popen([sys.executable, "-m", "piblade", "recorder", "--batch", "50"],
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
+    def wait_connected(self, results: PostgresServer, timeout: float = 60) -> None:
+        """Until the recorder has connected to the database (it migrates the empty schema then)."""
+        deadline = time.monotonic() + timeout
+        with resultsdb.connect(results.target, migrate_schema=False) as db:
+            while not resultsdb.schema_version(db):
+                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+                assert time.monotonic() < deadline, "the recorder did not connect"
+                time.sleep(0.05)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -108,7 +117,8 @@ def test_records_wait_while_postgres_is_down_and_every_task_is_counted(
     conn: redis.Redis, workers: WorkerPool, registry, results: PostgresServer, recorder: Recorder
 ) -> None:
     recorder.start()
-    run = dispatch.submit(conn, registry, "test-sleep", {"count": "80", "seconds": "0.05"})
+    recorder.wait_connected(results)  # so that its start-up, slow on a busy machine, is not the run's whole time
+    run = dispatch.submit(conn, registry, "test-sleep", {"count": "120", "seconds": "0.1"})
     deadline = time.monotonic() + 60
     with resultsdb.connect(results.target) as db:  # some of the run is written before the server stops
         while not db.execute("SELECT count(*) FROM task_attempts").fetchone()[0]:  # type: ignore[index]
@@ -127,7 +137,7 @@ def test_records_wait_while_postgres_is_down_and_every_task_is_counted(
         (summary,) = resultsdb.list_runs(db)
     assert sorted(task for task, _ in rows) == sorted([*run.task_ids, f"{run.id}-reduce"])
     assert all(count == 1 for _, count in rows)  # nothing lost, nothing twice
-    assert (summary.state, summary.done, summary.attempts) == ("finished", 81, 81)
+    assert (summary.state, summary.done, summary.attempts) == ("finished", 121, 121)
 
 
 def test_submits_are_refused_at_the_bound_and_no_record_is_dropped(
@@ -180,3 +190,27 @@ def test_runs_list_and_show_read_history_after_redis_forgot_the_run(
                              capture_output=True, text=True, check=False)
     assert missing.returncode == 1
     assert "no run '0000-nothing' in the run history" in missing.stderr
+
+
+def test_the_dashboard_lists_recorded_runs_after_redis_forgot_them(
+    redis_server: RedisServer, conn: redis.Redis, workers: WorkerPool, registry, results: PostgresServer,
+    recorder: Recorder,
+) -> None:
+    from piblade.dashboard.snapshot import SnapshotSource
+
+    recorder.start()
+    old = dispatch.submit(conn, registry, "test-sleep", {"count": "2"})
+    dispatch.wait(conn, old.id, timeout=60)
+    drained(conn)
+    redis_server.admin.flushdb()
+    live = dispatch.submit(conn, registry, "test-sleep", {"count": "1"})
+    dispatch.wait(conn, live.id, timeout=60)
+    drained(conn)
+    jobs = SnapshotSource(conn, results=results.target).jobs()
+    assert [(j["run"], j["state"], j["done"], j.get("recorded", False)) for j in jobs] == [
+        (live.id, "finished", 1, False), (old.id, "finished", 2, True)]
+    results.stop()  # the database gone: the page still lists what Redis knows
+    try:
+        assert [j["run"] for j in SnapshotSource(conn, results=results.target).jobs()] == [live.id]
+    finally:
+        results.start()

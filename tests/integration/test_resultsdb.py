@@ -49,6 +49,14 @@ def test_an_older_schema_is_migrated_forward_and_keeps_its_rows(results: Postgre
         assert resultsdb.migrate(db) == []
 
 
+def test_a_migration_on_connect_is_committed_even_if_the_caller_never_commits(results: PostgresServer) -> None:
+    resultsdb.connect(results.target).close()  # a reader that only looked (closing rolls back what is open)
+    with resultsdb.connect(results.target, migrate_schema=False) as db:
+        assert resultsdb.schema_version(db) == resultsdb.SCHEMA_VERSION
+        held = db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+    assert held == (0,)
+
+
 def test_a_database_from_a_newer_piblade_is_refused(results: PostgresServer) -> None:
     with resultsdb.connect(results.target) as db:
         db.execute("INSERT INTO piblade_schema (version, why, piblade) VALUES (%s, 'future', '9.9')",
