@@ -119,25 +119,28 @@ def _params(report: RunReport) -> str:
 def _result(report: RunReport, charts: dict[str, Any]) -> str:
     result = report.result
     parts: list[str] = []
+    top: list[str] = []  # the image and the value side by side on a wide screen
     if result.image is not None:
         mime = "image/jpeg" if result.image[:3] == b"\xff\xd8\xff" else "image/png"
         data = base64.b64encode(result.image).decode("ascii")
         size = f" ({result.image_size[0]}×{result.image_size[1]}, preview)" if result.image_size else ""
-        parts.append(f'<figure class="result-image"><img alt="{escape(result.image_name)}" '
+        top.append(f'<figure class="result-image"><img alt="{escape(result.image_name)}" '
                      f'src="data:{mime};base64,{data}"><figcaption>{escape(result.image_name)}{escape(size)}'
                      f"</figcaption></figure>")
+    if result.value is not None:
+        text = json.dumps(result.value, indent=1, sort_keys=True, default=str)
+        if len(text) > RESULT_CHARS:
+            text = text[:RESULT_CHARS] + "\n… (cut; `piblade jobs status` has the whole value)"
+        top.append(f'<details class="value"{" open" if len(text) < 600 else ""}><summary>result value</summary>'
+                   f"<pre>{escape(text)}</pre></details>")
+    if top:
+        parts.append(f'<div class="result-top{" pair" if len(top) == 2 else ""}">' + "".join(top) + "</div>")
     if "result_histogram" in charts:
         parts.append('<h3>Histogram of the data</h3><div class="chart" data-figure="result_histogram" role="img" '
                      'aria-label="histogram of the data"></div>')
     if "result_rows" in charts:
         parts.append('<h3>Rows loaded</h3><div class="chart" data-figure="result_rows" role="img" '
                      'aria-label="rows loaded per table"></div>')
-    if result.value is not None:
-        text = json.dumps(result.value, indent=1, sort_keys=True, default=str)
-        if len(text) > RESULT_CHARS:
-            text = text[:RESULT_CHARS] + "\n… (cut; `piblade jobs status` has the whole value)"
-        parts.append(f'<details class="value"{" open" if len(text) < 600 else ""}><summary>result value</summary>'
-                     f"<pre>{escape(text)}</pre></details>")
     if not parts:
         return ""
     return '<section class="card wide" id="result-card"><h2>Result</h2>' + "".join(parts) + "</section>"
