@@ -199,3 +199,28 @@ def test_inputs_missing_from_the_share_are_refused_before_enqueueing(cli: Cli) -
     ok = cli("submit", "summary", "-p", "path=inputs/sensor.f8", "-p", "parts=1", "--wait", "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["result"]["count"] == 100
+
+
+def test_ingest_loads_csv_files_on_the_share_into_the_local_results_database_once(cli: Cli) -> None:
+    from piblade import local, resultsdb
+
+    assert cli("local", "up", "--workers", "2").returncode == 0
+    logs = cli.state / "logs"
+    logs.mkdir()
+    for day in (1, 2):
+        (logs / f"day{day}.csv").write_text("sensor,value\n" + "".join(f"{i},{i / 4}\n" for i in range(150_000)))
+    assert cli("nas", "put", str(logs), "logs").returncode == 0
+    argv = ("submit", "ingest", "--over", "logs/*.csv", "-p", "table=readings", "-p", "chunk_mb=1", "--wait", "--json")
+    first = cli(*argv)
+    assert first.returncode == 0, first.stdout + first.stderr
+    result = json.loads(first.stdout)["result"]
+    chunks = sum(-(-f.stat().st_size // 2**20) for f in logs.iterdir())  # a task per MiB of each file
+    assert (result["files"], result["chunks"], result["rows"], result["already_loaded"]) == (2, chunks, 300_000, 0)
+    assert result["columns"] == ["sensor bigint", "value double precision"]
+    again = json.loads(cli(*argv).stdout)["result"]
+    assert (again["rows"], again["already_loaded"], again["rows_loaded_before"]) == (0, chunks, 300_000)
+    target = local.results_target(local.LocalPaths(cli.state / "local"))
+    assert target is not None
+    with resultsdb.connect(target) as db:
+        assert db.execute("SELECT count(*), sum(value) FROM readings").fetchone() == (300_000, 2 * sum(
+            i / 4 for i in range(150_000)))
