@@ -437,7 +437,7 @@ class Testbed:
     def _prepare(self, node: TestbedNode, image: Path, nodes: tuple[TestbedNode, ...], public_key: str) -> str:
         dirs = self._dirs(node)
         mode = nodes_mod.mount_root(dirs, image)
-        nodes_mod.write_identity(dirs.root, node, nodes, public_key)
+        nodes_mod.write_identity(dirs.root, node, nodes, public_key, emulated=node.machine != platform.machine())
         self._log(node).unlink(missing_ok=True)
         return mode
 

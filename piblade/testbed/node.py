@@ -173,13 +173,41 @@ def hosts_file(node: TestbedNode, nodes: tuple[TestbedNode, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_identity(root: Path, node: TestbedNode, nodes: tuple[TestbedNode, ...], public_key: str) -> None:
+def emulated_network_unit(node: TestbedNode) -> str:
+    """The address of an emulated node, set by a oneshot unit.
+
+    systemd-networkd does not start under qemu-user (its sandboxing fails there), so
+    an emulated node sets its static address with ``ip`` at boot instead; still no gateway.
+    """
+    return (
+        "# piblade testbed: systemd-networkd does not start under qemu-user; the same address, set by ip\n"
+        "[Unit]\nDescription=piblade testbed: the node's address on the bridge\n"
+        "Before=network.target ssh.service\nWants=network.target\n\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+        "ExecStart=/sbin/ip link set host0 up\n"
+        f"ExecStart=/sbin/ip addr replace {node.address}/{NETWORK.prefixlen} dev host0\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def write_identity(root: Path, node: TestbedNode, nodes: tuple[TestbedNode, ...], public_key: str,
+                   *, emulated: bool = False) -> None:
     """Everything that makes this node itself, written from the host into its root."""
     etc = root / "etc"
     _put(etc / "hostname", node.name + "\n")
     _put(etc / "machine-id", uuid.uuid4().hex + "\n", 0o444)
     _put(etc / "hosts", hosts_file(node, nodes))
     _put(etc / "systemd" / "network" / "10-host0.network", network_file(node))
+    if emulated:
+        units = etc / "systemd" / "system"
+        _put(units / "piblade-testbed-net.service", emulated_network_unit(node))
+        wants = units / "multi-user.target.wants" / "piblade-testbed-net.service"
+        wants.parent.mkdir(parents=True, exist_ok=True)
+        wants.unlink(missing_ok=True)
+        wants.symlink_to("../piblade-testbed-net.service")
+        for unit in ("systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service"):
+            (units / unit).unlink(missing_ok=True)
+            (units / unit).symlink_to("/dev/null")  # masked: it would only fail and restart
     for key in (etc / "ssh").glob("ssh_host_*"):
         key.unlink()
     run_tool(["ssh-keygen", "-A", "-f", str(root)], what=f"{node.name}: generating SSH host keys")
