@@ -207,3 +207,12 @@ def test_a_host_without_qemu_user_static_is_told_what_to_install(tmp_path: Path)
         ensure_aarch64(_binfmt(tmp_path, None), rule_file=tmp_path / "qemu-aarch64.conf")
     assert str(info.value) == f"arm64 nodes need qemu-user-static (no {tmp_path / 'qemu-aarch64.conf'} on this machine)"
     assert info.value.hint == "apt-get install -y qemu-user-static (`make test-packages` does it)"
+
+
+def test_an_emulated_node_sets_its_address_without_networkd_and_still_has_no_gateway(tmp_path: Path) -> None:
+    from piblade.testbed.node import emulated_network_unit
+
+    arm = plan_nodes(0, 1)[1]
+    unit = emulated_network_unit(arm)
+    assert "ExecStart=/sbin/ip addr replace 10.199.0.41/24 dev host0" in unit
+    assert "route" not in unit and "Gateway" not in unit
