@@ -2,7 +2,8 @@
 
 One scenario, in order (each test builds on the previous one): provision → again
 with 0 changed → a hand-made drift found by --check → a fan-out that runs on the
-worker nodes and writes to the NAS → status → a worker loses power mid-run.
+worker nodes and writes to the NAS → status → a worker stopped and started is
+announced down once and up once → a worker loses power mid-run.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import fan_out_on_both_workers, piblade, wait_for_workers
+from tests.integration import receivers
+from tests.integration.receivers import HttpReceiver, wait_for
 
 pytestmark = pytest.mark.e2e
+http_receiver = receivers.http_receiver  # the alert receiver of the integration tier, on loopback
 
 
 
@@ -140,6 +144,35 @@ def test_status_shows_every_node_up(provisioned: dict[str, Any], inventory: Path
     assert run.returncode == 0, run.stdout
     assert {n["name"]: n["up"] for n in data["nodes"]} == {"tb-ctl": True, "tb-nas": True, "tb-w1": True,
                                                            "tb-w2": True}
+
+
+def test_a_stopped_node_is_announced_down_once_and_up_once(provisioned: dict[str, Any], testbed, inventory: Path,  # type: ignore[no-untyped-def]
+                                                          http_receiver: HttpReceiver) -> None:
+    """The controller's alert service (under the same supervisor as its Redis) sees tb-w2 go and come back."""
+    import subprocess
+    import sys
+
+    def alerts_about_w2() -> list[str]:
+        return [r.json()["title"] for r in http_receiver.on("/hook", "POST") if "tb-w2 is" in r.json()["title"]]
+
+    stored = subprocess.run([sys.executable, "-m", "piblade", "alerts", "set-target", "hook", "-i", str(inventory)],
+                            input=http_receiver.url("json", "/hook"), capture_output=True, text=True, timeout=60)
+    assert stored.returncode == 0, stored.stderr
+    try:
+        deadline = time.monotonic() + 30
+        while not json.loads(piblade("alerts", "list", "-i", str(inventory), "--json").stdout)["active"]:
+            assert time.monotonic() < deadline, "no alert service is active on the controller"
+            time.sleep(1)
+        testbed.stop("tb-w2")
+        wait_for("the down alert", lambda: len(alerts_about_w2()) == 1, timeout=90)
+        assert alerts_about_w2()[0].startswith("[testbed] tb-w2 is down: no heartbeat for ")
+        testbed.start("tb-w2")
+        wait_for("the back-up alert", lambda: len(alerts_about_w2()) == 2, timeout=120)
+        assert alerts_about_w2()[1] == "[testbed] resolved: tb-w2 is back up"
+        time.sleep(6)  # another check of the alert service: nothing more about tb-w2
+        assert len(alerts_about_w2()) == 2
+    finally:
+        piblade("alerts", "set-target", "hook", "--remove", "-i", str(inventory))
 
 
 def test_a_worker_that_loses_power_loses_no_tile(provisioned: dict[str, Any], testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]
