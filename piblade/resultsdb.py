@@ -268,6 +268,8 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> list[int]
         if current >= target:
             return applied
         with conn.transaction(), conn.cursor() as cur:
+            # Bounded: a process stuck holding the lock must not hang every later start.
+            cur.execute("SET LOCAL lock_timeout = '60s'")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS piblade_schema ("

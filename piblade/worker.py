@@ -122,6 +122,38 @@ def _epoch(value: datetime | None) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
+def _record_abandoned(job: Job, exc_type: Any, exc_value: Any, tb: Any) -> bool:
+    """Record the attempt of a task whose worker died (RQ's maintenance found it abandoned).
+
+    RQ's registry cleanup retries or fails such a task in its own pipeline,
+    which no piblade code sees; without this the attempt would never reach the
+    history and its run would look unfinished there. Rare, so one XADD of its
+    own. The key derives from the attempt, so two workers cleaning at once
+    record it once. Other failures are recorded where they end.
+    """
+    from rq.exceptions import AbandonedJobError
+
+    meta = job.meta or {}
+    if exc_type is not AbandonedJobError or "run" not in meta or not RECORD_TASKS:
+        return True
+    worker = job.worker_name or ""
+    started = _epoch(job.started_at)
+    attempt = TaskAttempt(
+        key=f"{job.id}:abandoned:{started}", run_id=str(meta["run"]), task_id=job.id,
+        phase=str(meta.get("phase", "task")), index=int(meta.get("index", 0)),
+        state="retried" if job.retries_left and job.retries_left > 0 else "failed",
+        node=worker.rsplit(".", 1)[0] if "." in worker else worker, worker=worker,
+        enqueued=_epoch(job.enqueued_at), started=started, ended=time.time(),
+        error=f"AbandonedJobError: worker {worker or '?'} stopped beating while it ran this task "
+              "(its node or process died)",
+    )
+    try:
+        recordstream.add_attempt(job.connection, attempt)
+    except (RedisError, OSError):
+        log.warning("could not record the abandoned attempt of %s", job.id, exc_info=True)
+    return True
+
+
 def configure_runtime(runtime: Runtime) -> None:
     global _runtime
     _runtime = runtime
@@ -318,6 +350,8 @@ class BladeWorker(SimpleWorker):
         self._last_pause_check = 0.0
         self._pause: str | None = None
         self._ending_attempt: TaskAttempt | None = None
+        # RQ's registry maintenance calls exception handlers for each abandoned task.
+        self.push_exc_handler(_record_abandoned)
 
     @property
     def dequeue_timeout(self) -> int:

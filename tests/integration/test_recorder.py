@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,13 +14,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from piblade import dispatch, healthstore, recordstream, resultsdb
+from piblade import dispatch, healthstore, recordstream, resultsdb, runs
 from piblade.registry import load_registry
 from tests.integration.conftest import (
     TEST_JOBS,
     PostgresServer,
     RedisServer,
     WorkerPool,
+    start_workers,
     worker_env,
 )
 
@@ -214,3 +216,31 @@ def test_the_dashboard_lists_recorded_runs_after_redis_forgot_them(
         assert [j["run"] for j in SnapshotSource(conn, results=results.target).jobs()] == [live.id]
     finally:
         results.start()
+
+
+def test_the_attempt_of_a_node_that_died_is_recorded_and_so_is_its_retry(
+    redis_server: RedisServer, conn: redis.Redis, registry, results: PostgresServer, recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    recorder.start()
+    doomed = start_workers(redis_server, tmp_path / "doomed", processes=1, node="doomed")
+    run = dispatch.submit(conn, registry, "test-sleep", {"seconds": "8"}, retries=1)
+    task = runs.task_id(run.id, 0)
+    deadline = time.monotonic() + 30
+    while conn.hget(f"rq:job:{task}", "status") != b"started":
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.05)
+    os.killpg(doomed.proc.pid, signal.SIGKILL)  # power loss: nothing on the node records anything
+    doomed.proc.wait()
+    survivor = start_workers(redis_server, tmp_path / "survivor", processes=1, node="survivor")
+    try:
+        assert dispatch.wait(conn, run.id, timeout=90).state == "finished"
+    finally:
+        survivor.stop()
+    drained(conn)
+    with resultsdb.connect(results.target) as db:
+        summary, attempts = resultsdb.show_run(db, run.id) or pytest.fail("the run was not recorded")
+    assert [(a.attempt, a.state, a.worker.split(".")[0]) for a in attempts if a.task_id == task] == [
+        (1, "retried", "doomed"), (2, "finished", "survivor")]
+    assert attempts[0].error.startswith(f"AbandonedJobError: worker {attempts[0].worker} stopped beating")
+    assert (summary.state, summary.done) == ("finished", 2)
