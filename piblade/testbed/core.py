@@ -261,7 +261,7 @@ class Testbed:
             if not any(k.split()[:2] == public[:2] for k in wanted.authorized_keys):
                 raise TestbedError(f"the seed in {seed} does not let the testbed's key log in",
                                    hint=f"make it with `piblade node add -i {state.get('inventory')}`")
-            node = TestbedNode(wanted.name, wanted.address, role)
+            node = TestbedNode(wanted.name, wanted.address, role, platform.machine())  # the native image
             entry = {**node.to_dict(), "mode": None, "nspawn": None, "init": None, "pidns": None, "card": True}
             state["nodes"].append(entry)
             self._save(state)  # first, so a killed boot is cleaned up by `down`
