@@ -189,6 +189,26 @@ def children(pid: int) -> list[Proc]:
     return found
 
 
+def _close_inherited() -> list[tuple[int, int]]:
+    """Close actions for every inheritable descriptor above stderr that this process holds.
+
+    posix_spawn passes on every descriptor without close-on-exec. Python opens its
+    own files close-on-exec, but a caller's are not: ``flock LOCK piblade testbed up``
+    hands its lock to piblade, and a node started with it would hold the lock for as
+    long as the node runs, so ``flock LOCK piblade testbed down`` waited forever.
+    """
+    actions = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
+            except OSError:  # the descriptor listdir itself had open
+                continue
+    return actions
+
+
 def spawn_detached(argv: Sequence[str], log: Path, cgroups: Sequence[Path] = ()) -> Proc:
     """Start ``argv`` in its own session (so it is its own process group) with output appended to ``log``.
 
@@ -210,6 +230,7 @@ def spawn_detached(argv: Sequence[str], log: Path, cgroups: Sequence[Path] = ())
         program,
         env,
         file_actions=[
+            *_close_inherited(),
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, str(log), flags, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),

@@ -216,3 +216,22 @@ def test_an_emulated_node_sets_its_address_without_networkd_and_still_has_no_gat
     unit = emulated_network_unit(arm)
     assert "ExecStart=/sbin/ip addr replace 10.199.0.41/24 dev host0" in unit
     assert "route" not in unit and "Gateway" not in unit
+
+
+def test_a_detached_node_process_holds_none_of_its_callers_descriptors(tmp_path: Path) -> None:
+    """A lock the caller holds (``flock LOCK piblade testbed up``) must not live on in a node."""
+    import time
+
+    from piblade.testbed.system import alive, spawn_detached
+
+    lock = os.open(tmp_path / "lock", os.O_CREAT | os.O_RDWR)
+    os.set_inheritable(lock, True)
+    log = tmp_path / "out.log"
+    try:
+        proc = spawn_detached(["/bin/sh", "-c", f"test -e /proc/self/fd/{lock} && echo leaked || echo closed"], log)
+        deadline = time.monotonic() + 30
+        while alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        os.close(lock)
+    assert log.read_text().strip() == "closed"
