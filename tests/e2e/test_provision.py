@@ -133,6 +133,60 @@ def test_a_fan_out_runs_on_the_worker_nodes_and_lands_on_the_nas(provisioned: di
     fan_out_on_both_workers(testbed, inventory)
 
 
+def test_runs_are_recorded_on_the_nas_node_and_survive_its_postgresql_restarting(
+    provisioned: dict[str, Any], testbed, inventory: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """The controller's recorder fills the NAS node's PostgreSQL; stopped mid-run, nothing is lost."""
+    from piblade import recordstream, resultsdb
+    from piblade.context import resolve_cluster
+    from piblade.redisconn import connect
+    from piblade.runs import load_run
+
+    cluster = resolve_cluster(inventory)
+    conn = connect(cluster.redis_target())
+    target = cluster.results_target()  # 10.199.0.10:5432 over the cluster's bridge, with the 0600 secret
+    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
+    submitted = piblade("submit", "mandelbrot", "-i", str(inventory), "-p", "width=1600", "-p", "height=1000",
+                        "-p", "max_iter=3000", "-p", "tiles=40", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = json.loads(submitted.stdout)["run"]
+
+    def attempts() -> int:
+        with resultsdb.connect(target) as db:
+            found = db.execute("SELECT count(*) FROM task_attempts WHERE run_id = %s", (run_id,)).fetchone()
+        return int(found[0]) if found else 0
+
+    deadline = time.monotonic() + 120
+    while not attempts():  # part of the run is in the database before it goes away
+        assert time.monotonic() < deadline, "no attempt of the run reached the NAS node's PostgreSQL"
+        time.sleep(0.3)
+    stopped = testbed.run("tb-nas", "sudo systemctl stop postgresql@15-main")
+    assert stopped.returncode == 0, stopped.stderr
+    state = ""
+    while state not in ("finished", "failed"):
+        assert time.monotonic() < deadline + 240, f"run {run_id} did not end ({state})"
+        time.sleep(1)
+        state = json.loads(piblade("jobs", "status", run_id, "-i", str(inventory), "--json").stdout)["state"]
+    assert state == "finished"
+    assert recordstream.backlog(conn) > 0  # the rest of the run waits in Redis while the database is down
+    started = testbed.run("tb-nas", "sudo systemctl start postgresql@15-main")
+    assert started.returncode == 0, started.stderr
+    while recordstream.backlog(conn):
+        assert time.monotonic() < deadline + 360, f"{recordstream.backlog(conn)} records still wait"
+        time.sleep(0.5)
+    with resultsdb.connect(target) as db:
+        found = resultsdb.show_run(db, run_id)
+    assert found is not None
+    summary, rows = found
+    tiles = sorted(r.task_id for r in rows if not r.task_id.endswith("-reduce"))
+    assert tiles == sorted(load_run(conn, run_id).task_ids), tiles  # every tile, each once
+    assert (summary.done, summary.failed, summary.attempts) == (41, 0, 41)  # 40 tiles and the reduce
+    assert set(summary.nodes) == {"tb-w1", "tb-w2"}
+    shown = piblade("runs", "show", run_id, "-i", str(inventory), "--json")  # as a user reads it
+    assert shown.returncode == 0, shown.stderr
+    conn.close()
+
+
 def test_status_shows_every_node_up(provisioned: dict[str, Any], inventory: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
