@@ -463,7 +463,8 @@ class PostgresCluster(Step):
     (``pg_createcluster -d``), but only while it is that empty default (its
     ``base/`` holds the three template and ``postgres`` databases and nothing
     else); a cluster with databases of its own is never dropped: the step fails
-    and says so.
+    and says so. The new cluster is UTF-8 whatever the node's locale (a node
+    without one gets SQL_ASCII, whose text psycopg hands back as bytes).
     """
 
     version: str
@@ -489,7 +490,8 @@ class PostgresCluster(Step):
         cluster = fields.get("cluster", ["none"])
         where = f"{self.version}/{PG_CLUSTER}"
         create = (f"install -d -o postgres -g postgres -m 750 {q(str(Path(self.data).parent.parent))}"
-                  f" && pg_createcluster -d {q(self.data)} -p {self.port} --start-conf auto {q(self.version)} "
+                  f" && pg_createcluster -d {q(self.data)} -p {self.port} --encoding UTF8 --locale C.UTF-8"
+                  f" --start-conf auto {q(self.version)} "
                   f"{PG_CLUSTER} >/dev/null && systemctl daemon-reload")
         if cluster == ["none"]:
             return Change(self.name, ChangeKind.CREATE, f"create PostgreSQL {where} with its data in {self.data}", create)
@@ -576,7 +578,8 @@ class PostgresRole(Step):
             f"select 'create role {role} login' where not exists "
             f"(select from pg_roles where rolname = {literal}) \\gexec\n"
             f"alter role {role} with login password '{scram_verifier(self.password, os.urandom(16))}';\n"
-            f"select 'create database {db} owner {role}' where not exists "
+            f"select 'create database {db} owner {role} template template0 encoding ''UTF8''"
+            " locale ''C.UTF-8''' where not exists "
             f"(select from pg_database where datname = '{database.replace(chr(39), chr(39) * 2)}') \\gexec\n"
             f"alter database {db} owner to {role};\n"
             f"revoke all on database {db} from public;\n"

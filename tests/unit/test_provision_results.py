@@ -63,7 +63,8 @@ def test_the_cluster_moves_off_the_sd_card_only_while_it_is_the_empty_default() 
         f"PostgreSQL 15/main keeps its data in {DATA}")
     created = changed(step.decide("cluster none"))
     assert created.kind is ChangeKind.CREATE
-    assert f"pg_createcluster -d {DATA} -p 5432 --start-conf auto 15 main" in created.script
+    assert (f"pg_createcluster -d {DATA} -p 5432 --encoding UTF8 --locale C.UTF-8 --start-conf auto 15 main"
+            in created.script)  # UTF-8 also on a node without a locale (else SQL_ASCII: text comes back as bytes)
     assert "install -d -o postgres -g postgres -m 750 /srv/data/.postgresql" in created.script
     fresh = changed(step.decide(line.format(state="down", data="/var/lib/postgresql/15/main") + "databases 3"))
     assert fresh.kind is ChangeKind.UPDATE and fresh.script.startswith("pg_dropcluster --stop 15 main && ")
@@ -89,6 +90,7 @@ def test_the_role_is_checked_against_its_verifier_and_the_password_never_leaves_
         assert sql is not None and b"pencil-secret" not in sql
         verifier = sql.decode().split("password '", 1)[1].split("'", 1)[0]
         assert scram_matches(verifier, "pencil-secret")
+        assert "template template0 encoding ''UTF8'' locale ''C.UTF-8''" in sql.decode()
         assert change.script.endswith(f'< "$STAGE/{change.uploads[0].name}" >/dev/null')
 
 
