@@ -489,7 +489,9 @@ class PostgresCluster(Step):
             fields[key] = rest.split()
         cluster = fields.get("cluster", ["none"])
         where = f"{self.version}/{PG_CLUSTER}"
-        create = (f"install -d -o postgres -g postgres -m 750 {q(str(Path(self.data).parent.parent))}"
+        root = q(str(Path(self.data).parent.parent))
+        # g-s: the share's directory is setgid, which a new directory would inherit (and Ansible clears).
+        create = (f"install -d -o postgres -g postgres -m 750 {root} && chmod g-s {root}"
                   f" && pg_createcluster -d {q(self.data)} -p {self.port} --encoding UTF8 --locale C.UTF-8"
                   f" --start-conf auto {q(self.version)} "
                   f"{PG_CLUSTER} >/dev/null && systemctl daemon-reload")

@@ -65,7 +65,8 @@ def test_the_cluster_moves_off_the_sd_card_only_while_it_is_the_empty_default() 
     assert created.kind is ChangeKind.CREATE
     assert (f"pg_createcluster -d {DATA} -p 5432 --encoding UTF8 --locale C.UTF-8 --start-conf auto 15 main"
             in created.script)  # UTF-8 also on a node without a locale (else SQL_ASCII: text comes back as bytes)
-    assert "install -d -o postgres -g postgres -m 750 /srv/data/.postgresql" in created.script
+    assert ("install -d -o postgres -g postgres -m 750 /srv/data/.postgresql && chmod g-s /srv/data/.postgresql"
+            in created.script)
     fresh = changed(step.decide(line.format(state="down", data="/var/lib/postgresql/15/main") + "databases 3"))
     assert fresh.kind is ChangeKind.UPDATE and fresh.script.startswith("pg_dropcluster --stop 15 main && ")
     used = changed(step.decide(line.format(state="online", data="/var/lib/postgresql/15/main") + "databases 4"))
