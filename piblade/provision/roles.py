@@ -32,6 +32,7 @@ from piblade.provision.steps import (
     VenvInstall,
 )
 from piblade.provision.wheelhouse import Wheelhouse
+from piblade.resultsdb import PASSWORD_FILE_NAME
 
 USER = "piblade"
 HOME = "/var/lib/piblade"
@@ -231,6 +232,10 @@ def services(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse)
         File(f"{CONFIG_DIR}/redis.password", (ctx.secrets.redis_password + "\n").encode(), USER, USER, "600",
              secret=True, notify=tuple(units), tags=tags),
     ]
+    if "workers" in node.roles:
+        # Tasks write to the results database (ingest, ctx.emit); the URL in piblade.env names no password.
+        steps.append(File(f"{CONFIG_DIR}/{PASSWORD_FILE_NAME}", (ctx.secrets.postgres_password + "\n").encode(),
+                          USER, USER, "600", secret=True, notify=("piblade-worker",), tags=tags))
     for unit in units:
         steps.append(File(f"/etc/systemd/system/{unit}.service", render(f"{unit}.service.j2", v),
                           notify=(unit,), tags=tags))

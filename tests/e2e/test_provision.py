@@ -96,6 +96,36 @@ def test_the_nas_node_keeps_the_results_database_on_its_disk(provisioned: dict[s
                                       "postgres:postgres:750"]
 
 
+def test_ingest_on_the_worker_nodes_loads_a_csv_on_the_nas_into_its_postgresql(
+    provisioned: dict[str, Any], testbed, inventory: Path, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """The workers' piblade.env names the NAS node's database and its 0600 password file: ingest runs there."""
+    import secrets
+
+    from piblade import resultsdb
+    from piblade.context import resolve_cluster
+
+    on_worker = testbed.run("tb-w1", "sudo stat -c '%U:%G:%a' /etc/piblade/postgres.password; "
+                                     "sudo grep ^PIBLADE_RESULTS /etc/piblade/piblade.env")
+    assert on_worker.stdout.split() == ["piblade:piblade:600",
+                                        "PIBLADE_RESULTS_URL=postgresql://piblade@10.199.0.10:5432/piblade",
+                                        "PIBLADE_RESULTS_PASSWORD_FILE=/etc/piblade/postgres.password"]
+    rows = 4000
+    folder, table = f"ingest-{secrets.token_hex(4)}", f"readings_{secrets.token_hex(4)}"
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "readings.csv").write_text("sensor,value\n" + "".join(f"{i},{i * 3}\n" for i in range(rows)))
+    put = piblade("nas", "put", str(tmp_path / folder), folder, "-i", str(inventory))
+    assert put.returncode == 0, put.stderr
+    wait_for_workers(inventory, {"tb-w1", "tb-w2"})
+    run = piblade("submit", "ingest", "--over", f"{folder}/*.csv", "-p", f"table={table}", "-i", str(inventory),
+                  "--wait", "--json", timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout)["result"]["rows"] == rows
+    with resultsdb.connect(resolve_cluster(inventory).results_target()) as db:  # the NAS node's, from the host
+        assert db.execute(f"SELECT count(*), sum(value) FROM {table}").fetchone() == (rows, 3 * rows * (rows - 1) // 2)
+        assert db.execute(f"SELECT value FROM {table} WHERE sensor = 1234").fetchone() == (3702,)
+
+
 def test_new_piblade_code_reaches_a_node_that_has_an_older_wheel_of_the_same_version(
     provisioned: dict[str, Any], testbed, inventory: Path  # type: ignore[no-untyped-def]
 ) -> None:

@@ -282,6 +282,41 @@ def test_worker_plan_on_a_pi_mounts_cifs(ctx: roles.Context) -> None:
     assert "service systemd-timesyncd" in names
 
 
+def test_a_worker_node_s_environment_names_the_results_database_and_its_password_file(ctx: roles.Context) -> None:
+    steps, _ = roles.plan(ctx.cluster.node("w1"), parse_facts(PI_FACTS), ctx, _wheelhouse())
+    env = next(s for s in steps if s.name == "file /etc/piblade/piblade.env").content.decode()
+    lines = env.splitlines()
+    assert "PIBLADE_RESULTS_URL=postgresql://piblade@10.199.0.10:5432/piblade" in lines
+    assert "PIBLADE_RESULTS_PASSWORD_FILE=/etc/piblade/postgres.password" in lines
+    assert "pgpw" not in env and "" not in lines  # no password in the URL, no blank line left by the template
+    from piblade import resultsdb
+
+    url = next(line.split("=", 1)[1] for line in lines if line.startswith("PIBLADE_RESULTS_URL="))
+    target = resultsdb.target_from_url(url, "/etc/piblade/postgres.password")  # what the worker will parse
+    assert (target.host, target.port, target.dbname, target.user) == ("10.199.0.10", 5432, "piblade", "piblade")
+    secret = next(s for s in steps if s.name == "file /etc/piblade/postgres.password")
+    assert (secret.content, secret.owner, secret.group, secret.mode) == (b"pgpw\n", "piblade", "piblade", "600")
+    assert secret.secret and secret.notify == ("piblade-worker",)
+
+
+def test_the_results_database_s_address_follows_piblade_results_host(ctx: roles.Context) -> None:
+    cluster = parse_inventory(INVENTORY.replace("piblade_cluster_name: lab", "piblade_cluster_name: lab\n"
+                                                "    piblade_results_host: ctl\n    piblade_results_port: 5544"),
+                              source="lab.yml")
+    moved = roles.Context(cluster, ctx.redis_url, ctx.secrets, ctx.nas_host_keys)
+    steps, _ = roles.plan(cluster.node("w1"), parse_facts(PI_FACTS), moved, _wheelhouse())
+    env = next(s for s in steps if s.name == "file /etc/piblade/piblade.env").content.decode()
+    assert "PIBLADE_RESULTS_URL=postgresql://piblade@10.199.0.1:5544/piblade\n" in env
+
+
+def test_a_node_without_the_workers_role_gets_no_results_password(ctx: roles.Context) -> None:
+    steps, _ = roles.plan(ctx.cluster.node("nas1"), parse_facts(PI_FACTS), ctx, _wheelhouse())
+    env = next(s for s in steps if s.name == "file /etc/piblade/piblade.env").content.decode()
+    assert "PIBLADE_RESULTS" not in env and "\n\n" not in env
+    assert "PIBLADE_MAX_TEMP=" in env and "NUMBA_CACHE_DIR=" in env
+    assert "file /etc/piblade/postgres.password" not in [s.name for s in steps]
+
+
 def test_worker_plan_without_cifs_uses_sshfs(ctx: roles.Context) -> None:
     steps, notes = roles.plan(ctx.cluster.node("w1"), parse_facts(NSPAWN_FACTS), ctx, _wheelhouse())
     assert notes[0].startswith("mount: sshfs (FUSE; this kernel has no cifs)")
