@@ -296,7 +296,18 @@ def test_a_full_disk_is_a_clear_error(smbd: SambaServer, share: SmbShare, tmp_pa
         assert not (small / "f.bin").exists()
         assert not list(small.iterdir())  # the temporary file is gone too
     finally:
-        subprocess.run(["umount", str(small)], check=True)
+        _unmount(small)
+
+
+def _unmount(path: Path) -> None:
+    """Unmount ``path`` even while smbd still holds it (its child lets go of a directory a moment after
+    the client closed it): retry for a while, then detach it lazily, so no later test meets the mount."""
+    deadline = time.monotonic() + 10
+    while subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            subprocess.run(["umount", "--lazy", str(path)], check=True)
+            return
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- encryption, df, mkdir
