@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -319,6 +319,7 @@ def up(
     results_url: str = "",
     wait_seconds: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
+    launch: Callable[[], Callable[[], int | None]] | None = None,
 ) -> tuple[LocalConfig, bool]:
     """Start the local cluster, or return the running one. Returns (config, started_now).
 
@@ -329,6 +330,9 @@ def up(
     controller passes False (its results database is on the NAS node) and
     names that database in ``results_url``: the daemon then runs a recorder that
     fills it (and restarts it when it dies), and start-up does not wait for it.
+    ``launch`` starts the daemon some other way than as our own child (the
+    controller's systemd unit) and returns how to tell that it died (its exit
+    code, or None while it runs); the daemon records its own pid on start.
     """
     paths = paths or LocalPaths.default()
     current = read_config(paths)
@@ -357,6 +361,10 @@ def up(
     config = LocalConfig(port=port, workers=workers, queues=queues, bind=bind, node=node, pg_port=pg_port,
                          results_url=results_url)
     write_private(paths.state_file, config.to_json())
+    if launch is not None:
+        exited = launch()
+        _wait_ready(paths, config, exited, wait_seconds, on_wait)
+        return read_config(paths) or config, True
     log = (paths.log_dir / "daemon.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "piblade", "local", "run", "--root", str(paths.root)],
@@ -370,14 +378,14 @@ def up(
     log.close()
     config = LocalConfig(port, workers, queues, proc.pid, time.time(), bind, node, pg_port, results_url)
     write_private(paths.state_file, config.to_json())
-    _wait_ready(paths, config, proc, wait_seconds, on_wait)
+    _wait_ready(paths, config, proc.poll, wait_seconds, on_wait)
     return config, True
 
 
 def _wait_ready(
     paths: LocalPaths,
     config: LocalConfig,
-    proc: subprocess.Popen[bytes],
+    exited: Callable[[], int | None],
     wait_seconds: float,
     on_wait: Callable[[str], None] | None,
 ) -> None:
@@ -390,9 +398,10 @@ def _wait_ready(
     tgt = RedisTarget("127.0.0.1", config.port, DEFAULT_USER, paths.password_file)
     phase = ""
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        code = exited()
+        if code is not None:
             raise LocalClusterError(
-                f"the local cluster exited during start-up (code {proc.returncode})",
+                f"the local cluster exited during start-up (code {code})",
                 hint=f"see {paths.log_dir / 'daemon.log'} and {paths.log_dir / 'redis.log'}",
             )
         try:
@@ -579,6 +588,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self._lock()
+        if self.config.pid != os.getpid():  # started by systemd, not by `local up`: say who we are
+            self.config = replace(self.config, pid=os.getpid(), started=time.time())
+            write_private(self.paths.state_file, self.config.to_json())
         self._start("redis")
         if self.config.pg_port:
             self._start("postgres")

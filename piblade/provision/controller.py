@@ -8,19 +8,30 @@ workers. The same supervisor runs the alert service (``piblade alertd``), whose
 settings this role renders from the inventory into ``alerts.json`` there, and
 the recorder (``piblade recorder``) that drains the cluster's run records into
 the results node's PostgreSQL; it restarts either when it dies.
+
+Where this machine runs systemd, the supervisor itself runs as a unit
+(:mod:`piblade.provision.controllerunit`), so all of it comes back after a
+restart or a crash of the supervisor; elsewhere piblade starts it directly and
+the recap says how to start it again after a restart.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
-from piblade import alertconfig, local, resultsdb
+from piblade import alertconfig, local, localsystemd, resultsdb
 from piblade.errors import PibladeError, RedisUnavailable
 from piblade.inventory import Cluster
+from piblade.provision.controllerunit import ControllerUnit, controller_unit
 from piblade.provision.engine import EventFn, HostResult, StepResult
 from piblade.provision.steps import ChangeKind
 from piblade.redisconn import DEFAULT_USER, RedisTarget, connect
+from piblade.state import state_dir
 
 
 def desired(cluster: Cluster) -> tuple[int, tuple[str, ...]]:
@@ -47,10 +58,62 @@ def _alert_settings(cluster: Cluster, paths: local.LocalPaths, check: bool) -> S
 
 
 def converge_controller(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn) -> HostResult:
-    result = _converge_redis(cluster, paths, check, emit)
+    unit = None
+    unit_step: tuple[StepResult, ...] = ()
+    notes: tuple[str, ...] = ()
+    if localsystemd.running():
+        unit = controller_unit(cluster.name, root=paths.root, state_dir=state_dir(), python=sys.executable,
+                               uid=os.getuid(), home=Path.home())
+        try:
+            unit_step = (_install_unit(unit, check),)
+        except PibladeError as exc:
+            return HostResult(cluster.controller.name, (StepResult(f"systemd unit {unit.name}", "failed",
+                                                                   output=exc.message),),
+                              error=exc.message, hint=exc.hint)
+        if unit.user_manager and not localsystemd.lingers(os.getuid()):
+            notes = (f"{unit.name} starts at boot after `sudo loginctl enable-linger {_user()}`",)
+    else:
+        notes = ("no systemd here: after a restart, run `piblade provision --tags controller`",)
+    # A new or rewritten unit takes over the supervisor (a running one was started without it).
+    restart = bool(unit_step) and unit_step[0].kind is ChangeKind.CREATE or (
+        bool(unit_step) and unit_step[0].summary == REWRITE)
+    result = _converge_redis(cluster, paths, check, emit, unit, restart)
+    result = replace(result, steps=(*unit_step, *result.steps), notes=(*result.notes, *notes))
     if result.error:
         return result
     return replace(result, steps=(*result.steps, _alert_settings(cluster, paths, check)))
+
+
+REWRITE = "rewrite the controller's unit"
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _install_unit(unit: ControllerUnit, check: bool) -> StepResult:
+    """The unit file written and enabled (started by the Redis step, which knows whether it must restart)."""
+    step = f"systemd unit {unit.path}"
+    try:
+        current = unit.path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    enabled = current is not None and localsystemd.enabled(unit.user_manager, unit.name)
+    if current == unit.content and enabled:
+        return StepResult(step, "ok", reason="the unit matches and is enabled, so the controller starts at boot")
+    if not check:
+        unit.path.parent.mkdir(parents=True, exist_ok=True)
+        unit.path.write_bytes(unit.content)
+        unit.path.chmod(0o644)
+        localsystemd.systemctl(unit.user_manager, "daemon-reload")
+        localsystemd.systemctl(unit.user_manager, "enable", unit.name)
+    if current is None:
+        return StepResult(step, "changed", "install and enable the controller's unit", kind=ChangeKind.CREATE)
+    if current != unit.content:
+        return StepResult(step, "changed", REWRITE, kind=ChangeKind.UPDATE)
+    return StepResult(step, "changed", "enable the controller's unit", kind=ChangeKind.UPDATE)
 
 
 def results_url(cluster: Cluster) -> str:
@@ -66,7 +129,8 @@ def results_url(cluster: Cluster) -> str:
     return f"postgresql://{resultsdb.DEFAULT_USER}@{node.address}:{cluster.results_port}/{resultsdb.DEFAULT_DB}"
 
 
-def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn) -> HostResult:
+def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn,
+                    unit: ControllerUnit | None = None, restart: bool = False) -> HostResult:
     started = time.monotonic()
     name = cluster.controller.name
     port, bind = desired(cluster)
@@ -78,7 +142,8 @@ def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit
     current = local.read_config(paths)
     running = current is not None and local.pid_alive(current.pid)
     right = (running and current is not None and current.port == port and tuple(current.bind) == bind
-             and current.results_url == url)
+             and current.results_url == url and not restart
+             and (unit is None or localsystemd.main_pid(unit.user_manager, unit.name) == current.pid))
     if right:
         try:
             connect(RedisTarget(bind[-1], port, DEFAULT_USER, paths.password_file), timeout=2).close()
@@ -92,6 +157,8 @@ def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit
                           seconds=time.monotonic() - started)
     if running:
         kind, summary = ChangeKind.RESTART, "restart redis with the cluster's settings"
+        if unit is not None:
+            summary += f" (under {unit.name})"
     else:
         kind, summary = ChangeKind.START, "start redis (password, ACL, AOF)" + (" and the recorder" if url else "")
     if check:
@@ -100,9 +167,20 @@ def _converge_redis(cluster: Cluster, paths: local.LocalPaths, check: bool, emit
         if running:
             local.down(paths=paths)
         emit(name, "starting redis")
-        local.up(0, paths=paths, port=port, bind=bind, node=name, results=False, results_url=url)
+        local.up(0, paths=paths, port=port, bind=bind, node=name, results=False, results_url=url,
+                 launch=None if unit is None else _launcher(unit))
     except PibladeError as exc:
         return HostResult(name, (StepResult(step, "failed", summary, output=exc.message, kind=kind),), error=exc.message,
                           hint=exc.hint, seconds=time.monotonic() - started)
     return HostResult(name, (StepResult(step, "changed", summary, kind=kind),), notes=("controller: this machine",),
                       seconds=time.monotonic() - started)
+
+
+def _launcher(unit: ControllerUnit) -> Callable[[], Callable[[], int | None]]:
+    """Start the supervisor as the unit; while waiting, a unit systemd gave up on counts as exited."""
+
+    def launch() -> Callable[[], int | None]:
+        localsystemd.systemctl(unit.user_manager, "restart", unit.name)
+        return lambda: 1 if localsystemd.failed(unit.user_manager, unit.name) else None
+
+    return launch

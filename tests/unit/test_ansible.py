@@ -70,6 +70,8 @@ def test_constants_and_defaults_are_piblades() -> None:
 
 
 def test_the_roles_render_every_piblade_template_and_no_copy_of_one() -> None:
+    # Node templates only: templates/controller/ is rendered by piblade itself on the controller,
+    # which the controller role runs (`piblade provision --tags controller`).
     used = set()
     for path in ANSIBLE.rglob("*.yml"):
         used |= set(re.findall(r"/([\w.-]+\.j2)\b", path.read_text()))
