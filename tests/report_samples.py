@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import random
 
-from piblade.report.model import Attempt, HealthSeries, Histogram, JobResult, RunFacts, RunReport
+from piblade.history import RunSummary
+from piblade.report.model import Attempt, HealthSeries, Histogram, JobResult, RunReport
 
 T0 = 1_764_800_000.0
 TRACEBACK = """Traceback (most recent call last):
@@ -82,11 +83,11 @@ def sample_report(
                                                                       for k in range(32))) if histogram else None,
         rows=(("readings", 1_250_000), ("stations", 412)) if rows else (),
     )
-    run = RunFacts(
+    run = RunSummary(
         id=run_id, job="mandelbrot", params={"width": 3200, "height": 2000, "max_iter": 1000, "tiles": tasks},
-        state="failed" if failures else "finished", queue="default", tasks=tasks, has_reduce=True,
+        queue="default", tasks=tasks, has_reduce=False,
         submitted=T0, started=min(a.started for a in attempts if a.started), ended=ended, done=done,
-        failed=failures, attempts=len(attempts), nodes=tuple(names), piblade="0.1.0+3add8bb60c786e19",
+        failed=failures, attempts=len(attempts), nodes=tuple(names), max_temp_c=None, piblade="0.1.0+3add8bb60c786e19",
         output=f"runs/{run_id}",
     )
     return RunReport(run=run, attempts=tuple(attempts), health=tuple(health), result=result,

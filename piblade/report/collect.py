@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from piblade.errors import NotFound, PibladeError
-from piblade.report.model import Attempt, HealthSeries, Histogram, JobResult, RunFacts, RunReport
+from piblade.report.model import Attempt, HealthSeries, Histogram, JobResult, RunReport
 
 if TYPE_CHECKING:
     import psycopg
@@ -61,15 +61,6 @@ class Extras:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Extras:
         return cls(tuple(HealthSeries.from_dict(h) for h in data.get("health") or ()), data.get("result"))
-
-
-def facts(summary: RunSummary) -> RunFacts:
-    return RunFacts(
-        id=summary.id, job=summary.job, params=dict(summary.params), state=summary.state, queue=summary.queue,
-        tasks=summary.tasks, has_reduce=summary.has_reduce, submitted=summary.submitted, started=summary.started,
-        ended=summary.ended, done=summary.done, failed=summary.failed, attempts=summary.attempts,
-        nodes=tuple(summary.nodes), piblade=summary.piblade, output=summary.output,
-    )
 
 
 def attempts(rows: Sequence[AttemptRow]) -> tuple[Attempt, ...]:
@@ -192,7 +183,7 @@ def build(
     summary: RunSummary, rows: Sequence[AttemptRow], extras: Extras, image: bytes | None, notes: Sequence[str] = ()
 ) -> RunReport:
     name = image_name(extras.result)
-    return RunReport(run=facts(summary), attempts=attempts(rows), health=extras.health,
+    return RunReport(run=summary, attempts=attempts(rows), health=extras.health,
                      result=job_result(extras.result, image, name), notes=tuple(notes), generated=time.time())
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from piblade.healthmodel import decode_throttled
+from piblade.history import RunSummary
 
 #: Attempt states as history records them (piblade.history.ATTEMPT_STATES), and how the page colours them.
 STATE_COLOURS = {
@@ -29,33 +30,6 @@ STATE_COLOURS = {
 #: At most this many tracebacks are shown in full: a run where every task failed the same way
 #: needs a few of them, not 2,048.
 FAILURES_SHOWN = 20
-
-
-@dataclass(frozen=True, slots=True)
-class RunFacts:
-    """The run itself: what was asked for and how it ended."""
-
-    id: str
-    job: str
-    params: Mapping[str, Any]
-    state: str
-    queue: str
-    tasks: int
-    has_reduce: bool
-    submitted: float
-    started: float | None
-    ended: float | None
-    done: int
-    failed: int
-    attempts: int
-    nodes: tuple[str, ...]
-    piblade: str = ""
-    output: str = ""
-
-    @property
-    def seconds(self) -> float | None:
-        """Submit to the last attempt's end."""
-        return None if self.ended is None else max(0.0, self.ended - self.submitted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +141,7 @@ class JobResult:
 class RunReport:
     """Everything the report page shows about one run."""
 
-    run: RunFacts
+    run: RunSummary  # the same record `piblade runs show` prints
     attempts: tuple[Attempt, ...]
     health: tuple[HealthSeries, ...] = ()
     result: JobResult = field(default_factory=JobResult)
