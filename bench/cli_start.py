@@ -1,0 +1,141 @@
+"""CLI start: whole-process time of `piblade submit --wait` and `piblade status` beside the floor and `rq enqueue`.
+
+Starts a throwaway local cluster (`piblade local up` in a temporary state
+directory: redis-server, PostgreSQL, the recorder, 2 workers, the health agent)
+and runs, interleaved in a shuffled order each round so load on the machine
+falls on all of them alike:
+
+* floor: a bare ``python -c`` that imports redis-py, connects as the cluster's
+  ACL user, does one enqueue (LPUSH) and one poll (LLEN) — the least any Python
+  CLI that talks to Redis can cost;
+* the typer floor: the same enqueue and poll inside a one-command Typer app
+  with submit's kind of arguments (what the CLI framework itself costs: Typer
+  0.29 checks every option's value with a pydantic TypeAdapter);
+* ``rq enqueue``: RQ's own command line enqueueing one job (it does not wait);
+* ``python -c pass``: the interpreter's own start, for reference;
+* ``piblade submit noop -p count=1 --wait`` (which also writes the run's report),
+  ``piblade submit noop -p count=1`` (no wait, no report) and ``piblade status``.
+
+Each row gives the wall time (median and p90) and the CPU time (user + sys,
+median), which moves far less than wall time when other processes share the
+cores. The ratios are piblade's median over the floor's and over rq enqueue's.
+Usage: python bench/cli_start.py [--rounds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGETS = {"piblade submit --wait": 0.15, "piblade status": 0.2}
+
+#: One enqueue and one poll, the plain way; the password comes from the cluster's 0600 file, never argv.
+FLOOR = (
+    "import os, redis\n"
+    "r = redis.Redis(port=int(os.environ['BENCH_REDIS_PORT']), username='piblade',\n"
+    "                password=open(os.environ['BENCH_REDIS_PASSWORD_FILE']).read().strip())\n"
+    "r.lpush('bench:floor', '{\"job\": \"noop\"}')\n"
+    "r.llen('bench:floor')\n"
+)
+#: The floor inside a one-command Typer app with submit's kind of options: what Typer itself adds.
+TYPER_FLOOR = (
+    "import typer\n"
+    "from pathlib import Path\n"
+    "app = typer.Typer(add_completion=False)\n"
+    "@app.command()\n"
+    "def submit(job: str, param: list[str] = typer.Option([], '-p'), inventory: Path = typer.Option(None)) -> None:\n"
+    + "".join("    " + line + "\n" for line in FLOOR.splitlines())
+    + "app()\n"
+)
+
+
+def variants() -> dict[str, list[str]]:
+    py, piblade = str(Path(sys.executable)), str(BIN / "piblade")
+    return {
+        "python -c pass": [py, "-c", "pass"],
+        "floor: python -c (redis-py, 1 enqueue + 1 poll)": [py, "-c", FLOOR],
+        "typer floor: the floor in a 1-command Typer app": [py, "-c", TYPER_FLOOR, "noop", "-p", "count=1"],
+        "rq enqueue": [str(BIN / "rq"), "enqueue", "-q", "bench-rq", "-S", "json", "--quiet", "bench._plain.noop"],
+        "piblade submit --wait": [piblade, "submit", "noop", "-p", "count=1", "--wait"],
+        "piblade submit (no wait)": [piblade, "submit", "noop", "-p", "count=1"],
+        "piblade status": [piblade, "status"],
+    }
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + sys) seconds of one whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(argv[:3])} exited {done.returncode}:\n{done.stdout.decode()}{done.stderr.decode()}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="piblade-bench-cli-"))
+    env = dict(os.environ, PIBLADE_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
+    for name in ("PIBLADE_INVENTORY", "PIBLADE_REDIS_URL", "PIBLADE_RESULTS_URL"):
+        env.pop(name, None)
+    up = subprocess.run([str(BIN / "piblade"), "local", "up", "--workers", "2"], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+    if up.returncode:
+        raise SystemExit(f"local up failed:\n{up.stdout}{up.stderr}")
+    try:
+        sys.path.insert(0, str(ROOT))
+        from piblade import local
+
+        target = local.target(local.LocalPaths(state / "local"))
+        assert target is not None and target.password_file is not None
+        password = target.password_file.read_text().strip()
+        env.update(BENCH_REDIS_PORT=str(target.port), BENCH_REDIS_PASSWORD_FILE=str(target.password_file),
+                   RQ_REDIS_URL=f"redis://piblade:{password}@127.0.0.1:{target.port}/0")
+        runs = variants()
+        walls: dict[str, list[float]] = {name: [] for name in runs}
+        cpus: dict[str, list[float]] = {name: [] for name in runs}
+        for name, argv in runs.items():  # one warm-up each: byte-code caches, page cache
+            timed(argv, env)
+        for _ in range(args.rounds):
+            order = list(runs.items())
+            random.shuffle(order)
+            for name, argv in order:
+                wall, cpu = timed(argv, env)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        floor = statistics.median(walls["floor: python -c (redis-py, 1 enqueue + 1 poll)"])
+        rq = statistics.median(walls["rq enqueue"])
+        print(f"{args.rounds} rounds, interleaved; seconds per whole process\n")
+        print(f"{'':48} {'wall med':>9} {'wall p90':>9} {'cpu med':>8} {'/ floor':>8} {'/ rq':>6}  target")
+        for name in runs:
+            med = statistics.median(walls[name])
+            target_s = TARGETS.get(name)
+            verdict = "" if target_s is None else f"<= {target_s:.2f} s: {'met' if med <= target_s else 'NOT met'}"
+            print(f"{name:48} {med:9.3f} {p90(walls[name]):9.3f} {statistics.median(cpus[name]):8.3f} "
+                  f"{med / floor:7.2f}x {med / rq:5.2f}x  {verdict}")
+    finally:
+        subprocess.run([str(BIN / "piblade"), "local", "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
