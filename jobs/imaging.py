@@ -28,14 +28,18 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from piblade.errors import BadParameter
+from piblade.lazymodule import lazy_module
 from piblade.outputs import replace_into
 from piblade.registry import REQUIRED, Param, TaskContext, job, relative_share_path, shown
 from piblade.resultsdb import Column, check_table_name
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # numpy loads in the worker, on first use: `piblade submit` only reads the job's parameters
+    np = lazy_module("numpy")
 
 OPS = ("grayscale", "blur", "edges", "resize")
 #: Output rows per kernel call: bounds the work of one call and the memory of intermediates.

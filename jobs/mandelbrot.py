@@ -18,13 +18,17 @@ import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from piblade.errors import BadParameter
+from piblade.lazymodule import lazy_module
 from piblade.outputs import replace_into
 from piblade.registry import Param, TaskContext, job
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # numpy loads in the worker, on first use: `piblade submit` only reads the job's parameters
+    np = lazy_module("numpy")
 
 IMAGE_NAME = "mandelbrot.png"
 SUMMARY_NAME = "mandelbrot.json"

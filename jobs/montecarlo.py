@@ -15,11 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from piblade.lazymodule import lazy_module
 from piblade.registry import Param, TaskContext, job
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # numpy loads in the worker, on first use: `piblade submit` only reads the job's parameters
+    np = lazy_module("numpy")
 
 #: Most samples drawn by one kernel call.
 CHUNK = 1 << 22

@@ -31,13 +31,17 @@ import io
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from piblade.errors import BadParameter
+from piblade.lazymodule import lazy_module
 from piblade.registry import REQUIRED, Param, TaskContext, job, relative_share_path, shown
 from piblade.resultsdb import Column, check_table_name
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # numpy loads in the worker, on first use: `piblade submit` only reads the job's parameters
+    np = lazy_module("numpy")
 
 #: Bytes read per chunk (one kernel call each).
 CHUNK_BYTES = 4 << 20
