@@ -32,20 +32,25 @@ Ansible's, each because silently accepting the file would run the wrong cluster:
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from piblade import envvars
 from piblade.errors import InventoryError, NotFound
 from piblade.healthmodel import DEFAULT_MAX_TEMP
+from piblade.lazymodule import lazy_module
 from piblade.registry import did_you_mean
+
+if TYPE_CHECKING:
+    import yaml
+else:  # PyYAML loads when an inventory is read: commands on the local cluster never pay for it
+    yaml = lazy_module("yaml")
 
 ROLES = ("controller", "nas", "workers")
 INVENTORY_ENV = envvars.INVENTORY.name
@@ -387,20 +392,26 @@ def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
-
-
-class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """SafeLoader used to compose the node tree only; :class:`_Parser` walks it for line numbers."""
-
-
 def _verbatim(loader: yaml.SafeLoader, node: yaml.Node) -> str:
     return str(loader.construct_scalar(node))  # type: ignore[arg-type]
 
 
-# Ansible's own tags: we never decrypt vaulted values, we only carry them.
-_Loader.add_constructor("!vault", _verbatim)
-_Loader.add_constructor("!unsafe", _verbatim)
+@functools.cache
+def _loader_class() -> type[yaml.SafeLoader]:
+    """SafeLoader used to compose the node tree only; :class:`_Parser` walks it for line numbers.
+
+    Made on first use: a command on the local cluster reads no inventory and does not import PyYAML.
+    """
+    base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
+
+    class _Loader(base):  # type: ignore[valid-type,misc]
+        pass
+
+    # Ansible's own tags: we never decrypt vaulted values, we only carry them.
+    _Loader.add_constructor("!vault", _verbatim)
+    _Loader.add_constructor("!unsafe", _verbatim)
+    return _Loader
+
 
 _Var = tuple[Any, int]  # (value, line)
 
@@ -424,7 +435,7 @@ class _Host:
 class _Parser:
     def __init__(self, text: str, source: str) -> None:
         self.source = source
-        self.loader = _Loader(text)
+        self.loader = _loader_class()(text)
         self.groups: dict[str, _Group] = {}
         self.hosts: dict[str, _Host] = {}
 
