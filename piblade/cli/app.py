@@ -6,7 +6,9 @@ import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import typer
 from rich.markup import escape
@@ -41,43 +43,53 @@ def root(
     )
 
 
-def _register() -> None:
-    """Attach the command groups. Imports stay light: heavy modules load inside commands."""
-    from piblade.cli import (
-        agent_cmd,
-        alerts_cmd,
-        dashboard_cmd,
-        inventory_cmd,
-        jobs_cmd,
-        local_cmd,
-        nas_cmd,
-        node_cmd,
-        provision_cmd,
-        report_cmd,
-        runs_cmd,
-        status_cmd,
-        submit_cmd,
-        testbed_cmd,
-        worker_cmd,
-    )
+#: How each command module attaches its commands to the root, in the order `piblade --help` lists them.
+_ATTACH: tuple[tuple[str, Callable[[ModuleType], None]], ...] = (
+    ("inventory_cmd", lambda m: app.add_typer(m.app, name="inventory")),
+    ("jobs_cmd", lambda m: app.add_typer(m.app, name="jobs")),
+    ("local_cmd", lambda m: app.add_typer(m.app, name="local")),
+    ("nas_cmd", lambda m: app.add_typer(m.app, name="nas")),
+    ("node_cmd", lambda m: app.add_typer(m.app, name="node")),
+    ("runs_cmd", lambda m: app.add_typer(m.app, name="runs")),
+    ("testbed_cmd", lambda m: app.add_typer(m.app, name="testbed")),
+    ("submit_cmd", lambda m: m.register(app)),
+    ("report_cmd", lambda m: m.register(app)),
+    ("status_cmd", lambda m: m.register(app)),
+    ("dashboard_cmd", lambda m: m.register(app)),
+    ("provision_cmd", lambda m: m.register(app)),
+    ("provision_cmd", lambda m: m.register_wheelhouse(app)),
+    ("worker_cmd", lambda m: m.register(app)),
+    ("agent_cmd", lambda m: m.register(app)),
+    ("alerts_cmd", lambda m: m.register(app)),
+    ("runs_cmd", lambda m: m.register_recorder(app)),
+)
 
-    app.add_typer(inventory_cmd.app, name="inventory")
-    app.add_typer(jobs_cmd.app, name="jobs")
-    app.add_typer(local_cmd.app, name="local")
-    app.add_typer(nas_cmd.app, name="nas")
-    app.add_typer(node_cmd.app, name="node")
-    app.add_typer(runs_cmd.app, name="runs")
-    app.add_typer(testbed_cmd.app, name="testbed")
-    submit_cmd.register(app)
-    report_cmd.register(app)
-    status_cmd.register(app)
-    dashboard_cmd.register(app)
-    provision_cmd.register(app)
-    provision_cmd.register_wheelhouse(app)
-    worker_cmd.register(app)
-    agent_cmd.register(app)
-    alerts_cmd.register(app)
-    runs_cmd.register_recorder(app)
+#: The module behind each top-level command (a unit test checks it against a full registration).
+COMMAND_MODULES: dict[str, str] = {
+    "agent": "agent_cmd", "alertd": "alerts_cmd", "alerts": "alerts_cmd", "dashboard": "dashboard_cmd",
+    "inventory": "inventory_cmd", "jobs": "jobs_cmd", "local": "local_cmd", "nas": "nas_cmd", "node": "node_cmd",
+    "provision": "provision_cmd", "recorder": "runs_cmd", "report": "report_cmd", "runs": "runs_cmd",
+    "status": "status_cmd", "submit": "submit_cmd", "testbed": "testbed_cmd", "trust": "provision_cmd",
+    "wheelhouse": "provision_cmd", "worker": "worker_cmd",
+}
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command a command line names: its first word that is not a root option (None without one)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def _register(argv: list[str] | None = None) -> None:
+    """Attach the command modules: only the one the command line names, else all of them.
+
+    Every module costs its imports and Typer's work on its commands, so `piblade status`
+    attaches status_cmd alone. The root's help, a typo's "did you mean" and a bare
+    `piblade` need every command: they get them all.
+    """
+    only = COMMAND_MODULES.get(_command_name(argv) or "") if argv is not None else None
+    for module, attach in _ATTACH:
+        if only is None or module == only:
+            attach(importlib.import_module(f"piblade.cli.{module}"))
 
 
 def _crash_log(exc: BaseException) -> Path | None:
@@ -165,7 +177,7 @@ def report_error(exc: BaseException) -> int:
 
 
 def main() -> None:
-    _register()
+    _register(sys.argv[1:])
     try:
         rc = app(standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 -- the one error boundary: every exit goes through it
