@@ -35,7 +35,7 @@ log = logging.getLogger("piblade.recorder")
 
 #: Records per COPY: large enough that a backlog drains fast, small enough for a Pi's memory.
 BATCH = 5000
-#: An empty stream is looked at again after this long.
+#: The longest an empty stream is waited on (a new record ends the wait at once); also how soon a stop is seen.
 IDLE_SECONDS = 0.5
 #: How long to wait before trying a database or Redis that failed again.
 RETRY_SECONDS = 2.0
@@ -98,7 +98,7 @@ def run(config: RecorderConfig, stop: threading.Event | None = None) -> int:
             count = drain_once(conn, db, batch=config.batch)
             written += count
             if count == 0:
-                stop.wait(IDLE_SECONDS)
+                recordstream.wait_for_records(conn, IDLE_SECONDS)
         except resultsdb.ResultsUnavailable as exc:
             if exc.message != outage:
                 log.warning("%s; records wait in Redis (%s)", exc.message, exc.hint or "")

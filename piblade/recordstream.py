@@ -113,6 +113,18 @@ def read_batch(conn: redis.Redis, count: int) -> Batch | None:
     return Batch(last, tuple(runs), tuple(attempts))
 
 
+def wait_for_records(conn: redis.Redis, seconds: float) -> None:
+    """Return as soon as the stream holds a record (at once if it already does), or after ``seconds``.
+
+    One blocking read from the stream's start, so a record added between the
+    caller's empty read and this call wakes it too. It reads, it does not take:
+    the caller drains as usual. A run's history is in the database a moment
+    after its last task ends, so `submit --wait` makes the report without
+    waiting for a poll interval.
+    """
+    conn.xread({STREAM_KEY: "0-0"}, count=1, block=max(1, round(seconds * 1000)))
+
+
 def trim_through(conn: redis.Redis, last_id: str) -> int:
     """Drop every entry up to and including ``last_id`` (written and committed). Returns how many."""
     ms, seq = last_id.split("-")

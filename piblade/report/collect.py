@@ -84,6 +84,7 @@ def read_history(
     from piblade import resultsdb
 
     started = time.monotonic()
+    pause = 0.02  # the recorder writes a run's last records a moment after they appear: look again soon
     while True:
         found = resultsdb.show_run(db, run_id)
         waited = time.monotonic() - started
@@ -93,7 +94,8 @@ def read_history(
         if found is None and waited >= min(wait, UNKNOWN_RUN_WAIT):
             raise NotFound(f"no run {run_id!r} in the run history",
                            hint="`piblade runs list` shows the runs the results database has")
-        sleep(0.25)
+        sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 def health_from_redis(

@@ -244,3 +244,22 @@ def test_the_attempt_of_a_node_that_died_is_recorded_and_so_is_its_retry(
         (1, "retried", "doomed"), (2, "finished", "survivor")]
     assert attempts[0].error.startswith(f"AbandonedJobError: worker {attempts[0].worker} stopped beating")
     assert (summary.state, summary.done) == ("finished", 2)
+
+
+def test_waiting_for_records_ends_when_one_arrives_and_reads_nothing_away(conn: redis.Redis) -> None:
+    """The recorder's idle wait wakes on a new record (not at the end of its wait) and leaves it in the stream."""
+    import threading
+
+    def waiting() -> threading.Event:
+        woke = threading.Event()
+        client = redis.Redis(connection_pool=conn.connection_pool)
+        threading.Thread(target=lambda: (recordstream.wait_for_records(client, 60.0), woke.set()), daemon=True).start()
+        return woke
+
+    woke = waiting()
+    assert not woke.wait(0.3)  # an empty stream: it waits
+    conn.xadd(recordstream.STREAM_KEY, {"task": "{}"})
+    assert woke.wait(30.0)  # far less than the 60 s it would otherwise wait
+    assert recordstream.backlog(conn) == 1
+    # A record already there (added between the recorder's empty read and its wait): no wait at all.
+    assert waiting().wait(30.0)
