@@ -10,11 +10,13 @@ over SMB), the CLI checks every such path first and refuses the run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from piblade.errors import BadParameter
-from piblade.nas.share import Share
 from piblade.registry import JobSpec, shown
+
+if TYPE_CHECKING:  # a run without input files never opens the share
+    from piblade.nas.share import Share
 
 
 def input_paths(spec: JobSpec, params: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from piblade.cli.common import InventoryOption, JsonOption, open_redis
 from piblade.cli.output import console, err_console, print_json
@@ -206,6 +205,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             status = dispatch.wait(conn, record.id)
         else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
             with Progress(
                 TextColumn(f"[bold]{record.job}[/] {record.id}"),
                 BarColumn(),
