@@ -19,6 +19,8 @@ falls on all of them alike:
 Each row gives the wall time (median and p90) and the CPU time (user + sys,
 median), which moves far less than wall time when other processes share the
 cores. The ratios are piblade's median over the floor's and over rq enqueue's.
+Then each piblade command runs a few times under ``python -X importtime`` and
+the import time is summed by package, to show where it goes.
 Usage: python bench/cli_start.py [--rounds 40]
 """
 
@@ -85,6 +87,37 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def _package(module: str) -> str | None:
+    top = module.split(".")[0]
+    return None if top in sys.stdlib_module_names or top.startswith("_") else top
+
+
+def import_shares(argv: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median seconds of import per package of ``piblade ARGV``, self times so that they add up.
+
+    A standard-library module counts for the package that imported it (asyncio
+    under redis-py counts as redis), or as "standard library" when nothing did.
+    """
+    shares: dict[str, list[float]] = {}
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "piblade", *argv], env=env, cwd=ROOT,
+                              capture_output=True, text=True)
+        totals: dict[str, float] = {}
+        stack: list[str] = []  # the import chain of the line being read (parents come after children)
+        for line in reversed(done.stderr.splitlines()):
+            fields = line.split("|")
+            if not line.startswith("import time:") or not fields[0].split(":")[1].strip().isdigit():
+                continue
+            name = fields[2].rstrip()
+            depth = (len(name) - len(name.lstrip())) // 2
+            stack[depth:] = [name.strip()]
+            owner = next((p for p in map(_package, reversed(stack)) if p), "standard library")
+            totals[owner] = totals.get(owner, 0.0) + int(fields[0].split(":")[1]) / 1e6
+        for group, seconds in totals.items():
+            shares.setdefault(group, []).append(seconds)
+    return {group: statistics.median(v + [0.0] * (runs - len(v))) for group, v in shares.items()}
+
+
 def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1]
 
@@ -92,10 +125,12 @@ def p90(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--import-runs", type=int, default=5, help="runs under -X importtime per command")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="piblade-bench-cli-"))
     env = dict(os.environ, PIBLADE_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
-    for name in ("PIBLADE_INVENTORY", "PIBLADE_REDIS_URL", "PIBLADE_RESULTS_URL"):
+    # Byte-code caches as an installed piblade has them (the warm-up run writes the checkout's).
+    for name in ("PIBLADE_INVENTORY", "PIBLADE_REDIS_URL", "PIBLADE_RESULTS_URL", "PYTHONDONTWRITEBYTECODE"):
         env.pop(name, None)
     up = subprocess.run([str(BIN / "piblade"), "local", "up", "--workers", "2"], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
@@ -132,6 +167,13 @@ def main() -> None:
             verdict = "" if target_s is None else f"<= {target_s:.2f} s: {'met' if med <= target_s else 'NOT met'}"
             print(f"{name:48} {med:9.3f} {p90(walls[name]):9.3f} {statistics.median(cpus[name]):8.3f} "
                   f"{med / floor:7.2f}x {med / rq:5.2f}x  {verdict}")
+        print("\nwhere the import time goes (-X importtime self times by package, median; importtime's own"
+              " overhead inflates them)")
+        for argv in (["submit", "noop", "-p", "count=1", "--wait"], ["status"]):
+            shares = import_shares(argv, env, args.import_runs)
+            top = sorted(shares.items(), key=lambda kv: -kv[1])
+            print(f"  piblade {' '.join(argv)}: {sum(shares.values()):.3f} s in all; "
+                  + ", ".join(f"{group} {seconds * 1000:.0f} ms" for group, seconds in top[:9]))
     finally:
         subprocess.run([str(BIN / "piblade"), "local", "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
         shutil.rmtree(state, ignore_errors=True)
