@@ -15,8 +15,9 @@ guest, `server smb encrypt = desired`) serves a share on a free loopback port.
   min-max and ratios are printed, for the whole process and for the transfer alone: the
   median whole-process time minus the median time of the same client connecting, doing
   one small request (disk usage) and exiting.
-* 1,000 files of 4 KiB up and down (skipped with --large-only): piblade in process and as the
-  `piblade nas` CLI vs `smbclient` `mput`/`mget` (process wall time).
+* 1,000 files of 4 KiB up and down (skipped with --large-only; only these with --small-only):
+  piblade in process and as the `piblade nas` CLI vs `smbclient` `mput`/`mget` (process wall
+  time), the runs interleaved, with the ratios of both to smbclient; the copies are checked.
 
 Files and the share live on tmpfs (/dev/shm) when there is one, so the disk does not set the
 pace; for the same reason the page cache is not dropped between runs (there is no file data
@@ -50,7 +51,6 @@ GiB = 1 << 30
 BIG = 256 * MiB
 SMALL_COUNT, SMALL_SIZE = 1000, 4096
 REPEAT = max(5, int(os.environ.get("BENCH_NAS_REPEAT", "5")))
-SMALL_REPEAT = 3
 SETTLE = 2.0
 
 
@@ -58,10 +58,6 @@ SETTLE = 2.0
 class Run:
     wall: float  # seconds, the whole process
     cpu: float  # user + sys seconds of the process (all its threads)
-
-
-def median_of(fn: Callable[[], float]) -> float:
-    return statistics.median(fn() for _ in range(SMALL_REPEAT))
 
 
 def settle() -> None:
@@ -129,16 +125,18 @@ def spread(values: list[float], fmt: str = "{:.0f}") -> str:
 
 
 def run(server: SambaServer, work: Path) -> None:
+    if "--small-only" in sys.argv:
+        auth = work / "smbclient.auth"
+        auth.write_text(f"username = {server.user}\npassword = {server.password}\n")
+        auth.chmod(0o600)
+        small_files(server, auth, work)
+        return
     auth = work / "smbclient.auth"
     auth.write_text(f"username = {server.user}\npassword = {server.password}\n")
     auth.chmod(0o600)
     big = work / "big.bin"
     with open(big, "wb") as fh:
         fh.writelines(os.urandom(16 * MiB) for _ in range(BIG // (16 * MiB)))
-    small = work / "small"
-    small.mkdir()
-    for i in range(SMALL_COUNT):
-        (small / f"f{i:04d}.bin").write_bytes(os.urandom(SMALL_SIZE))
     share_dir = server.share_dir
     env = {**os.environ, **server.env()}
     with SmbShare(server.target()) as share:
@@ -221,57 +219,85 @@ def run(server: SambaServer, work: Path) -> None:
     if "--large-only" in sys.argv:
         return
 
-    small_files(server, auth, small, work)
+    small_files(server, auth, work)
 
 
-def small_files(server: SambaServer, auth: Path, small: Path, work: Path) -> None:
+def small_files(server: SambaServer, auth: Path, work: Path) -> None:
+    small = work / "small"
+    small.mkdir()
+    for i in range(SMALL_COUNT):
+        (small / f"f{i:04d}.bin").write_bytes(os.urandom(SMALL_SIZE))
     share_dir = server.share_dir
     env = {**os.environ, **server.env()}
-    times: dict[str, float] = {}
+    (work / "small.mget").mkdir(exist_ok=True)
 
     def fresh(*paths: Path) -> None:
         for p in paths:
             shutil.rmtree(p, ignore_errors=True)
 
-    with SmbShare(server.target()) as share:
-        def put_in_process() -> float:
-            fresh(share_dir / "small")
+    def same(copy: Path) -> None:
+        for f in small.iterdir():
+            if (copy / f.name).read_bytes() != f.read_bytes():
+                raise RuntimeError(f"{copy / f.name} differs from the file sent")
+
+    def clocked(fn: Callable[[], object]) -> Callable[[], Run]:
+        def run_it() -> Run:
             started = time.perf_counter()
-            transfer.run_put(share, transfer.plan_put(share, small, "small"), lambda _n: None)
-            return time.perf_counter() - started
+            fn()
+            return Run(time.perf_counter() - started, 0.0)
+        return run_it
 
-        def get_in_process() -> float:
-            fresh(work / "small.back")
-            started = time.perf_counter()
-            transfer.run_get(share, transfer.plan_get(share, "small", work / "small.back"), lambda _n: None)
-            return time.perf_counter() - started
-
-        times["piblade put (in process)"] = median_of(put_in_process)
-        times["piblade get (in process)"] = median_of(get_in_process)
-
-    def cli(*args: str) -> float:
-        started = time.perf_counter()
+    def cli(*args: str) -> None:
         subprocess.run([sys.executable, "-m", "piblade", "nas", *args, "--json"], env=env, check=True,
                        capture_output=True)
-        return time.perf_counter() - started
 
-    times["piblade nas put (CLI)"] = median_of(lambda: (fresh(share_dir / "small"), cli("put", str(small), "small"))[1])
-    times["piblade nas get (CLI)"] = median_of(
-        lambda: (fresh(work / "small.back"), cli("get", "small", str(work / "small.back")))[1])
+    load_before = os.getloadavg()
+    with SmbShare(server.target()) as share:
+        def put_in_process() -> None:
+            transfer.run_put(share, transfer.plan_put(share, small, "small"), lambda _n: None)
 
-    times["smbclient mput"] = median_of(lambda: (fresh(share_dir / "small"), smbclient(
-        server, auth, f"prompt OFF; recurse ON; lcd {small}; mkdir small; cd small; mput *")[0])[1])
-    (work / "small.mget").mkdir(exist_ok=True)
-    times["smbclient mget"] = median_of(lambda: (fresh(work / "small.mget" / "small"), smbclient(
-        server, auth, f"prompt OFF; recurse ON; lcd {work / 'small.mget'}; mget small")[0])[1])
-    assert len(list((work / "small.mget" / "small").iterdir())) == SMALL_COUNT
+        def get_in_process() -> None:
+            transfer.run_get(share, transfer.plan_get(share, "small", work / "small.back"), lambda _n: None)
 
-    print(f"\n{SMALL_COUNT:,} files of {SMALL_SIZE // 1024} KiB (median of {SMALL_REPEAT})")
+        def fresh_then(before: Callable[[], None], fn: Callable[[], Run]) -> Callable[[], Run]:
+            def run_it() -> Run:
+                before()
+                return fn()
+            return run_it
+
+        up = lambda: fresh(share_dir / "small")
+        down = lambda: fresh(work / "small.back")
+        down_smbclient = lambda: fresh(work / "small.mget" / "small")
+        runs = interleaved({
+            "piblade put (in process)": fresh_then(up, clocked(put_in_process)),
+            "piblade nas put (CLI)": fresh_then(up, clocked(lambda: cli("put", str(small), "small"))),
+            "smbclient mput": fresh_then(up, clocked(lambda: smbclient(
+                server, auth, f"prompt OFF; recurse ON; lcd {small}; mkdir small; cd small; mput *"))),
+        })
+        same(share_dir / "small")
+        runs |= interleaved({
+            "piblade get (in process)": fresh_then(down, clocked(get_in_process)),
+            "piblade nas get (CLI)": fresh_then(down, clocked(
+                lambda: cli("get", "small", str(work / "small.back")))),
+            "smbclient mget": fresh_then(down_smbclient, clocked(lambda: smbclient(
+                server, auth, f"prompt OFF; recurse ON; lcd {work / 'small.mget'}; mget small"))),
+        })
+        same(work / "small.back")
+        if len(list((work / "small.mget" / "small").iterdir())) != SMALL_COUNT:
+            raise RuntimeError("smbclient mget did not copy every file")
+    load_after = os.getloadavg()
+
+    times = {name: statistics.median(r.wall for r in rs) for name, rs in runs.items()}
+    print(f"\n{SMALL_COUNT:,} files of {SMALL_SIZE // 1024} KiB, encrypted; one untimed run each, then "
+          f"{REPEAT} interleaved; medians (min-max)")
+    print(f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {'/'.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs")
     for name, seconds in times.items():
-        print(f"  {name:<34} {seconds:6.2f} s  {SMALL_COUNT / seconds:7.0f} files/s")
-    print(f"  ratio piblade (in process)/smbclient files/s: put "
-          f"{times['smbclient mput'] / times['piblade put (in process)']:.2f}x, get "
-          f"{times['smbclient mget'] / times['piblade get (in process)']:.2f}x")
+        rates = [SMALL_COUNT / r.wall for r in runs[name]]
+        print(f"  {name:<26} {seconds:6.2f} s  {SMALL_COUNT / seconds:7.0f} files/s ({spread(rates)})")
+    for op, other in (("put", "smbclient mput"), ("get", "smbclient mget")):
+        print(f"  {op}: piblade/smbclient files/s {times[other] / times[f'piblade {op} (in process)']:.2f}x in "
+              f"process, {times[other] / times[f'piblade nas {op} (CLI)']:.2f}x as the CLI (process start included)")
 
 
 if __name__ == "__main__":

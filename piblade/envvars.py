@@ -89,9 +89,11 @@ SMB_PASSWORD_FILE = _var("PIBLADE_SMB_PASSWORD_FILE", "the cluster's provisioned
 SMB_PASSWORD = _var("PIBLADE_SMB_PASSWORD", "", "nas, submit --over",
                     "The Samba password itself (prefer PIBLADE_SMB_PASSWORD_FILE: environments leak).")
 SMB_LEAN_READ = _var("PIBLADE_SMB_LEAN_READ", "1", "nas",
-                     "0 reads through smbprotocol's own message framing instead of piblade's pipelined reads.")
+                     "0 reads through smbprotocol's own message framing instead of piblade's pipelined reads "
+                     "(and moves small files one at a time).")
 SMB_LEAN_WRITE = _var("PIBLADE_SMB_LEAN_WRITE", "1", "nas",
-                      "0 writes through smbprotocol's own message framing instead of piblade's lean writes.")
+                      "0 writes through smbprotocol's own message framing instead of piblade's lean writes "
+                      "(and moves small files one at a time, not many per compound request).")
 # -- the dashboard's tunnel -----------------------------------------------------------------
 TUNNEL_TIMEOUT = _var("PIBLADE_TUNNEL_TIMEOUT", "10", "dashboard --tunnel", "Seconds to wait for ngrok before serving LAN only.")
 NGROK_DOMAIN = _var("PIBLADE_NGROK_DOMAIN", "", "dashboard --tunnel", "A reserved ngrok domain to use.")

@@ -6,7 +6,8 @@ Modules, from the bottom up:
 * :mod:`~piblade.nas.target` — which server/share/user and the password (resolution order below)
 * :mod:`~piblade.nas.share` — the :class:`Share` operations, and :class:`LocalShare` (a directory)
 * :mod:`~piblade.nas.smb` — :class:`SmbShare`, the SMB seam: the only importer of smbprotocol,
-  with :mod:`~piblade.nas._wire` (pipelined, lean encrypted transfers)
+  with :mod:`~piblade.nas._wire` (pipelined, lean encrypted transfers) and
+  :mod:`~piblade.nas._compound` (many small files per compound request, several in flight)
 * :mod:`~piblade.nas.transfer` — put/get of files and trees, skipping identical files
 * :mod:`~piblade.nas.pattern` — ``photos/**/*.jpg`` resolved on a share
 

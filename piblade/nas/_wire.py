@@ -34,7 +34,7 @@ This reaches into smbprotocol internals (``sequence_window``, ``sequence_lock``,
 ``transport._close_lock``); the dependency is pinned below 2.0 and the
 integration tests move and compare bytes through both paths (set
 ``PIBLADE_SMB_LEAN_WRITE=0`` / ``PIBLADE_SMB_LEAN_READ=0`` to force the generic
-ones). Only :mod:`piblade.nas.smb` imports this module.
+ones). Only :mod:`piblade.nas.smb` and :mod:`piblade.nas._compound` import this module.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from smbprotocol.connection import Ciphers, Dialects, Request
+from smbprotocol.connection import Ciphers, Dialects, Request, SMB2Echo
 from smbprotocol.exceptions import SMBException
 from smbprotocol.header import Commands, SMB2HeaderRequest
 from smbprotocol.open import SMB2ReadRequest, SMB2ReadResponse, SMB2WriteRequest
@@ -79,6 +79,9 @@ _PREFIX = _SMB2_HEADER.size + _WRITE_HEADER.size  # data starts at 0x70, as Data
 _ANSWER_HEAD = _SMB2_HEADER.size + _READ_ANSWER.size  # what the receive thread gets of a lean READ's answer
 _TAG = 16  # AES-GCM tag, carried as the transform header's signature
 _BLOCK = 16  # AES block
+_STATUS_PENDING = 0x00000103
+_FLAGS_ASYNC = 0x00000002
+_TAKEN = object()  # what _recv_frame returns for a frame it handed to its callbacks
 
 Progress = Callable[[int], None]
 
@@ -421,7 +424,10 @@ class LeanReceiver:
     and the data stays in :attr:`reads` as a view into the plaintext, for the
     caller to write out. While such READs are out, large answers are decrypted
     into buffers read_into lends (:attr:`spare`) and takes back once written,
-    rather than into a fresh object each. Closing, idle time-outs and the errors it raises are
+    rather than into a fresh object each. A frame answering compound requests that
+    :mod:`piblade.nas._compound` sent (their message ids are in :attr:`mine`) never
+    reaches the thread: its answers go to their callbacks and the credits they grant
+    to the connection, and the next frame is read. Closing, idle time-outs and the errors it raises are
     those of ``Tcp.recv``.
     """
 
@@ -430,6 +436,8 @@ class LeanReceiver:
         self.transport = conn.transport
         #: Message id of each outstanding lean READ -> its data once the answer is in (None before).
         self.reads: dict[int, memoryview | None] = {}
+        #: First message id of each answer piblade.nas._compound waits for -> what to call with it (in this thread).
+        self.mine: dict[int, Callable[[int, int, bytes], None]] = {}
         #: Buffers to decrypt large answers into, lent by read_into and handed back by :meth:`recycle`.
         self.spare: list[bytearray] = []
         self._ciphers: dict[bytes, Any] = {}
@@ -445,6 +453,34 @@ class LeanReceiver:
         return aead
 
     def recv(self, timeout: float) -> bytes | None:
+        while True:
+            frame = self._recv_frame(timeout)
+            if frame is not _TAKEN:
+                return frame  # type: ignore[return-value]
+
+    def _take(self, plain: Any) -> bool:
+        """Hand the answers in ``plain`` to their callbacks when it answers :attr:`mine`; False if it is not ours.
+
+        Credits are granted as smbprotocol's thread grants them; an interim
+        answer (STATUS_PENDING, async) brings credits only: the final one follows.
+        """
+        if len(plain) < _SMB2_HEADER.size or struct.unpack_from("<Q", plain, 24)[0] not in self.mine:
+            return False
+        offset, end, granted = 0, len(plain), 0
+        while offset < end:
+            status, _command, credits, flags, next_command, message_id = struct.unpack_from("<IHHIIQ", plain, offset + 8)
+            stop = offset + next_command if next_command else end
+            granted += credits
+            if not (status == _STATUS_PENDING and flags & _FLAGS_ASYNC):
+                answer = self.mine.pop(message_id, None)
+                if answer is not None:
+                    answer(message_id, status, bytes(plain[offset:stop]))
+            offset = stop
+        with self.conn.sequence_lock:
+            self.conn.sequence_window["high"] += granted
+        return True
+
+    def _recv_frame(self, timeout: float) -> object:
         head = memoryview(self._head)
         left = self._read(head[:4], timeout)
         if left is None:
@@ -475,7 +511,10 @@ class LeanReceiver:
         out = self._spare_for(n)
         if out is None:
             body[n : n + _TAG] = tag
-            return self._keep_read_data(self._cipher(session.decryption_key).decrypt(nonce[:12], body[: n + _TAG], aad))
+            plain = self._cipher(session.decryption_key).decrypt(nonce[:12], body[: n + _TAG], aad)
+            if self.mine and self._take(plain):
+                return _TAKEN
+            return self._keep_read_data(plain)
         # Into a reused buffer: no fresh 4 MiB (and its page faults) per answer; ~30 % less time than decrypt().
         decryptor = Cipher(algorithms.AES(session.decryption_key), modes.GCM(nonce[:12], tag)).decryptor()
         decryptor.authenticate_additional_data(aad)
@@ -581,6 +620,9 @@ def use_lean_receiver(session: Any, tree: Any) -> bool:
     )
     if ok and receiver_of(conn) is None:
         transport.recv = LeanReceiver(conn).recv
+        # The receive thread is already waiting in the old recv: one ECHO round trip moves it onto
+        # the new one, so that the next answer (which may be piblade._compound's) meets the receiver.
+        conn.receive(conn.send(SMB2Echo(), sid=session.session_id))
     return bool(ok)
 
 

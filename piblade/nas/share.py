@@ -11,9 +11,10 @@ All paths are share paths as :func:`piblade.nas.paths.share_path` returns them.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -66,6 +67,24 @@ class DiskUsage:
                 "percent": round(100.0 * self.used / self.total, 1) if self.total else 0.0}
 
 
+@dataclass(frozen=True, slots=True)
+class SmallFile:
+    """A small local file already read, on its way to ``dest`` (see :meth:`Share.write_many`)."""
+
+    dest: str
+    data: bytes
+    mtime_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedFile:
+    """A small file read whole from the share; ``data`` None: its size changed, read it with ``read_file``."""
+
+    path: str
+    data: bytes | None
+    mtime_ns: int
+
+
 class Share(Protocol):
     """A share: a tree of files reachable by share paths."""
 
@@ -112,6 +131,21 @@ class Share(Protocol):
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of ``path``."""
+        ...
+
+    def write_many(self, files: Iterable[SmallFile], progress: Progress) -> None:
+        """Upload each small file as :meth:`write_file` does (temporary name, time, rename).
+
+        Several may be in flight at once. After a failure no new file is
+        started; those already started are completed, then the first failure is raised.
+        """
+        ...
+
+    def read_many(self, files: Iterable[tuple[str, int]]) -> Iterator[FetchedFile]:
+        """Each (path, size a listing showed) read whole, in any order; several may be in flight at once.
+
+        A failure is raised once the files already asked for have come back (and been yielded).
+        """
         ...
 
 
@@ -232,6 +266,16 @@ class LocalShare:
 
         self._call(path, read)
         return data
+
+    def write_many(self, files: Iterable[SmallFile], progress: Progress) -> None:
+        for f in files:
+            self.write_file(f.dest, io.BytesIO(f.data), len(f.data), progress, mtime_ns=f.mtime_ns)
+
+    def read_many(self, files: Iterable[tuple[str, int]]) -> Iterator[FetchedFile]:
+        for path, _size in files:
+            sink = io.BytesIO()
+            _, mtime_ns = self.read_file(path, sink, lambda _n: None)
+            yield FetchedFile(path, sink.getvalue(), mtime_ns)
 
     def read_file(
         self, path: str, sink: BinaryIO, progress: Progress, size_hint: int | None = None, *, start: int = 0

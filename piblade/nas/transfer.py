@@ -15,7 +15,10 @@ within :data:`MTIME_WINDOW` (copies keep the source's time), or with
 hidden temporary name and is renamed over the real one when complete; a copy
 larger than one resume block that was interrupted (Ctrl-C, SIGTERM, SIGHUP,
 SIGKILL, a lost network) goes on where it stopped next time
-(:mod:`piblade.nas.resume`).
+(:mod:`piblade.nas.resume`). Files of :data:`SMALL_FILE` or less are read whole
+and handed to the share many at a time (:meth:`Share.write_many`,
+:meth:`Share.read_many`: several in flight, compounded on SMB), with the same
+temporary-name-then-rename rule per file.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import hashlib
 import os
 import stat as st_mod
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -32,13 +35,15 @@ from typing import BinaryIO
 from piblade.nas import resume as resumes
 from piblade.nas.errors import NasError, RemoteExists, RemoteNotFound
 from piblade.nas.paths import is_temp_name, join, name, parent, share_path
-from piblade.nas.share import RemoteEntry, Share
+from piblade.nas.share import RemoteEntry, Share, SmallFile
 
 #: Modification times closer than this count as equal: FAT/exFAT USB disks (common on a
 #: Pi NAS) store times in 2-second steps. Use --checksum when that is not good enough.
 MTIME_WINDOW_NS = 2_000_000_000
 #: Temporary files of killed uploads older than this are removed by the next put into their directory.
 STALE_TEMP_NS = 3600 * 1_000_000_000
+#: Files up to this size are read whole and moved many at a time (one compound request for several on SMB).
+SMALL_FILE = 1 << 20
 
 Progress = Callable[[int], None]
 
@@ -190,7 +195,8 @@ def plan_put(share: Share, local: Path, dest: str | None = None, *, checksum: bo
             elif _same(info.st_size, info.st_mtime_ns, there.size, there.mtime_ns):
                 skip = "same size and time"
         plan.files.append(FileCopy(str(path), remote, info.st_size, skip))
-    ours = {resumes.upload_part(f.dest) for f in plan.files}  # resumed, not removed
+    # Resumed, not removed (only a file larger than one resume block has a part).
+    ours = {resumes.upload_part(f.dest) for f in plan.files if f.size > resumes.BLOCK}
     for directory, listing in listings.items():
         plan.stale += [join(directory, e.name) for e in listing.values()
                        if not e.is_dir and is_temp_name(e.name) and now - e.mtime_ns > STALE_TEMP_NS
@@ -204,8 +210,16 @@ def run_put(share: Share, plan: TransferPlan, progress: Progress, *, resume: boo
     for directory in plan.dirs:
         share.makedirs(directory)
         made.add(directory)
-    moved = kept = 0
-    for item in plan.to_copy:
+    small = [item for item in plan.to_copy if item.size <= SMALL_FILE]
+    large = [item for item in plan.to_copy if item.size > SMALL_FILE]
+    for folder in dict.fromkeys(parent(item.dest) for item in small):
+        if folder not in made:
+            share.makedirs(folder)
+            made.add(folder)
+    sent = [0]
+    share.write_many(_read_small(small, large, sent), progress)
+    moved, kept = sent[0], 0
+    for item in large:
         folder = parent(item.dest)
         if folder not in made:
             share.makedirs(folder)
@@ -224,6 +238,19 @@ def run_put(share: Share, plan: TransferPlan, progress: Progress, *, resume: boo
         except NasError:
             pass  # another upload may still own it; it is hidden either way
     return _report(plan, moved, started, kept)
+
+
+def _read_small(items: list[FileCopy], grown: list[FileCopy], sent: list[int]) -> Iterator[SmallFile]:
+    """Each small file read whole as it is now; one that has grown past SMALL_FILE is left for ``grown``."""
+    for item in items:
+        with open(item.source, "rb", buffering=0) as fh:
+            info = os.fstat(fh.fileno())
+            data = fh.read(SMALL_FILE + 1) if info.st_size else b""
+        if len(data) > SMALL_FILE:
+            grown.append(item)
+            continue
+        sent[0] += len(data)
+        yield SmallFile(item.dest, data, info.st_mtime_ns)
 
 
 def _put_one(share: Share, item: FileCopy, fh: BinaryIO, info: os.stat_result, progress: Progress) -> int | None:
@@ -320,8 +347,20 @@ def run_get(share: Share, plan: TransferPlan, progress: Progress, *, resume: boo
     started = time.perf_counter()
     for directory in plan.dirs:
         Path(directory).mkdir(parents=True, exist_ok=True)
+    small = {item.source: item for item in plan.to_copy if item.size <= SMALL_FILE}
+    for folder in dict.fromkeys(Path(item.dest).parent for item in small.values()):
+        folder.mkdir(parents=True, exist_ok=True)
+    again: list[FileCopy] = []  # changed size since the listing: read the normal way
     moved = kept = 0
-    for item in plan.to_copy:
+    for fetched in share.read_many((item.source, item.size) for item in small.values()):
+        item = small[fetched.path]
+        if fetched.data is None:
+            again.append(item)
+            continue
+        _save(Path(item.dest), fetched.data, fetched.mtime_ns)
+        moved += len(fetched.data)
+        progress(len(fetched.data))
+    for item in again + [item for item in plan.to_copy if item.size > SMALL_FILE]:
         target = Path(item.dest)
         target.parent.mkdir(parents=True, exist_ok=True)
         got = _get_one(share, item, target, progress) if resume else None
@@ -340,6 +379,19 @@ def run_get(share: Share, plan: TransferPlan, progress: Progress, *, resume: boo
             raise
         moved += size
     return _report(plan, moved, started, kept)
+
+
+def _save(target: Path, data: bytes, mtime_ns: int) -> None:
+    """Write a downloaded file under a hidden name, stamp its time, rename it into place."""
+    tmp = target.with_name(f".{target.name}.piblade-{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _get_one(share: Share, item: FileCopy, target: Path, progress: Progress) -> tuple[int, int] | None:

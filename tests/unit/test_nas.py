@@ -219,6 +219,20 @@ def test_get_plans_and_copies(tmp_path: Path) -> None:
         transfer.plan_get(remote, "/")
 
 
+def test_small_files_are_copied_as_they_are_when_copied_not_as_planned(tmp_path: Path) -> None:
+    (tmp_path / "share").mkdir()
+    remote = LocalShare(tmp_path / "share")
+    tree(tmp_path / "pics")
+    plan = transfer.plan_put(remote, tmp_path / "pics")
+    grown = os.urandom(transfer.SMALL_FILE + 1)  # planned as a small file, no longer one
+    (tmp_path / "pics/a.jpg").write_bytes(grown)
+    (tmp_path / "pics/sub/b.jpg").write_bytes(b"b")
+    report = transfer.run_put(remote, plan, lambda _n: None)
+    assert (report.copied, report.bytes) == (3, len(grown) + 2)
+    assert (tmp_path / "share/pics/a.jpg").read_bytes() == grown
+    assert (tmp_path / "share/pics/sub/b.jpg").read_bytes() == b"b"
+
+
 def test_remove_refuses_the_share_root_and_needs_recursive(tmp_path: Path) -> None:
     tree(tmp_path / "share" / "pics")
     remote = LocalShare(tmp_path / "share")
