@@ -1,7 +1,8 @@
 """Where the time of many small SMB transfers goes: cProfile of piblade's put and get in process.
 
 A throwaway loopback smbd (as in ``bench/nas.py``), 1,000 files of 4 KiB on tmpfs,
-one untimed warm-up each way, then one profiled put and get of the whole tree.
+one untimed warm-up each way, one timed run each way without the profiler, then one
+profiled put and get of the whole tree (plan and copy, as `piblade nas put/get` do).
 Prints wall and CPU time per file, the CPU split by where it is spent (smbprotocol's
 message structures, piblade, the cipher, sockets and locks, the local files) and
 the top functions by their own time. cProfile follows the calling thread only: the
@@ -37,7 +38,8 @@ GROUPS = (
     ("cipher (AES-GCM, cryptography)", ("cryptography",)),
     ("local files (os, io, pathlib)", ("<built-in method posix", "<method 'read' of", "<method 'write' of",
                                        "<built-in method io.open", "pathlib", "<built-in method _io")),
-    ("waiting for answers (locks, events, select)", ("threading", "<method 'acquire'", "<built-in method select")),
+    ("waiting for answers (locks, events, queues, select)", ("threading", "<method 'acquire'", "SimpleQueue",
+                                                             "<built-in method select")),
     ("socket", ("<method 'sendmsg'", "<method 'recv", "socket")),
 )
 
@@ -48,6 +50,15 @@ def group_of(key: tuple[str, int, str]) -> str:
         if any(n in where for n in needles):
             return label
     return "other Python (struct, uuid, dicts, ...)"
+
+
+def plain(label: str, fn: object) -> None:
+    """Wall and CPU time (both threads) of one run without the profiler."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()  # type: ignore[operator]
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"{label}, no profiler: wall {wall:.2f} s ({wall / COUNT * 1e3:.2f} ms/file), "
+          f"process CPU {cpu:.2f} s ({cpu / COUNT * 1e3:.2f} ms/file)")
 
 
 def profile(label: str, fn: object, top: int) -> None:
@@ -90,6 +101,9 @@ def main() -> None:
 
             put()
             get()
+            print(f"load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
+            plain("put", put)
+            plain("get", get)
             profile("put", put, top)
             profile("get", get, top)
             for f in small.iterdir():
