@@ -16,8 +16,9 @@ guest, `server smb encrypt = desired`) serves a share on a free loopback port.
   median whole-process time minus the median time of the same client connecting, doing
   one small request (disk usage) and exiting.
 * 1,000 files of 4 KiB up and down (skipped with --large-only; only these with --small-only):
-  piblade in process and as the `piblade nas` CLI vs `smbclient` `mput`/`mget` (process wall
-  time), the runs interleaved, with the ratios of both to smbclient; the copies are checked.
+  piblade in process and as the `piblade nas` CLI vs `smbclient` `mput`/`mget`: wall time, the
+  client's CPU and smbd's CPU meanwhile (from /proc: what each client costs the server), the
+  runs interleaved as above, with the ratios of both to smbclient; the copies are checked.
 
 Files and the share live on tmpfs (/dev/shm) when there is one, so the disk does not set the
 pace; for the same reason the page cache is not dropped between runs (there is no file data
@@ -58,6 +59,31 @@ SETTLE = 2.0
 class Run:
     wall: float  # seconds, the whole process
     cpu: float  # user + sys seconds of the process (all its threads)
+    server: float = 0.0  # user + sys seconds smbd spent meanwhile (small files only)
+
+
+def smbd_cpu(pid: int) -> float:
+    """CPU seconds of smbd so far: its main process, the children it has reaped and the ones still there.
+
+    A connection's smbd child lives as long as the connection; once it exits its
+    time moves into the main process's cutime/cstime (a zombie still shows its own).
+    """
+    def times(stat: str) -> tuple[int, int]:
+        fields = stat.rsplit(")", 1)[1].split()
+        return int(fields[1]), sum(int(x) for x in fields[11:15])  # ppid; utime, stime, cutime, cstime
+
+    with open(f"/proc/{pid}/stat") as fh:
+        total = times(fh.read())[1]
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and entry.name != str(pid):
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    ppid, ticks = times(fh.read())
+            except OSError:
+                continue
+            if ppid == pid:
+                total += ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def settle() -> None:
@@ -85,13 +111,6 @@ def smbclient_args(server: SambaServer, auth: Path, commands: str, *, encrypt: b
     if encrypt:
         args.insert(1, "--client-protection=encrypt")
     return args
-
-
-def smbclient(server: SambaServer, auth: Path, commands: str, *, encrypt: bool = True) -> tuple[float, str]:
-    args = smbclient_args(server, auth, commands, encrypt=encrypt)
-    started = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, check=True)
-    return time.perf_counter() - started, proc.stdout + proc.stderr
 
 
 def main() -> None:
@@ -240,16 +259,26 @@ def small_files(server: SambaServer, auth: Path, work: Path) -> None:
             if (copy / f.name).read_bytes() != f.read_bytes():
                 raise RuntimeError(f"{copy / f.name} differs from the file sent")
 
+    smbd = server.proc.pid
+
     def clocked(fn: Callable[[], object]) -> Callable[[], Run]:
+        """In this process: wall, this process's CPU (both threads) and smbd's CPU meanwhile."""
         def run_it() -> Run:
-            started = time.perf_counter()
+            served, cpu, started = smbd_cpu(smbd), time.process_time(), time.perf_counter()
             fn()
-            return Run(time.perf_counter() - started, 0.0)
+            return Run(time.perf_counter() - started, time.process_time() - cpu, smbd_cpu(smbd) - served)
         return run_it
 
-    def cli(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "piblade", "nas", *args, "--json"], env=env, check=True,
-                       capture_output=True)
+    def process(args: list[str]) -> Callable[[], Run]:
+        """A client process: its wall and CPU time (rusage) and smbd's CPU meanwhile."""
+        def run_it() -> Run:
+            served = smbd_cpu(smbd)
+            ran = timed(args, env)
+            return Run(ran.wall, ran.cpu, smbd_cpu(smbd) - served)
+        return run_it
+
+    def cli(*args: str) -> list[str]:
+        return [sys.executable, "-m", "piblade", "nas", *args, "--json"]
 
     load_before = os.getloadavg()
     with SmbShare(server.target()) as share:
@@ -270,16 +299,15 @@ def small_files(server: SambaServer, auth: Path, work: Path) -> None:
         down_smbclient = lambda: fresh(work / "small.mget" / "small")
         runs = interleaved({
             "piblade put (in process)": fresh_then(up, clocked(put_in_process)),
-            "piblade nas put (CLI)": fresh_then(up, clocked(lambda: cli("put", str(small), "small"))),
-            "smbclient mput": fresh_then(up, clocked(lambda: smbclient(
+            "piblade nas put (CLI)": fresh_then(up, process(cli("put", str(small), "small"))),
+            "smbclient mput": fresh_then(up, process(smbclient_args(
                 server, auth, f"prompt OFF; recurse ON; lcd {small}; mkdir small; cd small; mput *"))),
         })
         same(share_dir / "small")
         runs |= interleaved({
             "piblade get (in process)": fresh_then(down, clocked(get_in_process)),
-            "piblade nas get (CLI)": fresh_then(down, clocked(
-                lambda: cli("get", "small", str(work / "small.back")))),
-            "smbclient mget": fresh_then(down_smbclient, clocked(lambda: smbclient(
+            "piblade nas get (CLI)": fresh_then(down, process(cli("get", "small", str(work / "small.back")))),
+            "smbclient mget": fresh_then(down_smbclient, process(smbclient_args(
                 server, auth, f"prompt OFF; recurse ON; lcd {work / 'small.mget'}; mget small"))),
         })
         same(work / "small.back")
@@ -292,9 +320,12 @@ def small_files(server: SambaServer, auth: Path, work: Path) -> None:
           f"{REPEAT} interleaved; medians (min-max)")
     print(f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
           f"after {'/'.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs")
+    print(f"  {'':<26} {'wall s':>6}  {'files/s':>7} {'(min-max)':>11}  {'client CPU':>10}  {'smbd CPU':>8}  ms/file")
     for name, seconds in times.items():
         rates = [SMALL_COUNT / r.wall for r in runs[name]]
-        print(f"  {name:<26} {seconds:6.2f} s  {SMALL_COUNT / seconds:7.0f} files/s ({spread(rates)})")
+        cpu = statistics.median(r.cpu for r in runs[name]) / SMALL_COUNT * 1e3
+        served = statistics.median(r.server for r in runs[name]) / SMALL_COUNT * 1e3
+        print(f"  {name:<26} {seconds:6.2f}  {SMALL_COUNT / seconds:7.0f} {spread(rates):>11}  {cpu:10.2f}  {served:8.2f}")
     for op, other in (("put", "smbclient mput"), ("get", "smbclient mget")):
         print(f"  {op}: piblade/smbclient files/s {times[other] / times[f'piblade {op} (in process)']:.2f}x in "
               f"process, {times[other] / times[f'piblade nas {op} (CLI)']:.2f}x as the CLI (process start included)")
