@@ -45,6 +45,7 @@ class AlertConfig:
     def to_json(self) -> str:
         rules = {f.name: getattr(self.rules, f.name) for f in fields(AlertSettings)}
         rules["mount_nodes"] = sorted(self.rules.mount_nodes)
+        rules["nodes"] = sorted(self.rules.nodes) if self.rules.nodes is not None else None
         return json.dumps({"cluster": self.cluster, "rules": rules,
                            "targets": list(self.targets) if self.targets is not None else None,
                            "deadman_interval": self.deadman_interval}, indent=2, sort_keys=True) + "\n"
@@ -54,6 +55,7 @@ class AlertConfig:
         data = json.loads(text)
         rules = dict(data.get("rules") or {})
         rules["mount_nodes"] = frozenset(rules.get("mount_nodes") or ())
+        rules["nodes"] = frozenset(rules["nodes"]) if rules.get("nodes") is not None else None
         targets = data.get("targets")
         return cls(str(data.get("cluster") or "local"), AlertSettings(**rules),
                    tuple(targets) if targets is not None else None, float(data.get("deadman_interval", 60.0)))
@@ -65,7 +67,8 @@ def from_cluster(cluster: Cluster) -> AlertConfig:
     nas = cluster.nas
     mount_nodes = frozenset(n.name for n in cluster.workers if nas is not None and n.name != nas.name)
     rules = AlertSettings(down_after=s.alert_down_after, disk_percent=s.alert_disk_percent,
-                          share_percent=s.alert_share_percent, mount_nodes=mount_nodes)
+                          share_percent=s.alert_share_percent, mount_nodes=mount_nodes,
+                          nodes=frozenset(n.name for n in cluster.nodes))
     return AlertConfig(cluster.name, rules, s.alert_targets, s.alert_deadman_interval)
 
 

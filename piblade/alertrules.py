@@ -27,6 +27,8 @@ from typing import Any
 
 from piblade.healthmodel import DEFAULT_MAX_TEMP, HOT_MARGIN, USAGE_MARGIN, still_over
 
+#: Rules whose subject is a node (the others watch the share or a run).
+NODE_RULES = frozenset({"down", "temp", "under_voltage", "throttled", "disk", "share_mount"})
 #: Each rule's name (the first part of an episode key) and what it watches, for docs and `alerts list`.
 RULES: Mapping[str, str] = {
     "down": "no heartbeat from a node for piblade_alert_down_after intervals; clears at its next heartbeat",
@@ -51,6 +53,10 @@ class AlertSettings:
     mount_nodes: frozenset[str] = frozenset()
     #: Runs created longer ago than this are no longer watched; their episodes close silently.
     run_window: float = 24 * 3600.0
+    #: The inventory's nodes; None watches every node with a heartbeat (the local cluster). A node
+    #: taken out of the inventory is not reported down while its last heartbeat is still stored,
+    #: and its open episodes close silently.
+    nodes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +152,17 @@ def evaluate(settings: AlertSettings, obs: Observation, firing: Mapping[str, Epi
         elif verdict.over is False and episode is not None:
             out.append(Transition(Change.CLEAR, episode, obs.time, verdict.text))
     for key in sorted(firing):
-        if firing[key].rule == "run_failed" and key not in judged:
-            out.append(Transition(Change.CLOSE, firing[key], obs.time))
+        episode = firing[key]
+        gone = (episode.rule in NODE_RULES and settings.nodes is not None and episode.subject not in settings.nodes)
+        if key not in judged and (episode.rule == "run_failed" or gone):
+            out.append(Transition(Change.CLOSE, episode, obs.time))
     return out
 
 
 def _judge(settings: AlertSettings, obs: Observation, firing: Mapping[str, Episode]) -> Iterator[_Verdict]:
     for node in sorted(obs.nodes, key=lambda n: n.name):
+        if settings.nodes is not None and node.name not in settings.nodes:
+            continue  # removed from the inventory; its heartbeat has not expired yet
         down = yield from _node(settings, obs.time, node, firing)
         if not down and node.name in settings.mount_nodes and node.sample is not None:
             mounted = bool(node.sample.get("mount"))

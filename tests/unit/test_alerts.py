@@ -102,6 +102,18 @@ def test_a_down_node_keeps_its_other_episodes_until_it_is_seen_again() -> None:
     assert book.firing == {}
 
 
+def test_a_node_taken_out_of_the_inventory_is_not_reported_down_and_its_episodes_close_silently() -> None:
+    book = Episodes(AlertSettings(nodes=frozenset({"pi1", "pi2"})))
+    book.step(Observation(0.0, (node("pi1", 0.0, sample(85)), node("pi2", 0.0, sample(60)))))
+    assert set(book.firing) == {"temp:pi1"}
+    # pi1 leaves the inventory while hot; its last heartbeat is still stored and goes silent.
+    book.settings = AlertSettings(nodes=frozenset({"pi2"}))
+    out = book.step(Observation(100.0, (node("pi1", 100.0, None, silent=100), node("pi2", 100.0, sample(60)))))
+    assert [(t.change, t.episode.key) for t in out] == [(Change.CLOSE, "temp:pi1")]
+    assert book.firing == {}
+    assert [(t.change, t.episode.key) for t in book.sent] == [(Change.FIRE, "temp:pi1")]  # no "pi1 is down"
+
+
 def test_power_throttling_disk_share_and_mount_rules() -> None:
     settings = AlertSettings(disk_percent=90, share_percent=90, mount_nodes=frozenset({"w1", "w2"}))
     book = Episodes(settings)
@@ -180,6 +192,7 @@ def test_inventory_settings_become_the_service_config(tmp_path: Path) -> None:
     assert config.cluster == "garage" and config.targets == ("phone", "mail")
     assert config.rules.down_after == 4 and config.rules.disk_percent == 85 and config.rules.share_percent == 90
     assert config.rules.mount_nodes == frozenset({"w1.lan", "w2.lan"})  # the NAS node's share is its own disk
+    assert config.rules.nodes == frozenset(n.name for n in parse_inventory(INVENTORY, source="garage.yml").nodes)
     assert alertconfig.write_config(tmp_path, config) is True
     assert alertconfig.write_config(tmp_path, config) is False
     assert alertconfig.read_config(tmp_path) == config
