@@ -62,28 +62,36 @@ class Run:
     server: float = 0.0  # user + sys seconds smbd spent meanwhile (small files only)
 
 
-def smbd_cpu(pid: int) -> float:
+def _smbd_processes(pid: int) -> dict[int, tuple[str, int]]:
+    """smbd's main process and its children: pid -> (state, utime + stime + cutime + cstime in ticks)."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            found[int(entry.name)] = (fields[0], sum(int(x) for x in fields[11:15]))
+    return found
+
+
+def smbd_cpu(pid: int, settled: set[int] | None = None) -> float:
     """CPU seconds of smbd so far: its main process, the children it has reaped and the ones still there.
 
-    A connection's smbd child lives as long as the connection; once it exits its
-    time moves into the main process's cutime/cstime (a zombie still shows its own).
+    A connection's smbd child lives a moment longer than its client; its time only
+    moves into the main process's cutime/cstime once it is reaped (a zombie shows
+    none). With ``settled`` (the pids there before a client ran) this waits up to
+    5 s until every other child is gone and reaped.
     """
-    def times(stat: str) -> tuple[int, int]:
-        fields = stat.rsplit(")", 1)[1].split()
-        return int(fields[1]), sum(int(x) for x in fields[11:15])  # ppid; utime, stime, cutime, cstime
-
-    with open(f"/proc/{pid}/stat") as fh:
-        total = times(fh.read())[1]
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and entry.name != str(pid):
-            try:
-                with open(f"/proc/{entry.name}/stat") as fh:
-                    ppid, ticks = times(fh.read())
-            except OSError:
-                continue
-            if ppid == pid:
-                total += ticks
-    return total / os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + 5
+    while True:
+        found = _smbd_processes(pid)
+        if settled is None or set(found) <= settled | {pid} or time.monotonic() > deadline:
+            return sum(ticks for _, ticks in found.values()) / os.sysconf("SC_CLK_TCK")
+        time.sleep(0.01)
 
 
 def settle() -> None:
@@ -272,9 +280,10 @@ def small_files(server: SambaServer, auth: Path, work: Path) -> None:
     def process(args: list[str]) -> Callable[[], Run]:
         """A client process: its wall and CPU time (rusage) and smbd's CPU meanwhile."""
         def run_it() -> Run:
+            before = set(_smbd_processes(smbd))
             served = smbd_cpu(smbd)
             ran = timed(args, env)
-            return Run(ran.wall, ran.cpu, smbd_cpu(smbd) - served)
+            return Run(ran.wall, ran.cpu, smbd_cpu(smbd, settled=before) - served)
         return run_it
 
     def cli(*args: str) -> list[str]:
