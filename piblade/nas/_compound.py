@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import queue
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,8 @@ FRAMES = 4
 FRAME_BYTES = 1 << 20
 #: Seconds with no answer at all before the server counts as gone.
 IDLE = 60.0
+#: Seconds to wait for the answers still out after a failure (Ctrl-C, a local error).
+DRAIN = 5.0
 
 _CREATE = struct.Struct("<HBBIQQIIIIIHHII")  # MS-SMB2 2.2.13 without the buffer, 56 bytes
 _CREATE_ANSWER = struct.Struct("<HBBIQQQQQQII16sII")  # MS-SMB2 2.2.14, 88 bytes
@@ -230,7 +233,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ receiving
 
-    def _collect_one(self) -> _Frame:
+    def _collect_one(self, limit: float = IDLE) -> _Frame:
         """Wait for the next frame answered in full (in the order they are answered)."""
         idle = 0.0
         while True:
@@ -241,8 +244,8 @@ class Pipeline:
                 if not self.conn.transport.connected:
                     raise SMBConnectionClosed("the SMB connection was closed") from None
                 idle += 0.5
-                if idle >= IDLE:
-                    raise TimeoutError(f"no answer from the server for {IDLE:.0f} s") from None
+                if idle >= limit:
+                    raise TimeoutError(f"no answer from the server for {limit:.0f} s") from None
                 continue
             self.inflight.discard(id(frame))
             return frame
@@ -252,9 +255,29 @@ class Pipeline:
         return self.ready.pop(0) if self.ready else self._collect_one()
 
     def abandon(self, frames: list[_Frame]) -> None:
-        """Stop listening for these frames' answers (after an exception: the connection is being given up)."""
+        """After an exception: wait (up to :data:`DRAIN` s) for these frames' answers, and drop them.
+
+        Their answers hold the credits the session needs for its next request. A
+        frame still out after that keeps its ids claimed, so that smbprotocol's
+        thread never meets an answer it has no request for (it would stop, and
+        the session with it).
+        """
+        waiting = {id(frame) for frame in frames}
+        deadline = time.monotonic() + DRAIN
+        while waiting & self.inflight and time.monotonic() < deadline:
+            try:
+                waiting.discard(id(self._collect_one(DRAIN)))
+            except Exception:  # noqa: BLE001 - the connection is gone; the first error is what gets raised
+                break
         for frame in frames:
-            self.forget(frame)
+            for mid in frame.ids:
+                if mid in self.receiver.mine:
+                    self.receiver.mine[mid] = _dropped
+            self.inflight.discard(id(frame))
+
+
+def _dropped(_mid: int, _status: int, _data: bytes) -> None:
+    """Where the answer to an abandoned request goes."""
 
 
 def _batches(items: Iterator[Any], size_of: Callable[[Any], int]) -> Iterator[list[Any]]:
@@ -285,11 +308,15 @@ def put_many(pipe: Pipeline, uploads: Iterator[Upload], progress: _wire.Progress
     batches = _batches(uploads, lambda u: len(u.data))
     out: list[_Frame] = []
     leftovers: list[str] = []  # temporary files a failed rename left behind
+    local: Exception | None = None  # reading the next local file failed: finish what is out, then raise it
     try:
         more = True
         while True:
             while more and not failures and sum(f.kind == "write" for f in out) < FRAMES:
-                batch = next(batches, None)
+                try:
+                    batch = next(batches, None)
+                except Exception as exc:  # noqa: BLE001 - raised below, once the files in flight are done
+                    local, batch = exc, None
                 if batch is None:
                     more = False
                     break
@@ -313,6 +340,8 @@ def put_many(pipe: Pipeline, uploads: Iterator[Upload], progress: _wire.Progress
     except BaseException:
         pipe.abandon(out)
         raise
+    if local is not None:
+        raise local
     return failures, leftovers
 
 

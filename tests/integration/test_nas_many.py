@@ -183,3 +183,25 @@ def test_a_file_that_changed_size_since_the_listing_is_read_again(smbd: SambaSer
     (smbd.share_dir / "a.bin").write_bytes(b"much longer now")
     transfer.run_get(share, plan, lambda _n: None)
     assert tree_of(tmp_path / "back") == {"a.bin": b"much longer now", "b.bin": b"bee"}
+
+
+def test_a_local_failure_mid_transfer_leaves_the_session_usable(smbd: SambaServer, share: SmbShare) -> None:
+    def files() -> Iterator[SmallFile]:
+        for i in range(40):
+            yield SmallFile(f"f{i:02d}.bin", bytes([i]) * 1000, None)
+        raise OSError("the local disk went away")  # with requests still in flight
+
+    with pytest.raises(OSError, match="went away"):
+        share.write_many(files(), lambda _n: None)
+    arrived = tree_of(smbd.share_dir)  # the files already sent were finished, not left as temporary files
+    assert {f"f{i:02d}.bin" for i in range(2 * _compound.FILES_PER_FRAME)} <= set(arrived)
+    assert all(data == bytes([int(name[1:3])]) * 1000 for name, data in arrived.items())
+    assert leftovers(smbd.share_dir) == []
+    got = share.read_many((f"f{i:02d}.bin", 1000) for i in range(20))
+    next(got)
+    got.close()  # the caller stops reading with requests in flight: their answers are waited for, dropped
+    assert share.stat("f00.bin") is not None  # and the same session goes on
+    share.write_many(iter([SmallFile("after.bin", b"ok", None)]), lambda _n: None)
+    assert (smbd.share_dir / "after.bin").read_bytes() == b"ok"
+    receiver = _wire.receiver_of(share._session.connection)
+    assert receiver is not None and receiver.mine == {}
