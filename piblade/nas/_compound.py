@@ -3,9 +3,9 @@
 Why this exists: one small file through smbprotocol's file objects is a
 CREATE+WRITE round trip and a SET-INFO+SET-INFO+CLOSE round trip (or one
 CREATE+READ+CLOSE for a download), each message built and parsed in
-smbprotocol's pure-Python structures — about 1 ms of client CPU and two waits
-per file, where Samba's C ``smbclient`` keeps its ``mput``/``mget`` at about
-0.5 ms a file. Here, on an encrypted AES-GCM session (what piblade asks for),
+smbprotocol's pure-Python structures — 2–3 ms of client CPU and two waits per
+file on the benchmark VM, where Samba's C ``smbclient`` spends about 0.2 ms of
+CPU per file in ``mput``/``mget``. Here, on an encrypted AES-GCM session (what piblade asks for),
 the messages are packed with :mod:`struct` straight into one compound request
 for up to :data:`FILES_PER_FRAME` files, encrypted once and sent with one
 ``sendmsg``; :data:`FRAMES` such requests are in flight, and their answers are
@@ -53,7 +53,8 @@ from smbprotocol.header import Commands
 
 from piblade.nas import _wire
 
-#: Files per compound request; 16 measured best on loopback (8 and 32 were no faster).
+#: Files per compound request. With 16 (and FRAMES 4) an upload already waits on the server most of
+#: the time (docs/benchmarks.md); other values were not measured.
 FILES_PER_FRAME = 16
 #: Compound requests (of the first kind, for uploads) in flight at once.
 FRAMES = 4
