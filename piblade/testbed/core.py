@@ -63,6 +63,8 @@ from piblade.testbed.system import (
 
 STATE_VERSION = 1
 BOOT_TIMEOUT = 120.0
+#: Every node boots on the same host cores: each node beyond the third adds this much to the wait.
+BOOT_TIMEOUT_PER_NODE = 8.0
 #: An emulated node runs systemd, sshd and everything else through qemu, ≈10× slower.
 EMULATED_BOOT_TIMEOUT = 300.0
 STOP_TIMEOUT = 20.0
@@ -156,7 +158,7 @@ class Testbed:
                 self._write_known_hosts(nodes)
                 self.timings["prepare"] = time.monotonic() - t0
                 t0 = time.monotonic()
-                self._progress(f"booting {', '.join(n.name for n in nodes)}")
+                self._progress(f"booting {len(nodes)} node{'' if len(nodes) == 1 else 's'}")
                 running = {}
                 for node, entry in zip(nodes, state["nodes"], strict=True):
                     running[node.name] = nodes_mod.boot(node, self._dirs(node).root, self._log(node))
@@ -464,14 +466,19 @@ class Testbed:
         """Until each node's sshd answers and systemd says the boot finished (running or degraded)."""
         started = time.monotonic()
         abort = threading.Event()
+        ready: list[str] = []
+        extra = BOOT_TIMEOUT_PER_NODE * max(0, len(nodes) - 3)
 
         def wait(node: TestbedNode) -> None:
-            limit = BOOT_TIMEOUT if node.machine == platform.machine() else EMULATED_BOOT_TIMEOUT
+            limit = (BOOT_TIMEOUT if node.machine == platform.machine() else EMULATED_BOOT_TIMEOUT) + extra
             try:
                 self._wait_one(node, running[node.name], started + limit, abort)
             except BaseException:
                 abort.set()
                 raise
+            ready.append(node.name)  # list.append is atomic
+            if len(nodes) > 1:
+                self._progress(f"{len(ready)} of {len(nodes)} nodes ready ({time.monotonic() - started:.0f} s)")
 
         with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
             futures = [pool.submit(wait, n) for n in nodes]
@@ -483,7 +490,6 @@ class Testbed:
 
     def _wait_one(self, node: TestbedNode, running: Running, deadline: float, abort: threading.Event) -> None:
         log = self._log(node)
-        self._progress(f"waiting for {node.name} ({node.address}) to boot")
         while not abort.is_set():
             if not (alive(running.nspawn) and alive(running.init)):
                 raise TestbedError(f"{node.name} stopped while booting: {nodes_mod.tail(log)}", hint=f"see {log}")

@@ -77,6 +77,15 @@ def test_the_generated_inventory_is_a_valid_piblade_inventory(tmp_path: Path) ->
     assert parse_inventory(render_inventory(plan_nodes(0), key=key, known_hosts=known), source="t.yml").workers == ()
 
 
+def test_more_worker_nodes_than_cores_get_one_worker_process_each(tmp_path: Path) -> None:
+    key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
+    cores = len(os.sched_getaffinity(0))
+    crowded = parse_inventory(render_inventory(plan_nodes(cores + 1), key=key, known_hosts=known), source="t.yml")
+    assert [w.settings.worker_processes for w in crowded.workers] == [1] * (cores + 1)
+    roomy = parse_inventory(render_inventory(plan_nodes(cores), key=key, known_hosts=known), source="t.yml")
+    assert [w.settings.worker_processes for w in roomy.workers] == [0] * cores  # one per core, as on a Pi
+
+
 def test_nspawn_command_and_network_config() -> None:
     node = plan_nodes(1)[1]
     argv = nspawn_argv(node, Path("/tb/nodes/tb-w1/root"))
