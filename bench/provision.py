@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from piblade.testbed import Testbed
 
+#: Every role but `services` (the venv, the agent and worker units), as Ansible's `--skip-tags services`.
+NO_VENV_TAGS = "common,nas,disk,samba,results,postgresql,workers,mount,controller"
+
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
     started = time.perf_counter()
@@ -107,7 +110,7 @@ def main() -> None:
         results["rerun_check"], _ = piblade_provision(inventory, "--check")
         testbed.down()
         info = testbed.up(workers=2)
-        results["first_no_venv"], _ = piblade_provision(inventory, "--tags", "common,nas,samba,workers,mount,controller")
+        results["first_no_venv"], _ = piblade_provision(inventory, "--tags", NO_VENV_TAGS)
         command = ansible_playbook_command()
         if (ROOT / "ansible" / "site.yml").exists() and command:
             testbed.down()  # fresh nodes, and no cluster Redis: the same start as piblade's first run
