@@ -7,6 +7,11 @@ if sys.argv[1:2] == ["agent"]:
     from piblade.cli.agent_cmd import main as agent_main
 
     sys.exit(agent_main(sys.argv[2:]))
+if sys.argv[1:2] == ["worker"]:
+    # Each worker process is a fork of the supervisor: the full CLI would stay in all of them.
+    from piblade.cli.worker_cmd import main as worker_main
+
+    sys.exit(worker_main(sys.argv[2:]))
 
 from piblade.cli.app import main
 

@@ -119,7 +119,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("piblade_cluster_name", "str", None, "Name shown by status and the dashboard; "
             "defaults to the inventory file's name without extension.", scope="cluster"),
-    Setting("piblade_worker_processes", "int", 0, "Worker processes on this node; 0 means one per CPU core.", min=0),
+    Setting("piblade_worker_processes", "int", 0, "Worker processes on this node; 0 means one per CPU core, "
+            "fewer where memory is short (piblade/workersize.py; per Pi model in README, Workers).", min=0),
     Setting("piblade_queues", "list[str]", ("default",), "Queues this node's workers listen to, highest first."),
     Setting("piblade_redis_port", "port", 6379, "Port of the Redis server; read from the controller node."),
     Setting("piblade_redis_bind", "str", None, "Address Redis listens on; unset means the controller's address."),

@@ -139,3 +139,10 @@ def warmup() -> None:
     small = np.zeros((4, 2, 3), dtype=np.float32)
     resample_rows(rgb, small, index, weight, 0, 4)
     resample_cols(small, np.zeros((2, 2, 3), dtype=np.uint8), index, weight, 0, 2, 0)
+    # A picture from Pillow (np.asarray) is read-only, which Numba types apart:
+    # without these, each worker process compiled them again at its first picture.
+    picture = rgb.copy()
+    picture.flags.writeable = False
+    luma(picture, gray, 0, 4)
+    blur_rows(picture, tmp, weights, 0, 4)
+    resample_rows(picture, small, index, weight, 0, 4)

@@ -71,7 +71,7 @@ def show(
         table.add_column(column, justify="right" if column == "port" else "left", no_wrap=column in ("node", "address"))
     for node in cluster.nodes:
         is_worker = "workers" in node.roles
-        processes = str(node.settings.worker_processes or "one per core") if is_worker else "-"
+        processes = str(node.settings.worker_processes or "auto (cores, memory)") if is_worker else "-"
         cells = (
             node.name,
             ", ".join(sorted(node.roles)) or "-",
