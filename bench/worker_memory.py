@@ -23,7 +23,8 @@ it imports neither Numba nor the jobs until a forked work horse runs one.
 
 Prints per state and N: the tree's total PSS and its share per worker process
 (total / N), the supervisor's PSS, one worker's PSS/USS/RSS, and the ratios to
-plain RQ. Usage: python bench/worker_memory.py [--processes 1,2,4] [--json]
+plain RQ. ``--warm-sets`` adds one process warming each kernel job alone.
+Usage: python bench/worker_memory.py [--processes 1,2,4] [--warm-sets] [--json]
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def work(conn: Any, registry: Any, processes: int) -> None:
 
 def measure_piblade(target: Any, tmp: Path, conn: Any, registry: Any, processes: int,
                     state: str) -> dict[str, Any]:
-    pool = start_workers(target, tmp, processes, "noop" if state == "cold" else None)
+    warm = "noop" if state == "cold" else state.removeprefix("warm ") if state.startswith("warm ") else None
+    pool = start_workers(target, tmp, processes, warm)
     try:
         settle(conn, processes)
         if state == "worked":
@@ -184,6 +186,8 @@ def measure_plain(target: Any, password: str, tmp: Path, conn: Any, processes: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--processes", default="1,2,4", help="comma-separated process counts (default 1,2,4)")
+    parser.add_argument("--warm-sets", action="store_true",
+                        help="also measure one process warming each kernel job alone (--warm JOB)")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     args = parser.parse_args()
     counts = [int(c) for c in args.processes.split(",")]
@@ -204,18 +208,22 @@ def main() -> None:
             rows.append(measure_plain(target, password, tmp, conn, n))
             for state in ("cold", "warm", "worked"):
                 rows.append(measure_piblade(target, tmp, conn, registry, n, state))
+        if args.warm_sets:
+            for spec in registry:
+                if spec.warmup is not None:
+                    rows.append(measure_piblade(target, tmp, conn, registry, 1, f"warm {spec.name}"))
     if args.json:
         print(json.dumps({"compile_peak_rss": compile_peak, "rows": rows}, indent=2))
         return
     print(f"supervisor peak RSS on a first start (compiling every kernel): {compile_peak:.0f} MiB")
-    print(f"{'state':<16} {'N':>2} {'total PSS':>10} {'PSS/proc':>9} {'superv PSS':>10} "
+    print(f"{'state':<20} {'N':>2} {'total PSS':>10} {'PSS/proc':>9} {'superv PSS':>10} "
           f"{'worker PSS':>10} {'USS':>6} {'RSS':>6} {'vs rq':>6}")
-    for n in counts:
+    for n in sorted({r["processes"] for r in rows}):
         plain = next(r for r in rows if r["processes"] == n and r["state"] == "plain rq worker")
         for r in (r for r in rows if r["processes"] == n):
             sup = f"{r['supervisor']['pss']:10.1f}" if "supervisor" in r else f"{'-':>10}"
             ratio = r["per_process_pss"] / plain["per_process_pss"]
-            print(f"{r['state']:<16} {n:>2} {r['total_pss']:10.1f} {r['per_process_pss']:9.1f} {sup} "
+            print(f"{r['state']:<20} {n:>2} {r['total_pss']:10.1f} {r['per_process_pss']:9.1f} {sup} "
                   f"{r['worker_pss']:10.1f} {r['worker_uss']:6.1f} {r['worker_rss']:6.1f} {ratio:5.2f}x")
     print("MiB; total PSS = supervisor + workers (piblade) or the N processes (plain rq);"
           " PSS/proc = total / N; 'vs rq' = PSS/proc over plain rq's")

@@ -235,8 +235,8 @@ def warmup() -> None:
     """Compile the kernels, and load Pillow with every format plugin it registers.
 
     The worker's supervisor runs this before it forks its worker processes, so
-    they share one copy of Pillow (≈ 7 MiB: ``registered_extensions`` imports
-    every plugin) instead of each importing its own at its first picture.
+    they share one copy of Pillow (``registered_extensions`` imports every
+    format plugin) instead of each importing its own at its first picture.
     """
     from PIL import Image
 

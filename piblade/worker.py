@@ -667,9 +667,9 @@ def release_free_memory() -> None:
 
     glibc raises its mmap threshold when a large block is freed, so after a
     task that made big arrays (a picture, a chunk of a file) the next ones come
-    from the heap, and freed heap stays with the process: a worker that blurred
-    one 1024×768 picture kept ≈ 11 MiB it no longer used. Trimming costs well under
-    a millisecond and runs only when the queue is empty, never between tasks.
+    from the heap, and freed heap stays with the process (a worker that blurred
+    pictures kept it). Trimming runs only when the queue is empty, never
+    between tasks.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -767,8 +767,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._forward)
         # Everything alive now (the warm kernels, the imported modules) is shared
         # with the workers copy-on-write; a collection in a worker would write to
-        # every object's GC header and so copy every page that holds one (≈ 30 MiB
-        # per process, bench/worker_memory.py). Frozen objects are never collected.
+        # every object's GC header and so copy every page that holds one
+        # (bench/worker_memory.py, "worked"). Frozen objects are never collected.
         gc.collect()
         gc.freeze()
         for slot in range(self.config.processes):
