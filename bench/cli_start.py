@@ -18,9 +18,11 @@ falls on all of them alike:
 
 Each row gives the wall time (median and p90) and the CPU time (user + sys,
 median), which moves far less than wall time when other processes share the
-cores. The ratios are piblade's median over the floor's and over rq enqueue's.
+cores. The ratios are piblade's median over the floor's and over rq enqueue's,
+for wall time and for CPU time.
 Then each piblade command runs a few times under ``python -X importtime`` and
-the import time is summed by package, to show where it goes.
+the import time is summed by package, to show where it goes, and its Redis
+round trips are counted (redis-py's sends, in a child that patches them).
 Usage: python bench/cli_start.py [--rounds 40]
 """
 
@@ -118,8 +120,32 @@ def import_shares(argv: list[str], env: dict[str, str], runs: int) -> dict[str, 
     return {group: statistics.median(v + [0.0] * (runs - len(v))) for group, v in shares.items()}
 
 
+#: The CLI in a child whose redis-py counts what it sends: one send is one round trip (a pipeline is one).
+COUNT_ROUND_TRIPS = """
+import atexit, sys
+import redis.connection as rc
+sent = [0]
+send_packed = rc.AbstractConnection.send_packed_command
+def counting_send(self, command, check_health=True):
+    sent[0] += 1
+    return send_packed(self, command, check_health)
+rc.AbstractConnection.send_packed_command = counting_send
+atexit.register(lambda: print(f"ROUND TRIPS {sent[0]}", file=sys.stderr))
+sys.argv = ["piblade", *sys.argv[1:]]
+from piblade.cli.app import main
+main()
+"""
+
+
+def round_trips(argv: list[str], env: dict[str, str]) -> int:
+    """Redis round trips of one ``piblade ARGV``."""
+    done = subprocess.run([sys.executable, "-c", COUNT_ROUND_TRIPS, *argv], env=env, cwd=ROOT, capture_output=True,
+                          text=True)
+    return int(next(x for x in done.stderr.splitlines() if x.startswith("ROUND TRIPS")).split()[2])
+
+
 def p90(values: list[float]) -> float:
-    return statistics.quantiles(values, n=10)[-1]
+    return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
@@ -157,23 +183,27 @@ def main() -> None:
                 wall, cpu = timed(argv, env)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
-        floor = statistics.median(walls["floor: python -c (redis-py, 1 enqueue + 1 poll)"])
-        rq = statistics.median(walls["rq enqueue"])
-        print(f"{args.rounds} rounds, interleaved; seconds per whole process\n")
-        print(f"{'':48} {'wall med':>9} {'wall p90':>9} {'cpu med':>8} {'/ floor':>8} {'/ rq':>6}  target")
+        floor_name = "floor: python -c (redis-py, 1 enqueue + 1 poll)"
+        floor, rq = statistics.median(walls[floor_name]), statistics.median(walls["rq enqueue"])
+        floor_cpu, rq_cpu = statistics.median(cpus[floor_name]), statistics.median(cpus["rq enqueue"])
+        print(f"{args.rounds} rounds, interleaved; seconds per whole process (wall, and CPU = user + sys)\n")
+        print(f"{'':48} {'wall med':>8} {'wall p90':>8} {'cpu med':>7} {'wall/floor':>10} {'wall/rq':>7} "
+              f"{'cpu/floor':>9} {'cpu/rq':>6}  target (wall)")
         for name in runs:
-            med = statistics.median(walls[name])
+            med, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
             target_s = TARGETS.get(name)
             verdict = "" if target_s is None else f"<= {target_s:.2f} s: {'met' if med <= target_s else 'NOT met'}"
-            print(f"{name:48} {med:9.3f} {p90(walls[name]):9.3f} {statistics.median(cpus[name]):8.3f} "
-                  f"{med / floor:7.2f}x {med / rq:5.2f}x  {verdict}")
+            print(f"{name:48} {med:8.3f} {p90(walls[name]):8.3f} {cpu:7.3f} {med / floor:9.2f}x {med / rq:6.2f}x "
+                  f"{cpu / floor_cpu:8.2f}x {cpu / rq_cpu:5.2f}x  {verdict}")
         print("\nwhere the import time goes (-X importtime self times by package, median; importtime's own"
               " overhead inflates them)")
         for argv in (["submit", "noop", "-p", "count=1", "--wait"], ["status"]):
             shares = import_shares(argv, env, args.import_runs)
             top = sorted(shares.items(), key=lambda kv: -kv[1])
+            trips = round_trips(argv, env)
             print(f"  piblade {' '.join(argv)}: {sum(shares.values()):.3f} s in all; "
-                  + ", ".join(f"{group} {seconds * 1000:.0f} ms" for group, seconds in top[:9]))
+                  + ", ".join(f"{group} {seconds * 1000:.0f} ms" for group, seconds in top[:9])
+                  + f"; {trips} Redis round trips")
     finally:
         subprocess.run([str(BIN / "piblade"), "local", "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
         shutil.rmtree(state, ignore_errors=True)
