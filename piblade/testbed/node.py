@@ -208,6 +208,11 @@ def write_identity(root: Path, node: TestbedNode, nodes: tuple[TestbedNode, ...]
         for unit in ("systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service"):
             (units / unit).unlink(missing_ok=True)
             (units / unit).symlink_to("/dev/null")  # masked: it would only fail and restart
+    if node.role == "nas":
+        # Each worker mounts the share over SSH (sshfs), all at once when provisioned. Past sshd's
+        # default MaxStartups (10 connections still logging in) sshd drops new ones at random; with
+        # 19 workers on two loaded cores, 4 random mounts of 19 failed at once, as that predicts.
+        _put(etc / "ssh" / "sshd_config.d" / "piblade-testbed-nas.conf", "MaxStartups 100:30:200\n")
     for key in (etc / "ssh").glob("ssh_host_*"):
         key.unlink()
     run_tool(["ssh-keygen", "-A", "-f", str(root)], what=f"{node.name}: generating SSH host keys")
