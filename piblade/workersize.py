@@ -33,9 +33,9 @@ report the same two numbers).
 from __future__ import annotations
 
 #: The worker tree's PSS at rest besides its processes' own (MiB): the supervisor with Numba and
-#: every bundled job's kernels loaded. Measured 148 (tree of 1 process minus one process's share).
+#: every bundled job's kernels loaded. Measured 148–149 (the tree of one process minus one process).
 WORKER_BASE_MIB = 150
-#: PSS each further worker process adds once it ran tasks of every kernel job (MiB). Measured 13.1–13.6.
+#: PSS each further worker process adds once it ran tasks of every kernel job (MiB). Measured 13.1–13.7.
 WORKER_PROCESS_MIB = 16
 #: Memory kept for the OS, the health agent and smbd or the share's mount (MiB).
 NODE_RESERVE_MIB = 160
