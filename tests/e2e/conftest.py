@@ -29,8 +29,8 @@ from piblade.testbed import Testbed, TestbedError, check_host
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="package")  # down before the other tiers run: its nodes share the CPUs
-def testbed() -> Iterator[Testbed]:
+def require_testbed_host() -> None:
+    """Fail (never skip) with what to install when this machine cannot run the testbed."""
     try:
         check_host()
     except TestbedError as exc:
@@ -39,6 +39,11 @@ def testbed() -> Iterator[Testbed]:
             "`make test` installs the Debian packages; run it as root on Linux.",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="package")  # down before the other tiers run: its nodes share the CPUs
+def testbed() -> Iterator[Testbed]:
+    require_testbed_host()
     bed = Testbed(inventory=ROOT / "inventory" / "testbed.yml")
     try:
         bed.up(workers=2)
