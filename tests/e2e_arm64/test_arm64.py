@@ -174,6 +174,7 @@ def test_provision_installs_the_aarch64_wheelhouse_on_the_arm64_node(
     assert testbed.run(ARM, probe, timeout=180).stdout.split() == ["aarch64", lock.split("numba==")[1].split()[0]]
     # The recap a person reads names the architecture; and a second run changes nothing.
     recap = piblade("provision", "-i", str(inventory))
+    print(recap.stdout)  # with -s: the recap the README shows
     assert recap.returncode == 0, recap.stdout + recap.stderr
     assert any(line.startswith(ARM) and "aarch64" in line for line in recap.stdout.splitlines()), recap.stdout
     assert "0 changed" in recap.stdout or "changed=0" in recap.stdout, recap.stdout
