@@ -26,6 +26,7 @@ from piblade.inventory import Node
 from piblade.provision.facts import FACTS_SCRIPT, NodeFacts, parse_facts
 from piblade.provision.plan import HostPlan
 from piblade.provision.rolling import Rolling
+from piblade.provision.sitetree import SiteTree
 from piblade.provision.ssh import DEFAULT_KNOWN_HOSTS, Session, SshTarget
 from piblade.provision.steps import Change, ChangeKind, Decision, Ok, Step
 from piblade.provision.wheelhouse import Wheelhouse, refuse_unsupported
@@ -287,13 +288,20 @@ def _result(run: HostRun, steps: list[StepResult], plan: HostPlan, error: str | 
                       seconds=time.monotonic() - run.started, notified=plan.notified)
 
 
+#: Architectures whose nodes get a tree built on the controller (:mod:`piblade.provision.sitetree`)
+#: instead of running pip themselves: a Pi's CPU is the slowest of the cluster (and an emulated
+#: one ≈ 15× slower still); x86_64 nodes install the wheelhouse with pip, as Ansible's role does.
+TREE_PLATFORMS = frozenset({"aarch64"})
+
+
 @dataclass(slots=True)
 class Wheelhouses:
-    """One wheelhouse per (arch, Python), built by the first host that needs it."""
+    """One wheelhouse per (arch, Python), built by the first host that needs it; trees per full Python."""
 
     cache: Path
     log: Path | None = None
     built: dict[tuple[str, str], Wheelhouse] = field(default_factory=dict)
+    trees: dict[tuple[str, str, str], SiteTree] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, facts: NodeFacts) -> Wheelhouse:
@@ -304,6 +312,19 @@ class Wheelhouses:
             if key not in self.built:
                 self.built[key] = build(self.cache, *key, log=self.log)
             return self.built[key]
+
+    def install_for(self, facts: NodeFacts, venv: str) -> Wheelhouse | SiteTree:
+        """What the node's venv is installed from: a tree for an aarch64 node, else the wheelhouse."""
+        house = self.get(facts)
+        if facts.wheel_platform not in TREE_PLATFORMS or not facts.python_full:
+            return house
+        from piblade.provision import sitetree
+
+        key = (facts.wheel_platform, facts.python_full, venv)
+        with self.lock:
+            if key not in self.trees:
+                self.trees[key] = sitetree.build(house, *key, log=self.log)
+            return self.trees[key]
 
 
 #: Hosts worked on at once. Each is mostly waiting on its node, so a 20-Pi cluster goes in one

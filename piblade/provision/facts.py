@@ -14,6 +14,7 @@ echo "model=${model:-unknown}"
 echo "mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 ( . /etc/os-release 2>/dev/null; echo "os=${PRETTY_NAME:-unknown}" )
 echo "python=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+echo "python_full=$(python3 -c 'import platform; print(platform.python_version())' 2>/dev/null)"
 echo "bits=$(getconf LONG_BIT 2>/dev/null)"
 if grep -qw cifs /proc/filesystems 2>/dev/null; then echo cifs=yes
 elif modprobe -n cifs 2>/dev/null; then echo cifs=module
@@ -49,6 +50,8 @@ class NodeFacts:
     userland_bits: int = 0
     #: Major version of the newest PostgreSQL server installed ("" for none).
     postgres: str = ""
+    #: ``3.11.2``: the lock's markers for the node are decided on it (:mod:`piblade.provision.sitetree`).
+    python_full: str = ""
 
     @property
     def wheel_platform(self) -> str:
@@ -95,4 +98,5 @@ def parse_facts(output: str) -> NodeFacts:
         virtualization=values.get("virt", "none") or "none",
         userland_bits=int(values["bits"]) if values.get("bits", "").isdigit() else 0,
         postgres=values.get("postgres", ""),
+        python_full=values.get("python_full", ""),
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from piblade.inventory import Node
 from piblade.provision import roles
 from piblade.provision.facts import NodeFacts
+from piblade.provision.sitetree import SiteTree
 from piblade.provision.steps import Change, ChangeKind, Decision, Service, Step
 from piblade.provision.wheelhouse import Wheelhouse
 
@@ -79,7 +80,7 @@ class HostPlan:
                 replace(self, steps=tuple(s for s in self.steps if later(s)), notes=(), decisions=None))
 
 
-def host_plan(node: Node, facts: NodeFacts, ctx: roles.Context, wheelhouse: Wheelhouse,
+def host_plan(node: Node, facts: NodeFacts, ctx: roles.Context, wheelhouse: Wheelhouse | SiteTree,
               tags: frozenset[str] = frozenset()) -> HostPlan:
     """The plan for a remote node: its roles' steps (only those with one of ``tags``, if any) and notes."""
     steps, notes = roles.plan(node, facts, ctx, wheelhouse)

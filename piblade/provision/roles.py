@@ -17,6 +17,7 @@ import jinja2
 
 from piblade.inventory import Cluster, Node
 from piblade.provision.facts import NodeFacts
+from piblade.provision.sitetree import SiteTree
 from piblade.provision.steps import (
     Directory,
     File,
@@ -27,6 +28,7 @@ from piblade.provision.steps import (
     PostgresRole,
     SambaUser,
     Service,
+    SiteInstall,
     Step,
     SystemUser,
     VenvInstall,
@@ -218,14 +220,20 @@ def results(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str
                    f"data in {data}, scram-sha-256 from {clients}")
 
 
-def services(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse) -> list[Step]:
+def services(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse | SiteTree) -> list[Step]:
     """The venv, config and health agent every remote node runs; the worker service on workers."""
     v = template_vars(node, ctx)
     tags = frozenset({"services"})
     units = ["piblade-agent"] + (["piblade-worker"] if "workers" in node.roles else [])
-    steps: list[Step] = [
+    venv_tags = frozenset({"services", "venv"})
+    venv: Step = (
+        SiteInstall(VENV, wheelhouse.tar, wheelhouse.key, wheelhouse.minor, python=node.settings.python,
+                    notify=tuple(units), tags=venv_tags)
+        if isinstance(wheelhouse, SiteTree) else
         VenvInstall(VENV, WHEELHOUSE, wheelhouse.wheels, wheelhouse.manifest, wheelhouse.requirement,
-                    python=node.settings.python, notify=tuple(units), tags=frozenset({"services", "venv"})),
+                    python=node.settings.python, notify=tuple(units), tags=venv_tags))
+    steps: list[Step] = [
+        venv,
         Directory(f"{HOME}/numba-cache", USER, USER, "700", tags=tags),
         File(f"{CONFIG_DIR}/piblade.env", render("piblade.env.j2", v), "root", "root", "600",
              notify=tuple(units), tags=tags),
@@ -276,7 +284,7 @@ def workers(node: Node, facts: NodeFacts, ctx: Context) -> tuple[list[Step], str
     return steps, f"mount: sshfs (FUSE; this kernel has no cifs) {v['piblade_nas_address']}:{v['piblade_nas_path']} at {mount}"
 
 
-def plan(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse) -> tuple[list[Step], list[str]]:
+def plan(node: Node, facts: NodeFacts, ctx: Context, wheelhouse: Wheelhouse | SiteTree) -> tuple[list[Step], list[str]]:
     """Every step for a remote node, in order, plus notes for the recap."""
     notes: list[str] = []
     steps = common(node, facts, ctx)

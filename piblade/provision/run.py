@@ -141,7 +141,7 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
         assert run.facts is not None
         try:
             emit(run.node.name, "planning")
-            wheelhouse = wheelhouses.get(run.facts)
+            wheelhouse = wheelhouses.install_for(run.facts, roles.VENV)
             result = stages(run, host_plan(run.node, run.facts, ctx, wheelhouse, options.tags))
         except PibladeError as exc:
             result = HostResult(run.node.name, facts=run.facts, error=exc.message, hint=exc.hint,

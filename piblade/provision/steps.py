@@ -389,19 +389,10 @@ class SambaUser(Step):
 
 
 @dataclass(frozen=True, slots=True)
-class VenvInstall(Step):
-    """A venv with piblade installed from a wheelhouse the controller pushed (nodes need no internet).
-
-    The node remembers the manifest hash of what it installed; a different
-    wheelhouse (new piblade code or dependencies) reinstalls and notifies services.
-    """
+class PibladeVenv(Step):
+    """piblade's venv on the node, which remembers in ``marker`` what it was installed from."""
 
     venv: str
-    wheelhouse: str
-    wheels: tuple[Path, ...]
-    manifest: str
-    requirement: str
-    python: str = "python3"
 
     @property
     def name(self) -> str:
@@ -410,6 +401,21 @@ class VenvInstall(Step):
     @property
     def marker(self) -> str:
         return f"{self.venv}/.piblade-wheelhouse"
+
+
+@dataclass(frozen=True, slots=True)
+class VenvInstall(PibladeVenv):
+    """A venv with piblade installed from a wheelhouse the controller pushed (nodes need no internet).
+
+    The node remembers the manifest hash of what it installed; a different
+    wheelhouse (new piblade code or dependencies) reinstalls and notifies services.
+    """
+
+    wheelhouse: str
+    wheels: tuple[Path, ...]
+    manifest: str
+    requirement: str
+    python: str = "python3"
 
     def probe(self) -> str:
         return (f"cat {q(self.marker)} 2>/dev/null || echo none; "
@@ -443,6 +449,41 @@ class VenvInstall(Step):
         wheels = f"{len(uploads)} wheel{'' if len(uploads) == 1 else 's'}"
         return Change(self.name, ChangeKind.INSTALL, f"install {self.requirement} ({wheels}, {amount} to push)", script,
                       uploads)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInstall(PibladeVenv):
+    """A fresh venv whose site-packages the controller built and pushes as one tar (aarch64 nodes).
+
+    :mod:`piblade.provision.sitetree` says why. The venv is made anew each time
+    (``--without-pip``: nothing on the node installs into it), so nothing of an
+    earlier install, pip's or this one's, is left in it. The node remembers the
+    tree's key; the same key again pushes nothing.
+    """
+
+    tar: Path
+    key: str
+    #: The venv's ``lib/python<minor>``.
+    minor: str
+    python: str = "python3"
+
+    def probe(self) -> str:
+        return f"cat {q(self.marker)} 2>/dev/null || echo none"
+
+    def decide(self, output: str) -> Decision:
+        if output.split()[:1] == [self.key]:
+            return self.ok(f"{self.venv} has the tree {self.key[5:17]} installed")
+        venv, site = q(self.venv), q(f"{self.venv}/lib/python{self.minor}/site-packages")
+        script = (
+            f"rm -rf {venv} && {q(self.python)} -m venv --without-pip {venv}"
+            f" && rm -rf {site} && tar -xf \"$STAGE/site.tar\" -C {venv} --no-same-owner site-packages bin"
+            f" && mv {venv}/site-packages {site}"
+            f" && echo {self.key} > {q(self.marker)}"
+        )
+        size = self.tar.stat().st_size
+        return Change(self.name, ChangeKind.INSTALL,
+                      f"install piblade (a tree built from the wheelhouse, {size / 2**20:.0f} MiB to push)", script,
+                      (Upload("site.tar", local=self.tar),))
 
 
 #: The cluster piblade keeps its results in: Debian's default cluster name, moved onto the NAS disk.

@@ -9,10 +9,11 @@ after, the tests that need a provisioned cluster ask for ``provisioned`` (one
 from __future__ import annotations
 
 import base64
-import hashlib
+import csv
 import io
 import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -148,36 +149,67 @@ def test_a_32_bit_node_and_an_old_python_are_refused_before_anything_is_pushed(
     assert testbed.run(ARM, snapshot, user="root").stdout == before  # nothing was pushed or changed
 
 
-# Its setup is the module's first provisioning: on tb-arm1, pip installs (and byte-compiles) numpy,
-# Numba and llvmlite emulated, and a clean cache downloads the aarch64 wheelhouse first.
+# Its setup is the module's first provisioning; on a clean cache that downloads the aarch64
+# wheelhouse and builds the node's tree from it first.
 @pytest.mark.timeout(1800)
 def test_provision_installs_the_aarch64_wheelhouse_on_the_arm64_node(
     provisioned: dict[str, Any], testbed: Testbed, inventory: Path
 ) -> None:
-    from piblade.provision.wheelhouse import build
+    from piblade.provision import sitetree
+    from piblade.provision.roles import VENV
+    from piblade.provision.wheelhouse import build, read_lock
     from piblade.state import state_dir
 
     by_host = hosts(provisioned)
     assert set(by_host) == {"tb-ctl", "tb-nas", "tb-w1", ARM}
     assert all(h["failed"] == 0 for h in by_host.values()), provisioned
     assert ", aarch64, " in by_host[ARM]["facts"] and ", x86_64, " in by_host["tb-w1"]["facts"]
-    # The wheels on the node are the controller's aarch64 wheelhouse, byte for byte (locked versions, hashes).
+    print(f"provisioned: {ARM} in {by_host[ARM]['seconds']:.0f} s, tb-w1 in {by_host['tb-w1']['seconds']:.0f} s")
+    # The node got a tree built here from the controller's aarch64 wheelhouse, not the wheels.
     house = build(state_dir() / "wheelhouse", "aarch64", "3.11")
-    listed = testbed.run(ARM, "cd /opt/piblade/wheelhouse && sha256sum *.whl").stdout.split()
-    on_node = dict(zip(listed[1::2], listed[0::2], strict=True))
-    assert on_node == {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in house.wheels}
-    assert any(name.startswith("numba-") and "aarch64" in name for name in on_node)
-    # Installed from them, nothing built: the venv's compiled parts are aarch64 and import.
-    probe = ("/opt/piblade/venv/bin/python -c 'import platform, numba, llvmlite, numpy; "
+    node_python = testbed.run(ARM, "python3 -c 'import platform; print(platform.python_version())'").stdout.strip()
+    tree = sitetree.build(house, "aarch64", node_python, VENV)
+    assert any(c["step"] == f"piblade in {VENV}" and "a tree built from the wheelhouse" in c["summary"]
+               for c in by_host[ARM]["changes"]), by_host[ARM]["changes"]
+    # Its distributions are the locked versions, and nothing else: no pip in the venv, nothing built there.
+    listed = testbed.run(ARM, f"{VENV}/bin/python -c 'import importlib.metadata as m; "
+                              "print(*sorted(d.name + \"==\" + d.version for d in m.distributions()))'", timeout=180)
+    on_node = set(listed.stdout.split())
+    assert on_node == set(tree.distributions), listed.stderr
+    locked = {e.line.split("==")[0].lower().replace("_", "-"): e.line.split("==")[1] for e in
+              read_lock((Path(__file__).resolve().parents[2] / "requirements.lock").read_text())}
+    for name, version in (d.split("==") for d in on_node if not d.startswith("piblade==")):
+        assert locked[name.lower().replace("_", "-").replace(".", "-")] == version, name
+    assert {"numba", "llvmlite", "numpy"} <= {d.split("==")[0] for d in on_node}
+    assert testbed.run(ARM, f"ls {VENV}/bin/pip {VENV}/lib/python3.11/site-packages/pip").returncode != 0
+    # The compiled parts on the node are the files of the locked aarch64 wheels, byte for byte.
+    expected = {}
+    for wheel in house.wheels:
+        if wheel.name.split("-")[0] in ("numba", "llvmlite", "numpy"):
+            with zipfile.ZipFile(wheel) as archive:
+                record = next(n for n in archive.namelist() if n.endswith(".dist-info/RECORD"))
+                for row in csv.reader(io.StringIO(archive.read(record).decode())):
+                    if row[0].endswith(".so") and row[1].startswith("sha256="):
+                        digest = base64.urlsafe_b64decode(row[1][7:] + "==").hex()
+                        expected[row[0]] = digest
+    assert any("aarch64" in path for path in expected), expected
+    summed = testbed.run(ARM, f"cd {VENV}/lib/python3.11/site-packages && sha256sum " + " ".join(sorted(expected)),
+                         timeout=300).stdout.split()
+    assert dict(zip(summed[1::2], summed[0::2], strict=True)) == expected
+    probe = (f"{VENV}/bin/python -c 'import platform, numba, llvmlite, numpy; "
              "print(platform.machine(), numba.__version__)'")
     lock = (Path(__file__).resolve().parents[2] / "requirements.lock").read_text()
     assert testbed.run(ARM, probe, timeout=180).stdout.split() == ["aarch64", lock.split("numba==")[1].split()[0]]
-    # The recap a person reads names the architecture; and a second run changes nothing.
+    # The recap a person reads names the architecture; and a second run changes nothing, pushes nothing.
     recap = piblade("provision", "-i", str(inventory))
     print(recap.stdout)  # with -s: the recap the README shows
     assert recap.returncode == 0, recap.stdout + recap.stderr
     assert any(line.startswith(ARM) and "aarch64" in line for line in recap.stdout.splitlines()), recap.stdout
     assert "0 changed" in recap.stdout or "changed=0" in recap.stdout, recap.stdout
+    again = hosts(provision_json(inventory))[ARM]
+    assert again["changed"] == 0 and any(
+        p["step"] == f"piblade in {VENV}" and p["reason"] == f"{VENV} has the tree {tree.key[5:17]} installed"
+        for p in again["plan"]), again
 
 
 def test_a_fan_out_runs_tiles_on_both_architectures_and_equals_the_reference(
