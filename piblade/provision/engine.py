@@ -216,7 +216,12 @@ def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn, rollin
     session = run.session
     emit(run.node.name, f"checking {len(plan.steps)} steps")
     probe = session.script(probe_script(list(plan.steps)))
-    plan = plan.decide(split_probes(probe.stdout, len(plan.steps)))
+    try:
+        outputs = split_probes(probe.stdout, len(plan.steps))
+    except PibladeError as exc:  # the script did not run through: say what the node said
+        said = (probe.stderr.strip() or probe.stdout.strip())[-500:]
+        raise PibladeError(f"{exc.message} (exit {probe.exit_code}{': ' + said if said else ''})") from exc
+    plan = plan.decide(outputs)
     changes = plan.changes
     held = tuple(c for c in changes if rolling is not None and rolling.holds(c))
     if check or not changes:
@@ -322,9 +327,12 @@ class Wheelhouses:
 
         key = (facts.wheel_platform, facts.python_full, venv)
         with self.lock:
-            if key not in self.trees:
-                self.trees[key] = sitetree.build(house, *key, log=self.log)
-            return self.trees[key]
+            tree = self.trees.get(key)
+        if tree is None:  # built outside the lock: other hosts need not wait (sitetree locks its cache)
+            tree = sitetree.build(house, *key, log=self.log)
+            with self.lock:
+                self.trees[key] = tree
+        return tree
 
 
 #: Hosts worked on at once. Each is mostly waiting on its node, so a 20-Pi cluster goes in one

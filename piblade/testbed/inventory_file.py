@@ -13,9 +13,14 @@ from piblade.testbed.node import CONTROLLER_ADDRESS, CONTROLLER_NAME, TestbedNod
 
 CLUSTER_NAME = "testbed"
 REDIS_PORT = 6390  # not 6379, so a Redis the developer runs on this machine is left alone
-#: What an emulated node's workers do differently: one process, and only the mandelbrot kernels
-#: compiled at start (≈10× slower under qemu; the other jobs compile on first use).
-EMULATED_VARS: dict[str, Any] = {"piblade_worker_processes": 1, "piblade_warm": ["mandelbrot"]}
+#: What an emulated node does differently: its workers run one process and compile only the
+#: mandelbrot kernels at start (≈10× slower under qemu; the other jobs compile on first use).
+#: And provisioning logs in as root: sudo cannot work under qemu-user, because binfmt_misc
+#: computes a process's credentials from the interpreter, not from the setuid binary, unless
+#: the rule has the C flag, which Debian's qemu-aarch64 rule (flags POF) does not. A real Pi
+#: is provisioned as pi with sudo, as the x86_64 testbed nodes are.
+EMULATED_VARS: dict[str, Any] = {"ansible_user": "root", "piblade_worker_processes": 1,
+                                 "piblade_warm": ["mandelbrot"]}
 
 
 def _host_vars(node: TestbedNode, shared_cores: bool) -> dict[str, Any]:

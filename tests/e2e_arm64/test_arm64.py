@@ -121,6 +121,11 @@ systemctl reload ssh
 """
     done = testbed.run(ARM, setup, user="root", timeout=120)
     assert done.returncode == 0, done.stderr
+    # sshd re-executes itself on reload (seconds, emulated) and refuses connections meanwhile.
+    deadline = time.monotonic() + 60
+    while (login := testbed.run(ARM, "true", user="armv7")).returncode != 0:
+        assert time.monotonic() < deadline, login.stderr
+        time.sleep(0.5)
     tree = yaml.safe_load(Path(testbed.info().inventory).read_text())
     address = testbed.info().node(ARM).address
     tree["all"]["children"]["workers"]["hosts"] = {
