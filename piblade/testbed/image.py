@@ -47,6 +47,8 @@ PACKAGES = (
     # Nodes have no apt, so what provisioning installs must already be here. debootstrap does not
     # resolve virtual packages: python3-cffi-backend provides what python3-cryptography needs.
     "postgresql", "cloud-init", "python3-cffi-backend",
+    # A node can be the controller (a Pi often is): its Redis runs under piblade's supervisor unit.
+    "redis-server",
 )
 #: The arm64 image (worker nodes under emulation): only what provisioning's worker role checks
 #: with apt (python3, python3-venv, ca-certificates, procps; sshfs and fuse3 for the share,
@@ -61,7 +63,7 @@ MARKER = ".piblade-image"
 _DISABLED_UNITS = (
     "smbd.service", "nmbd.service", "samba-ad-dc.service", "e2scrub_reap.service", "getty@tty1.service",
     "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer", "fstrim.timer",
-    "postgresql.service",
+    "postgresql.service", "redis-server.service",
 )
 _SSHD_CONFIG = "# piblade testbed: keys only\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
 
