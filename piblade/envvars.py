@@ -64,6 +64,9 @@ RECORD_TASKS = _var("PIBLADE_RECORD_TASKS", "1", "worker",
                     "0 sends no task attempt records to the run history (bench/recorder.py measures their cost).")
 HARD_TIMEOUT_GRACE = _var("PIBLADE_HARD_TIMEOUT_GRACE", "30", "worker",
                           "Seconds past a task's timeout before its stuck process is killed and replaced.")
+BATCH_SECONDS = _var("PIBLADE_BATCH_SECONDS", "0.05", "worker",
+                     "How much work (by the run's measured time per task, at most 32 tasks) a worker takes off the "
+                     "queue in one round trip; 0 takes one task at a time.")
 # -- the health agent ---------------------------------------------------------------------
 ROLE = _var("PIBLADE_ROLE", "", "agent", "Roles the agent reports, e.g. controller,workers.")
 HEALTH_INTERVAL = _var("PIBLADE_HEALTH_INTERVAL", "5", "agent, local up", "Seconds between heartbeats.")

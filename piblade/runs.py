@@ -29,6 +29,11 @@ RUN_KEY = "piblade:run:{}"
 DONE_KEY = "piblade:run:{}:done"
 REDUCE_LOCK_KEY = "piblade:run:{}:reduce-enqueued"
 RUNS_INDEX = "piblade:runs"
+#: Published (no payload that matters) when a worker may have ended a run: its last
+#: task, or its reduce step. Only a hint to whoever waits: they check the run's state.
+OVER_CHANNEL = "piblade:run:{}:over"
+#: Field of the run's hash counting task ends recorded by workers (a hint, see above).
+ENDED_FIELD = "ended"
 #: How long run records (and task results) are kept.
 RUN_TTL = 7 * 24 * 3600
 #: How many runs the index remembers.
@@ -154,6 +159,30 @@ def mark_task_done(conn: redis.Redis, run_id: str, index: int, total: int) -> bo
     pipe.expire(done_key, RUN_TTL)
     pipe.scard(done_key)
     _, _, finished = pipe.execute()
+    if finished < total:
+        return False
+    return bool(conn.set(REDUCE_LOCK_KEY.format(run_id), 1, nx=True, ex=RUN_TTL))
+
+
+def mark_task_done_commands(pipe: Any, run_id: str, index: int) -> None:
+    """:func:`mark_task_done`'s writes, in the caller's pipeline; the third reply is the count finished."""
+    done_key = DONE_KEY.format(run_id)
+    pipe.sadd(done_key, index)
+    pipe.expire(done_key, RUN_TTL)
+    pipe.scard(done_key)
+
+
+def count_ended_commands(pipe: Any, run_id: str) -> None:
+    """Count a task's end on the run's hash, in the caller's pipeline (the reply is the count so far).
+
+    Delivery is at least once, so the count may run ahead of the truth: it only
+    decides when to publish :data:`OVER_CHANNEL`, and waiters check the run itself.
+    """
+    pipe.hincrby(RUN_KEY.format(run_id), ENDED_FIELD, 1)
+
+
+def reduce_due(conn: redis.Redis, run_id: str, finished: int, total: int) -> bool:
+    """True exactly once, for whoever completed the set (``finished`` from :func:`mark_task_done_commands`)."""
     if finished < total:
         return False
     return bool(conn.set(REDUCE_LOCK_KEY.format(run_id), 1, nx=True, ex=RUN_TTL))

@@ -39,7 +39,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 
-from piblade import redisconn, runs
+from piblade import held, redisconn, runs
 from piblade.errors import NotFound
 from piblade.runs import RunRecord
 
@@ -249,16 +249,22 @@ def _unreadable_task(conn: redis.Redis, job_id: str) -> dict[str, Any]:
 
 
 def take_off_queue(conn: redis.Redis, queue_name: str, ids: Sequence[str]) -> set[str]:
-    """Remove ``ids`` from the queue list; return those that were still on it.
+    """Remove ``ids`` from the queue list and from workers' held batches; return those removed.
 
-    LREM is atomic against a worker's dequeue, so a task is either taken here
-    or by a worker, never both.
+    One transaction, atomic against a worker's dequeue and against the script
+    that starts a held task (:mod:`piblade.held`), so a task is either taken
+    here or by a worker, never both; a worker whose held task was taken gives
+    the rest of its batch back to the queue.
     """
     key = queue(conn, queue_name).key
-    pipe = conn.pipeline(transaction=False)
+    lists = [key, *held.lists_of(conn, key)]
+    pipe = conn.pipeline(transaction=True)
     for job_id in ids:
-        pipe.lrem(key, 0, job_id)
-    return {j for j, removed in zip(ids, pipe.execute(), strict=True) if removed}
+        for list_key in lists:
+            pipe.lrem(list_key, 0, job_id)
+    replies = pipe.execute()
+    width = len(lists)
+    return {j for n, j in enumerate(ids) if any(replies[n * width : (n + 1) * width])}
 
 
 def cancel_tasks(conn: redis.Redis, ids: Sequence[str]) -> None:

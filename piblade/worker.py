@@ -36,11 +36,13 @@ import functools
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,7 +54,7 @@ from rq import Queue
 from rq.job import Job
 from rq.worker import SimpleWorker, WorkerStatus
 
-from piblade import envvars, recordstream, runs, taskcounts, tasks
+from piblade import envvars, held, recordstream, runs, taskcounts, tasks
 
 # Imported now, not when the first reduce is due: an upgrade reinstalls piblade
 # under a running worker, and a module imported after that would be the new
@@ -84,6 +86,13 @@ PAUSE_CHECK_INTERVAL = 1.0
 #: An idle worker blocks on the queue at most this long before it looks around
 #: again (pause flag, maintenance); RQ's default is the worker TTL minus 15 s.
 DEQUEUE_BLOCK_SECONDS = 5
+#: How much work, by the run's measured time per task, a worker takes off the queue
+#: in one round trip (PIBLADE_BATCH_SECONDS; 0: one task at a time), and at most how many tasks.
+BATCH_SECONDS = float(envvars.BATCH_SECONDS.get() or envvars.BATCH_SECONDS.default)
+BATCH_MAX = 32
+#: A held batch's lease: a worker that stops renewing it for this long is taken for dead.
+HELD_LEASE_MS = JOB_HEARTBEAT_TTL * 1000
+_TASK_ID = re.compile(r"(.+)-\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +163,15 @@ def _record_abandoned(job: Job, exc_type: Any, exc_value: Any, tb: Any) -> bool:
     except (RedisError, OSError):
         log.warning("could not record the abandoned attempt of %s", job.id, exc_info=True)
     return True
+
+
+#: The output directory this process made last (data root, run output), made once per run.
+_made_output: tuple[Path, str] | None = None
+
+
+def _remember_output(data_root: Path, output: str) -> None:
+    global _made_output
+    _made_output = (data_root, output)
 
 
 def configure_runtime(runtime: Runtime) -> None:
@@ -228,12 +246,17 @@ class BladeJob(Job):
             threads=_runtime.threads,
             results=_runtime.results,
         )
-        if output:
+        if output and _made_output != (data_root, output):
+            # Once per run, not per task: resolving and making it is a few system calls each time.
             ctx.resolve(output).mkdir(parents=True, exist_ok=True)
+            _remember_output(data_root, output)
         started = time.perf_counter()
         global _running_task
         _running_task = self.id
         try:
+            if _stop_target == self.id:  # stopped after it was started, before it ran
+                raise TaskStopped(f"task {self.id} was stopped on request (`piblade jobs cancel --running` or "
+                                  "RQ's stop-job)")
             if phase == "task":
                 value = spec.task(ctx, **self.kwargs)
             else:
@@ -298,6 +321,9 @@ class _KeepAlive(threading.Thread):
                 self._give_up(job, execution, queue, timeout)
             try:
                 self.worker.maintain_heartbeats(job, execution)
+                if self.worker._held:  # tasks held behind a long one keep their lease
+                    held.renew(self.worker.connection, self.worker.name,
+                               [q.key for q in self.worker._ordered_queues], HELD_LEASE_MS)
             except Exception:
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)
 
@@ -334,6 +360,9 @@ class BladeWorker(SimpleWorker):
     RQ's idle path (which marks the worker idle and blocks).
     """
 
+    _next: tuple[Job, Queue, Any] | None = None
+    _stop_flag = False
+
     def __init__(self, queues: Sequence[Queue], name: str | None = None, *args: Any, **kwargs: Any) -> None:
         # RQ itself builds workers as cls([], name, job_class=None, serializer=None, ...)
         # when it reads them back from Redis (Worker.all, find_by_key, `rq info -w`).
@@ -353,8 +382,25 @@ class BladeWorker(SimpleWorker):
         self._pause: str | None = None
         self._ending_attempt: TaskAttempt | None = None
         self._trim_due = False
+        # Tasks taken off the queue, not started: (job id, queue, held list), in order.
+        self._held: deque[tuple[str, Queue, str]] = deque()
+        # The next task, already started by the script that recorded the previous one's end.
+        self._next: tuple[Job, Queue, Any] | None = None
+        self._claimed: dict[str, Any] = {}  # job id -> its execution, for execute_job
+        # The run of the last task and the seconds it took (a moving average), for the batch size.
+        self._pace: tuple[str, float] | None = None
         # RQ's registry maintenance calls exception handlers for each abandoned task.
         self.push_exc_handler(_record_abandoned)
+
+    # A stop request waits for the task in hand, and a task already started by the
+    # end of the previous one is in hand: RQ's loop must not leave it started and unrun.
+    @property
+    def _stop_requested(self) -> bool:
+        return self._stop_flag and self._next is None
+
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self._stop_flag = value
 
     @property
     def dequeue_timeout(self) -> int:
@@ -402,11 +448,13 @@ class BladeWorker(SimpleWorker):
         """
         global _stop_target
         job_id = self._stopped_job_id
-        if not job_id or job_id != _running_task:
-            log.warning("stop requested for %s, which this worker is not running", job_id)
+        if not job_id:
             return
+        # RQ checked that it is this worker's current task: running, or started by the end
+        # of the one before and about to run (then BladeJob._execute refuses to begin it).
         _stop_target = job_id
-        signal.pthread_kill(threading.main_thread().ident or 0, STOP_TASK_SIGNAL)
+        if job_id == _running_task:
+            signal.pthread_kill(threading.main_thread().ident or 0, STOP_TASK_SIGNAL)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:
@@ -425,38 +473,157 @@ class BladeWorker(SimpleWorker):
         super().check_for_suspension(burst)
         self._last_suspension_check = time.monotonic()
 
-    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        reason = self.node_pause()
-        if reason:
-            self._wait_while_paused(reason)
-        if not self._stop_requested:
-            try:
-                result = self.queue_class.dequeue_any(
-                    self._ordered_queues,
-                    None,
-                    connection=self.connection,
-                    job_class=self.job_class,
-                    serializer=self.serializer,
-                    death_penalty_class=self.death_penalty_class,
-                )
-            except (RedisError, OSError):
-                # RQ's own path below retries and logs. Catch nothing wider: a
-                # stop signal arrives here as RQ's StopRequested (an Exception),
-                # and swallowing it left a worker running after its supervisor.
-                result = None
-            if result is not None:
-                job, queue = result
-                self.reorder_queues(reference_queue=queue)
+    def _batch(self) -> tuple[str, int]:
+        """The run whose tasks to take several of, and how many: ``BATCH_SECONDS`` of its measured work."""
+        if self._pace is None or BATCH_SECONDS <= 0:
+            return "", 1
+        run, seconds = self._pace
+        return run, max(1, min(BATCH_MAX, int(BATCH_SECONDS / max(seconds, 1e-6))))
+
+    def _take(self) -> bool:
+        """Move queued tasks to this worker's held list (one round trip); False when every queue is empty."""
+        run, count = self._batch()
+        found = held.take(self.connection, [q.key for q in self._ordered_queues], self.name, count, HELD_LEASE_MS, run)
+        if found is None:
+            return False
+        queue_key, ids = found
+        queue = next(q for q in self._ordered_queues if q.key == queue_key)
+        held_list = held.held_key(self.name, queue_key)
+        self._held.extend((job_id, queue, held_list) for job_id in ids)
+        return True
+
+    def _start_commands(self, job: Job) -> tuple[list[Any], Any]:
+        """RQ's writes that start a job (execution record, busy, started), collected, not sent."""
+        from rq.executions import Execution
+
+        pipe = self.connection.pipeline()
+        ttl = self.get_heartbeat_ttl(job)
+        execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+        self.set_state("busy", pipeline=pipe)
+        if time.monotonic() - self._last_beat >= JOB_HEARTBEAT_INTERVAL:
+            super().heartbeat(ttl, pipeline=pipe)
+            self._last_beat = time.monotonic()
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        pipe.persist(job.key)
+        commands = [args for args, _options in pipe.command_stack]
+        pipe.reset()
+        return commands, execution
+
+    def _end_and_claim(self, first: list[Any]) -> list[Any]:
+        """Send ``first`` (a task's end, or nothing) and start the next held task, in one round trip.
+
+        The next task starts only if it is still in this worker's held list: a
+        worker whose lease ran out (stalled, or taken for dead) finds its batch
+        back on the queue, forgets it and takes again. Sets ``_next``.
+        """
+        replies: list[Any] | None = None
+        while self._held and self._next is None and not self._stop_flag and not self.node_pause():
+            job_id, queue, held_list = self._held.popleft()
+            job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+            job.origin = queue.name
+            commands, execution = self._start_commands(job)
+            claimed, got, raw = held.run_then_claim(self.connection, first, held_list, job_id, job.key, commands,
+                                                    HELD_LEASE_MS)
+            if replies is None:
+                replies = got
+            first = []
+            if claimed == 1:
+                job.restore(raw)
                 job.redis_server_version = self.get_redis_server_version()
-                return result
+                self.executions[execution.id] = execution
+                self._next = (job, queue, execution)
+                break
+            self._state = WorkerStatus.IDLE
+            if claimed == 0:
+                # Not held any more: taken back with the rest of the batch (this worker's
+                # lease ran out), or canceled. What is left of the batch goes back too.
+                self._give_back()
+        if replies is None:
+            replies = held.run_then_claim(self.connection, first)[1] if first else []
+        return replies
+
+    def _give_back(self) -> None:
+        """Return this worker's held tasks to the front of their queue (stopping, or paused)."""
+        self._held.clear()
+        try:
+            held.give_back_worker(self.connection, self.name)
+        except (RedisError, OSError):
+            log.warning("could not give back the tasks %s held; they return when its lease runs out", self.name,
+                        exc_info=True)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """The next task: already started, held, taken in a batch, or waited for on the queue."""
+        if self._next is None:
+            reason = self.node_pause()
+            if reason:
+                self._give_back()
+                self._wait_while_paused(reason)
+            while not self._stop_flag and self._next is None:
+                if not self._held:
+                    try:
+                        if not self._take():
+                            break
+                    except (RedisError, OSError):
+                        # RQ's own path below retries and logs. Catch nothing wider: a
+                        # stop signal arrives here as RQ's StopRequested (an Exception),
+                        # and swallowing it left a worker running after its supervisor.
+                        break
+                self._end_and_claim([])
+        if self._next is not None:
+            job, queue, execution = self._next
+            self._next = None
+            self._claimed[job.id] = execution
+            self.reorder_queues(reference_queue=queue)
+            return job, queue
         if self._trim_due:
             # Going idle after work: hand back what tasks freed (see release_free_memory).
             self._trim_due = False
             release_free_memory()
-        if self._stop_requested:
+        if self._stop_flag:
             # A stop that arrived while RQ still thought this worker busy only set
-            # the flag; RQ's blocking dequeue below would never look at it.
+            # the flag; a blocking dequeue would never look at it.
             return None
+        if timeout is not None and max_idle_time is None and len(self._ordered_queues) == 1:
+            return self._wait_for_task(timeout)
+        return self._rq_dequeue(timeout, max_idle_time)
+
+    def _wait_for_task(self, timeout: int) -> Any:
+        """Block on the one queue until a task arrives, straight into the held list, then start it.
+
+        RQ's blocking dequeue (BLMOVE to its intermediate list, then HGETALL,
+        then the start) is three round trips; this is the wait plus one.
+        """
+        queue = self._ordered_queues[0]
+        self.set_state(WorkerStatus.IDLE)
+        self.procline(f"Listening on {queue.name}")
+        wait = 1.0
+        while True:
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            try:
+                job_id = held.wait(self.connection, queue.key, self.name, timeout, HELD_LEASE_MS)
+            except (ConnectionError, TimeoutError, OSError, RedisError) as exc:
+                log.error("worker %s: could not reach Redis (%s); retrying in %.0f s", self.name, exc, wait)
+                time.sleep(wait)
+                wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
+                continue
+            wait = 1.0
+            if job_id is not None:
+                self._held.append((job_id, queue, held.held_key(self.name, queue.key)))
+            if self.node_pause():
+                # The node became hot while this worker waited: hand the task back and wait.
+                return self.dequeue_job_and_maintain_ttl(timeout)
+            if job_id is None:
+                if self._stop_flag:
+                    return None
+                continue
+            self._end_and_claim([])
+            if self._next is not None:
+                return self.dequeue_job_and_maintain_ttl(timeout)
+
+    def _rq_dequeue(self, timeout: int | None, max_idle_time: int | None) -> Any:
+        """RQ's dequeue (several queues, or burst): LMOVE/BLPOP, then the job; started by perform_job."""
         result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         if result is not None and self.node_pause():
             # The node became hot while this worker was blocked on the queue:
@@ -468,6 +635,19 @@ class BladeWorker(SimpleWorker):
                 pipe.execute()
             return self.dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         return result
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's registry maintenance, then the held batches of workers that died (lease expired)."""
+        super().run_maintenance_tasks()
+        try:
+            if moved := held.recover_expired(self.connection):
+                log.warning("returned %d held task(s) of dead workers to their queues", moved)
+        except (RedisError, OSError):
+            log.warning("could not look for held tasks of dead workers", exc_info=True)
+
+    def teardown(self) -> None:
+        self._give_back()
+        super().teardown()
 
     def prepare_execution(self, job: Job) -> Any:
         """Create the execution record, but send it with the job's own preparation.
@@ -511,19 +691,52 @@ class BladeWorker(SimpleWorker):
         if self._keeper is None:
             self._keeper = _KeepAlive(self)
             self._keeper.start()
-        execution = self.prepare_execution(job)
+        execution = self._claimed.pop(job.id, None)
+        if execution is None:  # RQ's dequeue: not started yet
+            execution = self.prepare_execution(job)
         self._keeper.watch(job, execution, queue)
+        began = time.monotonic()
         try:
             self.perform_job(job, queue, execution)
         finally:
-            _stop_target = None
-            self._stopped_job_id = None
+            # A stop for the next task (already started by this one's end) stands.
+            if _stop_target == job.id:
+                _stop_target = None
+            if self._stopped_job_id == job.id:
+                self._stopped_job_id = None
             self._ending_attempt = None
             self._keeper.clear()
             self._trim_due = True
-            # Idle again for RQ's stop handling (a SIGTERM now must stop at once);
-            # the Redis copy of the state is written on the next idle wait.
-            self._state = WorkerStatus.IDLE
+            self._pace_of(job.id, time.monotonic() - began)
+            # Idle again for RQ's stop handling (a SIGTERM now must stop at once), unless
+            # the next task is already started; the Redis copy is written on the next idle wait.
+            self._state = WorkerStatus.BUSY if self._next is not None else WorkerStatus.IDLE
+
+    def _pace_of(self, job_id: str, seconds: float) -> None:
+        """Keep the run's time per task (a moving average), which sizes the next batch of its tasks."""
+        match = _TASK_ID.fullmatch(job_id)
+        run = match.group(1) if match else ""
+        if self._pace is not None and self._pace[0] == run:
+            seconds = 0.7 * self._pace[1] + 0.3 * seconds
+        self._pace = (run, seconds)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        """RQ's perform_job, except that a task claimed from the held list is already started."""
+        from rq.timeouts import JobTimeoutException
+        from rq.utils import now
+
+        try:
+            if self._pending_pipe is not None:  # RQ's dequeue: start it now
+                self.prepare_job_execution(job, len(self.queues) == 1)
+            job.started_at = now()
+            timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                return_value = job.perform()
+            self._finalize_success(job, queue, execution, return_value)
+        except:  # noqa: E722 - as RQ: every exception, even a stop, ends as the task's failure
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+            return False
+        return True
 
     def _ended(self, job: Job, state: str, exc_string: str = "") -> TaskAttempt | None:
         """The history record of the attempt that just ended; made once, before RQ's pipeline."""
@@ -547,14 +760,74 @@ class BladeWorker(SimpleWorker):
             recordstream.add_attempt(pipeline if pipeline is not None else self.connection, self._ending_attempt)
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        """Record the end as RQ does, and start the next held task, in one round trip.
+
+        RQ's own success path is three round trips: a WATCH on the job's
+        dependents key, their SMEMBERS, then the transaction. piblade's tasks have
+        no dependents; the SMEMBERS runs inside the script instead, atomically with
+        the end, so a dependent added by someone else is still found (and enqueued
+        by RQ's code afterwards), and one added later sees the job finished.
+        A run with a reduce step counts its finished tasks in the same script.
+        """
+        from rq.executions import cleanup_execution
+        from rq.job import JobStatus
+        from rq.rate_limit import release_slot
+
+        execution = kwargs.get("execution") or (args[1] if len(args) > 1 else None)
+        if job.repeats_left or execution is None:
+            self._ending_queue = queue.name
+            self._ending_attempt = self._ended(job, "finished")
+            super().handle_job_success(job, queue, *args, **kwargs)
+            self._after_success(job, None)
+            return
         self._ending_queue = queue.name
         self._ending_attempt = self._ended(job, "finished")
-        super().handle_job_success(job, queue, *args, **kwargs)
+        pipe = self.connection.pipeline()
+        pipe.smembers(job.dependents_key)
+        self.increment_successful_job_count(pipeline=pipe)
+        assert job.ended_at is not None and job.started_at is not None
+        self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if result_ttl != 0:
+            job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name, execution_id=execution.id,
+                                execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+        job._status = JobStatus.FINISHED
+        cleanup_execution(self, job, pipeline=pipe, execution=execution)
+        done_at = ended_at = None
         meta = job.meta or {}
-        if meta.get("reduce") and meta.get("phase") == "task":
-            run_id = str(meta["run"])
-            if runs.mark_task_done(self.connection, run_id, int(meta["index"]), int(meta["total"])):
-                enqueue_reduce(self.connection, run_id)
+        run_id, total, phase = str(meta.get("run", "")), int(meta.get("total", 0) or 0), meta.get("phase")
+        if run_id and meta.get("reduce") and phase == "task":
+            done_at = len(pipe.command_stack)
+            runs.mark_task_done_commands(pipe, run_id, int(meta["index"]))
+        elif run_id and phase == "task" and total > 1:
+            ended_at = len(pipe.command_stack)
+            runs.count_ended_commands(pipe, run_id)
+        if run_id and (phase == "reduce" or (phase == "task" and total == 1 and not meta.get("reduce"))):
+            pipe.publish(runs.OVER_CHANNEL.format(run_id), job.id)  # whoever waits on the run wakes now
+        commands = [a for a, _options in pipe.command_stack]
+        pipe.reset()
+        replies = self._end_and_claim(commands)
+        if replies and replies[0]:
+            ready = queue.move_dependents_to_ready(job)
+            queue.enqueue_ready_jobs_by_queue(ready)
+        release_slot(job)
+        if ended_at is not None and int(replies[ended_at] or 0) == total:
+            self.connection.publish(runs.OVER_CHANNEL.format(run_id), job.id)
+        self._after_success(job, None if done_at is None else int(replies[done_at + 2] or 0))
+
+    def _after_success(self, job: Job, finished: int | None) -> None:
+        """The reduce step of a run, enqueued by whoever finished its last task."""
+        meta = job.meta or {}
+        if not (meta.get("reduce") and meta.get("phase") == "task"):
+            return
+        run_id, total = str(meta["run"]), int(meta["total"])
+        if finished is None:
+            due = runs.mark_task_done(self.connection, run_id, int(meta["index"]), total)
+        else:
+            due = runs.reduce_due(self.connection, run_id, finished, total)
+        if due:
+            enqueue_reduce(self.connection, run_id)
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         self._ending_queue = queue.name
@@ -749,6 +1022,8 @@ class Supervisor:
             conn = connect(self.target, timeout=2.0)
             try:
                 healthstore.report_lost_worker(conn, name, how, ttl=WORKER_TTL + 30)
+                # Tasks it had taken and not started go back to the front of the queue now.
+                held.give_back_worker(conn, name)
             finally:
                 conn.close()
         except (PibladeError, RedisError, OSError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import signal
 import subprocess
@@ -152,6 +154,65 @@ def test_a_node_lost_mid_job_does_not_lose_the_job(
         assert "abandoned" in status.failures[0].traceback.lower()
 
 
+@pytest.mark.parametrize("dies", ["process", "node"])
+def test_a_worker_killed_holding_a_batch_loses_no_task_and_runs_none_twice(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path, dies: str
+) -> None:
+    """Tasks a worker took off the queue but had not started go back to the queue when it dies.
+
+    "process": its supervisor gives them back at once and starts a new process;
+    "node": the whole node dies, and another node's worker returns them once
+    the dead worker's lease expires. Only the task in hand is run again (its
+    retry); every task is recorded finished exactly once.
+    """
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # Hold up to 5 s of work: a batch of several 0.2 s tasks.
+    doomed = start_workers(redis_server, tmp_path / "doomed", processes=1, node="doomed",
+                           env={"PIBLADE_BATCH_SECONDS": "5"})
+    total = 30
+    record = dispatch.submit(conn, registry, "test-mark", {"count": total, "seconds": "0.2", "marks": str(marks)},
+                             retries=1)
+    deadline = time.monotonic() + 60
+    held_lists: list[bytes] = []
+    while not any(conn.llen(h) >= 2 for h in held_lists):
+        assert time.monotonic() < deadline, "the worker never held a batch"
+        held_lists = [h for h in conn.hkeys("piblade:held") if h.startswith(b"piblade:held:doomed.")]
+        time.sleep(0.02)
+    (worker,) = [w.name for w in BaseWorker.all(connection=conn) if w.name.startswith("doomed.")]
+    # RQ's own CLI still reads the queue while tasks are held.
+    target = redis_server.target
+    password = Path(str(target.password_file)).read_text().strip()
+    info = subprocess.run(
+        [str(Path(sys.executable).with_name("rq")), "info", "--only-queues"],
+        env={**os.environ, "RQ_REDIS_URL": f"redis://{target.username}:{password}@{target.host}:{target.port}/0"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert info.returncode == 0 and "default" in info.stdout, info.stdout + info.stderr
+    if dies == "process":
+        os.kill(int(worker.rpartition(".")[2]), signal.SIGKILL)
+        survivor = doomed
+    else:
+        os.killpg(doomed.proc.pid, signal.SIGKILL)  # power loss: nobody on the node gives anything back
+        doomed.proc.wait()
+        survivor = start_workers(redis_server, tmp_path / "survivor", processes=1, node="survivor")
+    try:
+        status = dispatch.wait(conn, record.id, timeout=120)
+    finally:
+        survivor.stop()
+    assert status.state == "finished" and status.done == total, status.to_dict()
+    starts = [len(list(marks.glob(f"{i}.*"))) for i in range(total)]
+    # Each task's body began once, except the one in hand when the worker died (killed, then retried).
+    assert all(n in (1, 2) for n in starts) and starts.count(2) <= 1, starts
+    finished = collections.Counter(
+        json.loads(fields[b"task"])["task_id"]
+        for _id, fields in conn.xrange("piblade:records")
+        if b"task" in fields and json.loads(fields[b"task"])["state"] == "finished"
+    )
+    assert finished == dict.fromkeys(record.task_ids, 1)
+    assert not [h for h in conn.hkeys("piblade:held") if conn.llen(h)]
+
+
 def test_sigterm_lets_the_current_job_finish(
     redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path
 ) -> None:
@@ -257,19 +318,18 @@ from piblade.worker import BladeJob, BladeWorker
 
 calls = 0
 
-class SignalledQueue(Queue):
-    @classmethod
-    def dequeue_any(cls, *args, **kwargs):
+class SignalledWorker(BladeWorker):
+    def _take(self):
         global calls
         calls += 1
         if calls == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGTERM)  # systemd stops the service right now
-        return super().dequeue_any(*args, **kwargs)
+        return super()._take()
 
 load_registry()
 conn = connect(target_from_env())
-queue = SignalledQueue("stop-test", connection=conn, job_class=BladeJob, serializer=JSONSerializer)
-worker = BladeWorker([queue], connection=conn, queue_class=SignalledQueue, name="stop-test.1")
+queue = Queue("stop-test", connection=conn, job_class=BladeJob, serializer=JSONSerializer)
+worker = SignalledWorker([queue], connection=conn, name="stop-test.1")
 worker.work(burst=False, logging_level="WARNING", with_scheduler=False)
 print("stopped cleanly")
 """

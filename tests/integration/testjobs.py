@@ -70,3 +70,23 @@ def stuck_task(ctx: TaskContext, seconds: float) -> None:
         time.sleep(seconds)
     finally:
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGALRM})
+
+
+def _mark_split(params):
+    return [{"i": i, "seconds": params["seconds"], "marks": params["marks"]} for i in range(params["count"])]
+
+
+@job(
+    "test-mark",
+    summary="leave a file per start of each task, then sleep (tests)",
+    params=[Param("count", int, 1, min=1, max=10000), Param("seconds", float, 0.0, min=0.0, max=600.0),
+            Param("marks", str)],
+    split=_mark_split,
+)
+def mark_task(ctx: TaskContext, i: int, seconds: float, marks: str) -> dict:
+    # One file per start, so a test can count how often each task's body began.
+    (Path(marks) / f"{i}.{os.getpid()}.{time.monotonic_ns()}").touch()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.02)
+    return {"i": i}
