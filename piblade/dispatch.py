@@ -337,7 +337,11 @@ def wait(
     poll: float = 0.2,
     timeout: float | None = None,
 ) -> RunStatus:
-    """Poll until the run is over, asking Redis only about the front of the pending list.
+    """Wait until the run is over, asking Redis only about the front of the pending list.
+
+    The worker that ends the run (its last task, or its reduce step) publishes on
+    the run's channel, so the wait ends at once instead of at the next poll; the
+    poll interval remains for progress and for ends nobody announces (failures).
 
     Tasks are taken in FIFO order, so asking about all 2,000 pending tasks of a
     fan-out on every poll would mostly ask about tasks nobody started; that load
@@ -351,6 +355,20 @@ def wait(
     deadline = None if timeout is None else time.monotonic() + timeout
     window = 256
     reduce_job = runs.reduce_id(record.id)
+    # The worker that ends the run publishes on its channel: a waiter wakes at once
+    # instead of at its next poll. Subscribed before the first look, so no end is missed.
+    over = conn.pubsub(ignore_subscribe_messages=True)
+    over.subscribe(runs.OVER_CHANNEL.format(run_id))
+    try:
+        return _wait_loop(conn, record, states, pending, window, reduce_job, over, on_progress, poll, deadline)
+    finally:
+        over.close()
+
+
+def _wait_loop(
+    conn: redis.Redis, record: RunRecord, states: dict[str, TaskState], pending: list[str], window: int,
+    reduce_job: str, over: Any, on_progress: ProgressFn | None, poll: float, deadline: float | None,
+) -> RunStatus:
     while True:
         still: list[str] = []
         position = 0
@@ -373,7 +391,10 @@ def wait(
             on_progress(snapshot)
         if snapshot.finished or (deadline is not None and time.monotonic() > deadline):
             return _build_status(conn, record, states, details=True)
-        time.sleep(poll)
+        # Up to one poll interval, less if the run's end is announced (then drain the rest).
+        if over.get_message(timeout=poll) is not None:
+            while over.get_message(timeout=0) is not None:
+                pass
 
 
 def task_status(conn: redis.Redis, job_id: str) -> dict[str, Any]:
