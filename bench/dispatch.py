@@ -2,16 +2,22 @@
 
 Prints jobs/s for each, the ratio, the enqueue rate of a 2,000-task fan-out
 (piblade's one pipeline vs RQ's single enqueues), and redis-benchmark as the ceiling.
+Also where the CPU went per task while the jobs ran: the worker processes (with
+their forked children), redis-server, and this process (enqueue and wait), from
+/proc via psutil; on 2 cores shared by all of them, CPU per task is what sets
+the rate. ``bench/roundtrips.py`` counts the round trips behind it.
 Usage: python bench/dispatch.py [--jobs 2000] [--processes 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import time
 
+import psutil
 from _servers import piblade_workers, plain_rq_workers, redis_server, stop, wait_workers
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -32,6 +38,49 @@ def drain(conn, queue: Queue, total: int, timeout: float = 600) -> None:
         time.sleep(0.01)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU (user + system) of these processes, their live descendants and their reaped children."""
+    total = 0.0
+    seen: set[int] = set()
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def redis_pid() -> int:
+    return next(c.pid for c in psutil.Process().children() if "redis-server" in c.name())
+
+
+class CpuWindow:
+    """CPU per task of the workers, redis-server and this process over one timed window."""
+
+    def __init__(self, workers: list[int]) -> None:
+        self.workers = workers
+        self.redis = redis_pid()
+        self.start = self.sample()
+
+    def sample(self) -> tuple[float, float, float]:
+        own = sum(os.times()[:2])
+        return cpu_seconds(self.workers), cpu_seconds([self.redis]), own
+
+    def per_task(self, n: int) -> tuple[float, float, float]:
+        end = self.sample()
+        return tuple((b - a) / n * 1e3 for a, b in zip(self.start, end, strict=True))  # type: ignore[return-value]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2000)
@@ -40,6 +89,7 @@ def main() -> None:
     n, procs = args.jobs, args.processes
     registry = load_registry()
     results: dict[str, float] = {}
+    cpu: dict[str, tuple[float, float, float]] = {}
     with redis_server() as (target, password, tmp):
         conn = connect(target)
         queue = Queue("default", connection=conn, serializer=JSONSerializer)
@@ -60,12 +110,14 @@ def main() -> None:
         try:
             wait_workers(conn, procs)
             before = queue.finished_job_registry.count
+            window = CpuWindow([w.pid for w in workers])
             started = time.perf_counter()
             with conn.pipeline() as pipe:
                 queue.enqueue_many([Queue.prepare_data("bench._plain.noop", (i,)) for i in range(n)], pipeline=pipe)
                 pipe.execute()
             drain(conn, queue, n + before)
             results["plain_rq"] = n / (time.perf_counter() - started)
+            cpu["plain_rq"] = window.per_task(n)
         finally:
             stop(workers)
         time.sleep(0.5)
@@ -74,10 +126,12 @@ def main() -> None:
         pool = piblade_workers(target, tmp, procs)
         try:
             wait_workers(conn, procs)
+            window = CpuWindow([pool.pid])
             started = time.perf_counter()
             record = dispatch.submit(conn, registry, "noop", {"count": n})
-            status = dispatch.wait(conn, record.id, poll=0.01)
+            status = dispatch.wait(conn, record.id)  # as `submit --wait`: woken by the run's end
             results["piblade"] = n / (time.perf_counter() - started)
+            cpu["piblade"] = window.per_task(n)
             assert status.done == n, status.counts
         finally:
             stop([pool])
@@ -96,6 +150,10 @@ def main() -> None:
     print(f"plain rq worker (forking):  {results['plain_rq']:8.0f} jobs/s")
     print(f"piblade worker:             {results['piblade']:8.0f} jobs/s")
     print(f"ratio piblade / plain RQ:   {results['piblade'] / results['plain_rq']:8.1f}x")
+    for name, label in (("plain_rq", "plain rq worker"), ("piblade", "piblade worker")):
+        w, r, own = cpu[name]
+        print(f"CPU per task, {label + ':':<17} workers {w:.3f} ms, redis-server {r:.3f} ms, "
+              f"submitter {own:.3f} ms; total {w + r + own:.3f} ms")
     print(f"enqueue, single calls:      {results['enqueue_single']:8.0f} jobs/s")
     print(f"enqueue, piblade fan-out:   {results['enqueue_piblade']:8.0f} jobs/s "
           f"({results['enqueue_piblade'] / results['enqueue_single']:.1f}x)")
