@@ -15,11 +15,14 @@ Nothing is lost when a worker dies holding tasks, and none runs twice:
 * Each held list has a lease, a key with a TTL that every start renews (and
   the keep-alive thread, while a long task runs).
 * A worker's supervisor returns a dead process's lists to the front of their
-  queue at once (:func:`give_back`, forced); when the whole node died, any
+  queue at once (:func:`give_back_worker`); when the whole node died, any
   worker's registry maintenance returns the lists whose lease expired
   (:func:`recover_expired`).
 * A worker that was stalled past its lease finds its tasks gone: its next claim
-  fails, it forgets the rest of its batch and takes again.
+  fails, and it gives back what is left of its batch (as it does when `jobs
+  cancel` took a held task) and takes again.
+* An idle worker blocks on the queue with BLMOVE straight into its held list
+  (:func:`wait`), renewing the lease for the whole wait.
 
 ``rq info`` still reads the queue: RQ's keys are untouched, the queue list is
 only shorter by what workers hold (a few tasks each, by design).
