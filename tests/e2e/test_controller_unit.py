@@ -92,16 +92,21 @@ def redis_parents(bed: Testbed) -> list[int]:
 
 @pytest.fixture(scope="module")
 def controller_node(testbed: Testbed) -> Iterator[Testbed]:
-    """A provisioned worker node (piblade installed there) with a controller-only inventory of its own."""
-    for node in testbed.status().nodes:
-        if not node.running:
-            testbed.start(node.name)
-    report = provision_json(Path(testbed.info().inventory))
-    assert report["returncode"] == 0, json.dumps(hosts(report), indent=1)
-    root(testbed, f"umask 077 && cat > /root/ctlcheck.yml <<'EOF'\n{INVENTORY}EOF")
-    yield testbed
-    root(testbed, f"systemctl disable --now {UNIT}; rm -f /etc/systemd/system/{UNIT} /root/ctlcheck.yml; "
-                  "rm -rf /root/.local/state/piblade/clusters/ctlcheck; systemctl daemon-reload")
+    """A provisioned worker node (piblade installed there) with a controller-only inventory of its own.
+
+    Like the Ansible module, this one starts from fresh nodes and leaves fresh ones (and no cluster
+    Redis) behind, so the modules after it still meet unprovisioned nodes.
+    """
+    testbed.down()
+    testbed.up(workers=2)
+    try:
+        report = provision_json(Path(testbed.info().inventory))
+        assert report["returncode"] == 0, json.dumps(hosts(report), indent=1)
+        root(testbed, f"umask 077 && cat > /root/ctlcheck.yml <<'EOF'\n{INVENTORY}EOF")
+        yield testbed
+    finally:
+        testbed.down()
+        testbed.up(workers=2)
 
 
 def test_the_controller_runs_as_a_systemd_unit_that_survives_a_crash_and_a_reboot(controller_node: Testbed) -> None:
