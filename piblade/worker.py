@@ -467,8 +467,14 @@ class BladeWorker(SimpleWorker):
             pipe.execute()
         self._last_beat = time.monotonic()
 
+    def get_state(self) -> str:
+        """Busy while a task started by the end of the one before waits to run: a stop lets it run first."""
+        return WorkerStatus.BUSY if self._next is not None else self._state
+
     def check_for_suspension(self, burst: bool) -> None:
-        if time.monotonic() - self._last_suspension_check < 1.0:
+        # A task already started (by the end of the one before) runs first: suspended
+        # here, it would sit "started" with no heartbeat and be failed as abandoned.
+        if self._next is not None or time.monotonic() - self._last_suspension_check < 1.0:
             return
         super().check_for_suspension(burst)
         self._last_suspension_check = time.monotonic()
@@ -647,7 +653,32 @@ class BladeWorker(SimpleWorker):
 
     def teardown(self) -> None:
         self._give_back()
+        self._undo_next()
         super().teardown()
+
+    def _undo_next(self) -> None:
+        """Put a task that was started but never ran back at the front of its queue, "queued" again.
+
+        Only a cold shutdown or an error leaves the loop with one in hand; left
+        as it is, it would be failed as abandoned without having run.
+        """
+        if self._next is None:
+            return
+        from rq.executions import cleanup_execution
+        from rq.job import JobStatus
+
+        job, queue, execution = self._next
+        self._next = None
+        self._claimed.pop(job.id, None)
+        try:
+            with self.connection.pipeline() as pipe:
+                cleanup_execution(self, job, pipeline=pipe, execution=execution)
+                job.set_status(JobStatus.QUEUED, pipeline=pipe)
+                queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+                pipe.execute()
+        except (RedisError, OSError):
+            log.warning("could not put back task %s, started and not run; it is retried or failed as abandoned",
+                        job.id, exc_info=True)
 
     def prepare_execution(self, job: Job) -> Any:
         """Create the execution record, but send it with the job's own preparation.
