@@ -559,22 +559,24 @@ class BladeWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         """The next task: already started, held, taken in a batch, or waited for on the queue."""
-        if self._next is None:
+        while not self._stop_flag and self._next is None:
+            # Looked at on every turn: a pause that begins after a take stops the claims
+            # (see _end_and_claim), and the held tasks must go back, not be claimed again forever.
             reason = self.node_pause()
             if reason:
                 self._give_back()
                 self._wait_while_paused(reason)
-            while not self._stop_flag and self._next is None:
-                if not self._held:
-                    try:
-                        if not self._take():
-                            break
-                    except (RedisError, OSError):
-                        # RQ's own path below retries and logs. Catch nothing wider: a
-                        # stop signal arrives here as RQ's StopRequested (an Exception),
-                        # and swallowing it left a worker running after its supervisor.
+                continue
+            if not self._held:
+                try:
+                    if not self._take():
                         break
-                self._end_and_claim([])
+                except (RedisError, OSError):
+                    # RQ's own path below retries and logs. Catch nothing wider: a
+                    # stop signal arrives here as RQ's StopRequested (an Exception),
+                    # and swallowing it left a worker running after its supervisor.
+                    break
+            self._end_and_claim([])
         if self._next is not None:
             job, queue, execution = self._next
             self._next = None
