@@ -73,11 +73,12 @@ return {}
 """
 
 # Run the first group of commands unconditionally (the end of the previous task);
-# then, if the job ARGV names is still in its held list and its record exists, take
-# it out, renew the lease and run the second group (its start) and return the job's
-# hash. Groups are flattened as: count, then per command its argument count and
-# arguments. Returns {claimed (1, 0: not held any more, -1: record gone), replies of
-# the first group (false for an error), the job hash}.
+# then, if the job ARGV names is still in its held list and still queued in RQ's
+# eyes, take it out, renew the lease and run the second group (its start) and return
+# the job's hash. Groups are flattened as: count, then per command its argument count
+# and arguments. Returns {claimed (1, 0: not held any more, -1: record gone or not
+# queued: canceled with RQ's own API, say), replies of the first group (false for an
+# error), the job hash}.
 _RUN_THEN_CLAIM = """
 local pos = 1
 local function group()
@@ -96,7 +97,7 @@ local first = group()
 local held, job_id, job_key, lease_ms = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
 pos = pos + 4
 if held == '' or redis.call('LREM', held, 1, job_id) == 0 then return {0, first, {}} end
-if redis.call('EXISTS', job_key) == 0 then return {-1, first, {}} end
+if redis.call('HGET', job_key, 'status') ~= 'queued' then return {-1, first, {}} end
 redis.call('PEXPIRE', held .. ':lease', lease_ms)
 group()
 return {1, first, redis.call('HGETALL', job_key)}
@@ -186,7 +187,8 @@ def run_then_claim(
     """Run ``first``; then, if ``job_id`` is still in ``held_list``, take it out and run ``then``. One round trip.
 
     Returns 1 if the job was claimed (0: it is held no more, -1: its record is
-    gone), the replies to ``first`` (False for an error reply) and the job's hash.
+    gone or it is not queued any more), the replies to ``first`` (False for an
+    error reply) and the job's hash.
     """
     args = [*_flatten(first), held_list, job_id, job_key, lease_ms, *_flatten(then)]
     claimed, replies, flat = _script(conn, _RUN_THEN_CLAIM)(keys=[], args=args)
