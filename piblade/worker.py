@@ -523,6 +523,7 @@ class BladeWorker(SimpleWorker):
         back on the queue, forgets it and takes again. Sets ``_next``.
         """
         replies: list[Any] | None = None
+        ending = bool(first)  # a task's end: its worker stays busy until that is handled
         while self._held and self._next is None and not self._stop_flag and not self.node_pause():
             job_id, queue, held_list = self._held.popleft()
             job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
@@ -539,7 +540,8 @@ class BladeWorker(SimpleWorker):
                 self.executions[execution.id] = execution
                 self._next = (job, queue, execution)
                 break
-            self._state = WorkerStatus.IDLE
+            if not ending:
+                self._state = WorkerStatus.IDLE
             if claimed == 0:
                 # Not held any more: taken back with the rest of the batch (this worker's
                 # lease ran out), or canceled. What is left of the batch goes back too.
