@@ -621,12 +621,12 @@ class BladeWorker(SimpleWorker):
             wait = 1.0
             if job_id is not None:
                 self._held.append((job_id, queue, held.held_key(self.name, queue.key)))
+            if self._stop_flag:
+                return None  # the stop came during the wait; teardown gives back what is held
             if self.node_pause():
                 # The node became hot while this worker waited: hand the task back and wait.
                 return self.dequeue_job_and_maintain_ttl(timeout)
             if job_id is None:
-                if self._stop_flag:
-                    return None
                 continue
             self._end_and_claim([])
             if self._next is not None:
