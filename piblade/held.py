@@ -49,9 +49,14 @@ LEASE_SUFFIX = ":lease"
 # list for it and renew the lease. Up to ARGV[2] ids, all of the run ARGV[4] names
 # (task ids are "<run>-NNNNN"); the first id of any other run, or of another shape,
 # is taken alone. Returns {queue key, ids...}, or {} when every queue is empty.
+# The worker takes only when it holds nothing: ids still in its held lists were
+# taken by a call whose reply it never got (a Redis error), and go back first.
 _TAKE = """
 local holders = KEYS[1]
 local prefix, count, lease_ms, want = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+for q = 2, #KEYS do
+  while redis.call('RPOPLPUSH', prefix .. KEYS[q], KEYS[q]) do end
+end
 for q = 2, #KEYS do
   local queue = KEYS[q]
   local ids = redis.call('LRANGE', queue, 0, count - 1)
@@ -71,6 +76,9 @@ for q = 2, #KEYS do
 end
 return {}
 """
+
+# Move a held list (KEYS[1]) back to the front of its queue (KEYS[2]), in order.
+_RETURN_HELD = "while redis.call('RPOPLPUSH', KEYS[1], KEYS[2]) do end return 0"
 
 # Run the first group of commands unconditionally (the end of the previous task);
 # then, if the job ARGV names is still in its held list and still queued in RQ's
@@ -161,10 +169,13 @@ def wait(conn: redis.Redis, queue_key: str, worker: str, timeout: int, lease_ms:
     """Block up to ``timeout`` seconds for one task, moved straight into the worker's held list.
 
     The lease is renewed first for the whole wait: a task that arrives at the
-    end of it is held under a lease like any other.
+    end of it is held under a lease like any other. The worker waits only when
+    it holds nothing: ids still in the list (the reply of an earlier wait was
+    lost) go back to the front of the queue first.
     """
     held_list = held_key(worker, queue_key)
     with conn.pipeline(transaction=False) as pipe:
+        pipe.eval(_RETURN_HELD, 2, held_list, queue_key)
         pipe.set(lease_key(held_list), 1, px=lease_ms + timeout * 1000)
         pipe.hset(HOLDERS_KEY, held_list, queue_key)
         pipe.blmove(queue_key, held_list, timeout, "LEFT", "RIGHT")

@@ -611,6 +611,7 @@ class BladeWorker(SimpleWorker):
             self.heartbeat()
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()
+            self._held.clear()  # the wait returns whatever is still held to the queue
             try:
                 job_id = held.wait(self.connection, queue.key, self.name, timeout, HELD_LEASE_MS)
             except (ConnectionError, TimeoutError, OSError, RedisError) as exc:
