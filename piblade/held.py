@@ -34,10 +34,13 @@ tasks, for recovery); ``piblade:held:<worker>:<queue key>`` list of job ids;
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from piblade.redisconn import text
 
@@ -133,15 +136,23 @@ end
 return moved
 """
 
-_scripts: dict[tuple[int, str], Any] = {}
+
+@functools.cache
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
-def _script(conn: redis.Redis, source: str) -> Any:
-    """A registered script (EVALSHA, loaded again if the server forgot it), one per client and source."""
-    key = (id(conn), source)
-    if key not in _scripts:
-        _scripts[key] = conn.register_script(source)
-    return _scripts[key]
+def _run(conn: redis.Redis, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """Run a script by its digest (EVALSHA), loading it first if the server does not know it.
+
+    Nothing is kept per client: a cache keyed by client kept every short-lived
+    connection (the supervisor's, one per dead worker) alive.
+    """
+    try:
+        return conn.evalsha(_sha(source), len(keys), *keys, *args)
+    except NoScriptError:
+        conn.script_load(source)
+        return conn.evalsha(_sha(source), len(keys), *keys, *args)
 
 
 def held_key(worker: str, queue_key: str) -> str:
@@ -158,8 +169,7 @@ def take(conn: redis.Redis, queue_keys: Sequence[str], worker: str, count: int, 
 
     Returns the queue they came from and their ids, or None when every queue is empty.
     """
-    found = _script(conn, _TAKE)(keys=[HOLDERS_KEY, *queue_keys],
-                                  args=[HELD_KEY.format(worker, ""), count, lease_ms, run])
+    found = _run(conn, _TAKE, [HOLDERS_KEY, *queue_keys], [HELD_KEY.format(worker, ""), count, lease_ms, run])
     if not found:
         return None
     return text(found[0]), [text(i) for i in found[1:]]
@@ -202,7 +212,7 @@ def run_then_claim(
     error reply) and the job's hash.
     """
     args = [*_flatten(first), held_list, job_id, job_key, lease_ms, *_flatten(then)]
-    claimed, replies, flat = _script(conn, _RUN_THEN_CLAIM)(keys=[], args=args)
+    claimed, replies, flat = _run(conn, _RUN_THEN_CLAIM, [], args)
     raw = dict(zip(flat[::2], flat[1::2], strict=True)) if isinstance(flat, list) else dict(flat or {})
     return int(claimed), list(replies), raw
 
@@ -213,7 +223,7 @@ def give_back_worker(conn: redis.Redis, worker: str) -> int:
     mine = [text(f) for f in conn.hkeys(HOLDERS_KEY) if text(f).startswith(prefix)]
     if not mine:
         return 0
-    return int(_script(conn, _GIVE_BACK)(keys=[HOLDERS_KEY], args=mine))
+    return int(_run(conn, _GIVE_BACK, [HOLDERS_KEY], mine))
 
 
 def lists_of(conn: redis.Redis, queue_key: str) -> list[str]:
@@ -223,7 +233,7 @@ def lists_of(conn: redis.Redis, queue_key: str) -> list[str]:
 
 def recover_expired(conn: redis.Redis) -> int:
     """Return the held lists whose lease expired (their worker or node died). Returns how many tasks went back."""
-    return int(_script(conn, _GIVE_BACK)(keys=[HOLDERS_KEY], args=[]))
+    return int(_run(conn, _GIVE_BACK, [HOLDERS_KEY], []))
 
 
 def renew(conn: redis.Redis, worker: str, queue_keys: Sequence[str], lease_ms: int) -> None:
