@@ -184,3 +184,18 @@ def test_a_pause_that_begins_after_a_take_gives_the_tasks_back_and_waits(
         proc.terminate()
         out, err = proc.communicate(timeout=60)
     assert "stopped cleanly" in out, err
+
+
+def test_a_take_or_a_wait_first_returns_ids_left_in_the_held_list(conn: redis.Redis) -> None:
+    """Ids a take or a wait moved whose reply the worker never got (a Redis error) are not held for ever."""
+    queue_key = "rq:queue:leftover"
+    held_list = held.held_key("leftover.1", queue_key)
+    conn.rpush(queue_key, "r-00002", "r-00003")
+    conn.rpush(held_list, "r-00000", "r-00001")
+    taken = held.take(conn, [queue_key], "leftover.1", 32, 20_000, "r")
+    assert taken == (queue_key, ["r-00000", "r-00001", "r-00002", "r-00003"])
+    conn.delete(held_list)
+    conn.rpush(held_list, "r-00004")
+    assert held.wait(conn, queue_key, "leftover.1", 1, 20_000) == "r-00004"
+    assert conn.lrange(held_list, 0, -1) == [b"r-00004"]
+    assert conn.llen(queue_key) == 0
