@@ -420,7 +420,7 @@ class Testbed:
         if left and not kill_all(left):
             raise TestbedError(f"{entry['name']}: processes {[p.pid for p in left]} would not die")
         delete_link(f"vb-{entry['name']}"[:15])  # normally gone with the node's network namespace
-        if stuck := remove_cgroups(entry["name"]):
+        if stuck := remove_cgroups(entry["name"], timeout=15.0):
             raise TestbedError(f"{entry['name']}: cgroups {', '.join(map(str, stuck))} are still in use")
         entry.update(nspawn=None, init=None, pidns=None)
         self._save(state)

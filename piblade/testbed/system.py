@@ -473,14 +473,36 @@ def cgroup_pids(node: str | None = None) -> set[int]:
     return pids
 
 
-def remove_cgroups(node: str | None = None) -> list[Path]:
-    """Remove the testbed's (or one node's) empty cgroups; returns those that could not go."""
-    left = []
-    for hierarchy in cgroup_hierarchies():
-        top = hierarchy / CGROUP_TOP / node if node else hierarchy / CGROUP_TOP
-        for cgroup in _cgroup_tree(top):
+def remove_cgroups(node: str | None = None, timeout: float = 0.0) -> list[Path]:
+    """Remove the testbed's (or one node's) cgroups; returns those that could not go.
+
+    A cgroup that is still in use is emptied first: a killed node's last
+    processes can still be exiting (an emulated node's qemu-user processes
+    take their time), and one the process scan missed is listed in the
+    cgroup itself. With a ``timeout``, each is sent SIGKILL and removal is
+    tried again until then (only for one node: the cgroup names are the
+    machine's, not this state directory's).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for hierarchy in cgroup_hierarchies():
+            top = hierarchy / CGROUP_TOP / node if node else hierarchy / CGROUP_TOP
+            for cgroup in _cgroup_tree(top):
+                try:
+                    cgroup.rmdir()
+                except OSError:
+                    left.append(cgroup)
+        if not left or time.monotonic() > deadline:
+            return left
+        for cgroup in left:
             try:
-                cgroup.rmdir()
+                pids = (cgroup / "cgroup.procs").read_text().split()
             except OSError:
-                left.append(cgroup)
-    return left
+                continue
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, ValueError):
+                    pass
+        time.sleep(0.2)
