@@ -422,6 +422,14 @@ class Testbed:
         delete_link(f"vb-{entry['name']}"[:15])  # normally gone with the node's network namespace
         if stuck := remove_cgroups(entry["name"], timeout=15.0):
             raise TestbedError(f"{entry['name']}: cgroups {', '.join(map(str, stuck))} are still in use")
+        # What `status` would call a stray now: a process of this node that left its namespace and
+        # cgroup scan (an emulated node's qemu-user processes can take a moment to go).
+        others = [e for e in state["nodes"] if e is not entry and _running(e)]
+        accounted = {p for e in others for p in _procs(e)}
+        namespaces = {e["pidns"] for e in others if e.get("pidns")}
+        stray = [p for p in processes_under(self.root) if p not in accounted and pidns(p.pid) not in namespaces]
+        if stray and not kill_all(stray, 15.0):
+            raise TestbedError(f"{entry['name']}: processes {[p.pid for p in stray]} would not die")
         entry.update(nspawn=None, init=None, pidns=None)
         self._save(state)
 

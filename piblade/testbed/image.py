@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from piblade.testbed.system import TestbedError, find_tool, remove_tree, run_tool
+from piblade.testbed.system import TestbedError, find_tool, kill_all, processes_using, remove_tree, run_tool
 
 #: Bump when the customisation in :func:`_customise` changes, so cached images are rebuilt.
 IMAGE_FORMAT = 2
@@ -131,6 +131,8 @@ def ensure_image(root: Path, progress: Progress | None = None, *, arch: str | No
             "format": IMAGE_FORMAT, "suite": SUITE, "arch": arch, "packages": list(packages),
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.monotonic() - started, 1),
         }, indent=2) + "\n")
+        if users := processes_using(tmp):  # a daemon a package's script started in the chroot (emulated: slow)
+            kill_all(users)
         remove_tree(path)  # only a hand-made or damaged directory can be there without the marker
         os.rename(tmp, path)
     except BaseException:
