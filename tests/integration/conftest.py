@@ -20,9 +20,11 @@ import pytest
 import redis
 
 from piblade import local, pgserver, resultsdb
+from piblade.nas.smb import SmbShare
 from piblade.redisconn import RedisTarget, connect
 from piblade.resultsdb import ResultsTarget
 from tests.integration.receivers import http_receiver, smtp_receiver  # noqa: F401 - fixtures for the alert tests
+from tests.integration.smbd import SambaServer, start_smbd
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_JOBS = "tests.integration.testjobs"
@@ -265,3 +267,23 @@ def results(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
         db.execute("CREATE SCHEMA public")
         db.commit()
     yield postgres_server
+
+
+@pytest.fixture(scope="module")
+def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaServer]:
+    """A real smbd on loopback for one test module (modules with their own share setup define their own)."""
+    try:
+        server = start_smbd(tmp_path_factory.mktemp("smbd"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def share(smbd: SambaServer) -> Iterator[SmbShare]:
+    """An open session on an empty share."""
+    for child in smbd.share_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    with SmbShare(smbd.target()) as opened:
+        yield opened

@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,28 +30,9 @@ from piblade.nas.errors import (
 )
 from piblade.nas.smb import SmbShare
 from piblade.nas.target import SmbTarget
-from tests.integration.smbd import SambaServer, start_smbd
+from tests.integration.smbd import SambaServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaServer]:
-    try:
-        server = start_smbd(tmp_path_factory.mktemp("smbd"))
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def share(smbd: SambaServer) -> Iterator[SmbShare]:
-    """An open session on an empty share."""
-    for child in smbd.share_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    with SmbShare(smbd.target()) as opened:
-        yield opened
 
 
 def cli(smbd: SambaServer, tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

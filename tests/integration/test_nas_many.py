@@ -10,7 +10,6 @@ running the same command again finishes the job.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,30 +21,12 @@ from piblade.nas.errors import NasPermissionDenied, RemoteNotFound
 from piblade.nas.paths import is_temp_name
 from piblade.nas.share import SmallFile
 from piblade.nas.smb import SmbShare
-from tests.integration.smbd import SambaServer, start_smbd
+from tests.integration.smbd import SambaServer
 
 pytestmark = pytest.mark.integration
 
 #: Sizes that take every branch: empty (no WRITE/READ), tiny, one credit, two credits, several.
 SIZES = (0, 1, 4096, 65_537, 200_000)
-
-
-@pytest.fixture(scope="module")
-def smbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaServer]:
-    try:
-        server = start_smbd(tmp_path_factory.mktemp("smbd"))
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def share(smbd: SambaServer) -> Iterator[SmbShare]:
-    for child in smbd.share_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    with SmbShare(smbd.target()) as opened:
-        yield opened
 
 
 @pytest.fixture
