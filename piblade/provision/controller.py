@@ -60,12 +60,14 @@ def _alert_settings(cluster: Cluster, paths: local.LocalPaths, check: bool) -> S
 def converge_controller(cluster: Cluster, paths: local.LocalPaths, check: bool, emit: EventFn) -> HostResult:
     unit = None
     unit_step: tuple[StepResult, ...] = ()
+    restart = False  # a new or rewritten unit takes over a supervisor started without it
     notes: tuple[str, ...] = ()
     if localsystemd.running():
         unit = controller_unit(cluster.name, root=paths.root, state_dir=state_dir(), python=sys.executable,
                                uid=os.getuid(), home=Path.home())
         try:
-            unit_step = (_install_unit(unit, check),)
+            installed, restart = _install_unit(unit, check)
+            unit_step = (installed,)
         except PibladeError as exc:
             return HostResult(cluster.controller.name, (StepResult(f"systemd unit {unit.name}", "failed",
                                                                    output=exc.message),),
@@ -74,17 +76,11 @@ def converge_controller(cluster: Cluster, paths: local.LocalPaths, check: bool, 
             notes = (f"{unit.name} starts at boot after `sudo loginctl enable-linger {_user()}`",)
     else:
         notes = ("no systemd here: after a restart, run `piblade provision --tags controller`",)
-    # A new or rewritten unit takes over the supervisor (a running one was started without it).
-    restart = bool(unit_step) and unit_step[0].kind is ChangeKind.CREATE or (
-        bool(unit_step) and unit_step[0].summary == REWRITE)
     result = _converge_redis(cluster, paths, check, emit, unit, restart)
     result = replace(result, steps=(*unit_step, *result.steps), notes=(*result.notes, *notes))
     if result.error:
         return result
     return replace(result, steps=(*result.steps, _alert_settings(cluster, paths, check)))
-
-
-REWRITE = "rewrite the controller's unit"
 
 
 def _user() -> str:
@@ -93,8 +89,8 @@ def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def _install_unit(unit: ControllerUnit, check: bool) -> StepResult:
-    """The unit file written and enabled (started by the Redis step, which knows whether it must restart)."""
+def _install_unit(unit: ControllerUnit, check: bool) -> tuple[StepResult, bool]:
+    """The unit file written and enabled, and whether its content changed (the Redis step then restarts under it)."""
     step = f"systemd unit {unit.path}"
     try:
         current = unit.path.read_bytes()
@@ -102,7 +98,7 @@ def _install_unit(unit: ControllerUnit, check: bool) -> StepResult:
         current = None
     enabled = current is not None and localsystemd.enabled(unit.user_manager, unit.name)
     if current == unit.content and enabled:
-        return StepResult(step, "ok", reason="the unit matches and is enabled, so the controller starts at boot")
+        return StepResult(step, "ok", reason="the unit matches and is enabled, so the controller starts at boot"), False
     if not check:
         unit.path.parent.mkdir(parents=True, exist_ok=True)
         unit.path.write_bytes(unit.content)
@@ -110,10 +106,10 @@ def _install_unit(unit: ControllerUnit, check: bool) -> StepResult:
         localsystemd.systemctl(unit.user_manager, "daemon-reload")
         localsystemd.systemctl(unit.user_manager, "enable", unit.name)
     if current is None:
-        return StepResult(step, "changed", "install and enable the controller's unit", kind=ChangeKind.CREATE)
+        return StepResult(step, "changed", "install and enable the controller's unit", kind=ChangeKind.CREATE), True
     if current != unit.content:
-        return StepResult(step, "changed", REWRITE, kind=ChangeKind.UPDATE)
-    return StepResult(step, "changed", "enable the controller's unit", kind=ChangeKind.UPDATE)
+        return StepResult(step, "changed", "rewrite the controller's unit", kind=ChangeKind.UPDATE), True
+    return StepResult(step, "changed", "enable the controller's unit", kind=ChangeKind.UPDATE), False
 
 
 def results_url(cluster: Cluster) -> str:
