@@ -288,16 +288,19 @@ def _build_status(conn: redis.Redis, record: RunRecord, states: dict[str, TaskSt
     if details:
         failed_ids = [jid for jid, s in states.items() if s in (TaskState.FAILED, TaskState.STOPPED)]
         failures = [tasks.failure(conn, jid) for jid in failed_ids[:20]]
-        finished = [jid for jid in record.task_ids if states[jid] is TaskState.FINISHED]
-        ended = finished + failed_ids
-        last_end = None
-        for done in tasks.fetch_results(conn, ended):
-            if done is None:
-                continue
-            if done.node is not None:
-                nodes[done.node] = nodes.get(done.node, 0) + 1
-            if done.ended_at and (last_end is None or done.ended_at > last_end):
-                last_end = done.ended_at
+        stats = runs.end_stats(conn, record.id)
+        last_end: float | None = None
+        if stats is not None:
+            nodes, last_end = stats
+        else:  # a run whose tasks ended before workers counted ends on the run (or none ended yet)
+            finished = [jid for jid in record.task_ids if states[jid] is TaskState.FINISHED]
+            for done in tasks.fetch_results(conn, finished + failed_ids):
+                if done is None:
+                    continue
+                if done.node is not None:
+                    nodes[done.node] = nodes.get(done.node, 0) + 1
+                if done.ended_at and (last_end is None or done.ended_at > last_end):
+                    last_end = done.ended_at
         final_id = runs.reduce_id(record.id) if record.has_reduce else (record.task_ids[0] if record.total == 1 else None)
         if final_id and states.get(final_id) is TaskState.FINISHED:
             (final,) = tasks.fetch_results(conn, [final_id])

@@ -7,7 +7,8 @@ however many tasks it has — Redis on a Pi has little memory to spare.
 
 Keys (all under ``piblade:``), module constants in the style of RQ:
 ``piblade:run:<id>`` hash, ``piblade:run:<id>:done`` set of finished task
-indexes (drives the reduce), ``piblade:runs`` sorted set of run ids by time.
+indexes (drives the reduce), ``piblade:run:<id>:ends`` sorted set of the latest
+task end per node, ``piblade:runs`` sorted set of run ids by time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ RUNS_INDEX = "piblade:runs"
 OVER_CHANNEL = "piblade:run:{}:over"
 #: Field of the run's hash counting task ends recorded by workers (a hint, see above).
 ENDED_FIELD = "ended"
+#: Fields of the run's hash counting the tasks each node finished: ``node:<name>``.
+NODE_FIELD = "node:{}"
+#: Sorted set: member a node, score the latest end of any of the run's tasks there.
+ENDS_KEY = "piblade:run:{}:ends"
 #: How long run records (and task results) are kept.
 RUN_TTL = 7 * 24 * 3600
 #: How many runs the index remembers.
@@ -179,6 +184,36 @@ def count_ended_commands(pipe: Any, run_id: str) -> None:
     decides when to publish :data:`OVER_CHANNEL`, and waiters check the run itself.
     """
     pipe.hincrby(RUN_KEY.format(run_id), ENDED_FIELD, 1)
+
+
+def count_end_commands(pipe: Any, run_id: str, node: str, ended: float, *, finished: bool) -> None:
+    """Keep a run's per-node task count and its latest end as tasks end, in the caller's pipeline.
+
+    What a finished run reports (which nodes ran how many tasks, when the last one
+    ended) then costs two reads, not a fetch of every task's record and result: for a
+    2,000-task fan-out that was 2,000 round trips after the run had ended. Every
+    attempt's end moves the latest end (``ZADD GT``); only a finished task counts
+    for its node, as its result did. Delivery is at least once, so a task
+    that finished twice (its lease ran out mid-run) counts twice.
+    """
+    if finished:
+        pipe.hincrby(RUN_KEY.format(run_id), NODE_FIELD.format(node), 1)
+    ends = ENDS_KEY.format(run_id)
+    pipe.zadd(ends, {node: ended}, gt=True)
+    pipe.expire(ends, RUN_TTL)
+
+
+def end_stats(conn: redis.Redis, run_id: str) -> tuple[dict[str, int], float] | None:
+    """Tasks finished per node and the latest end of a run, or None when no end was counted."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.hgetall(RUN_KEY.format(run_id))
+    pipe.zrevrange(ENDS_KEY.format(run_id), 0, 0, withscores=True)
+    fields, latest = pipe.execute()
+    if not latest:
+        return None
+    prefix = NODE_FIELD.format("")
+    nodes = {text(k)[len(prefix):]: int(v) for k, v in fields.items() if text(k).startswith(prefix)}
+    return nodes, float(latest[0][1])
 
 
 def reduce_due(conn: redis.Redis, run_id: str, finished: int, total: int) -> bool:

@@ -145,15 +145,22 @@ def _record_abandoned(job: Job, exc_type: Any, exc_value: Any, tb: Any) -> bool:
     from rq.exceptions import AbandonedJobError
 
     meta = job.meta or {}
-    if exc_type is not AbandonedJobError or "run" not in meta or not RECORD_TASKS:
+    if exc_type is not AbandonedJobError or "run" not in meta:
         return True
     worker = job.worker_name or ""
+    node = worker.rsplit(".", 1)[0] if "." in worker else worker
+    try:  # the run's latest end moves, as for any other end (no task finished: no node count)
+        runs.count_end_commands(job.connection, str(meta["run"]), node, time.time(), finished=False)
+    except (RedisError, OSError):
+        log.warning("could not count the abandoned end of %s on its run", job.id, exc_info=True)
+    if not RECORD_TASKS:
+        return True
     started = _epoch(job.started_at)
     attempt = TaskAttempt(
         key=f"{job.id}:abandoned:{started}", run_id=str(meta["run"]), task_id=job.id,
         phase=str(meta.get("phase", "task")), index=int(meta.get("index", 0)),
         state="retried" if job.retries_left and job.retries_left > 0 else "failed",
-        node=worker.rsplit(".", 1)[0] if "." in worker else worker, worker=worker,
+        node=node, worker=worker,
         enqueued=_epoch(job.enqueued_at), started=started, ended=time.time(),
         error=f"AbandonedJobError: worker {worker or '?'} stopped beating while it ran this task "
               "(its node or process died)",
@@ -381,6 +388,8 @@ class BladeWorker(SimpleWorker):
         self._last_pause_check = 0.0
         self._pause: str | None = None
         self._ending_attempt: TaskAttempt | None = None
+        # The run of the task whose end is being recorded, its phase and end time (see _run_of).
+        self._ending_run: tuple[str, str, float] | None = None
         self._trim_due = False
         # Tasks taken off the queue, not started: (job id, queue, held list), in order.
         self._held: deque[tuple[str, Queue, str]] = deque()
@@ -741,6 +750,7 @@ class BladeWorker(SimpleWorker):
             if self._stopped_job_id == job.id:
                 self._stopped_job_id = None
             self._ending_attempt = None
+            self._ending_run = None
             self._keeper.clear()
             self._trim_due = True
             self._pace_of(job.id, time.monotonic() - began)
@@ -786,6 +796,22 @@ class BladeWorker(SimpleWorker):
             ended=_epoch(job.ended_at) or time.time(), error=traceback_summary(exc_string) if exc_string else "",
         )
 
+    @staticmethod
+    def _run_of(job: Job) -> tuple[str, str, float] | None:
+        """The run a task belongs to, its phase and its end, for the run's own end counts."""
+        meta = job.meta or {}
+        if "run" not in meta:
+            return None
+        return str(meta["run"]), str(meta.get("phase", "task")), _epoch(job.ended_at) or time.time()
+
+    def _count_run_end(self, pipeline: Any, finished: bool) -> None:
+        """The run's per-node count and latest end (piblade.runs.count_end_commands), in RQ's pipeline."""
+        if self._ending_run is None:
+            return
+        run_id, phase, ended = self._ending_run
+        runs.count_end_commands(pipeline if pipeline is not None else self.connection, run_id, _runtime.node,
+                                ended, finished=finished and phase == "task")
+
     def _record(self, pipeline: Any) -> None:
         """Add the ending attempt's record to the pipeline that records the end in RQ.
 
@@ -813,11 +839,13 @@ class BladeWorker(SimpleWorker):
         if job.repeats_left or execution is None:
             self._ending_queue = queue.name
             self._ending_attempt = self._ended(job, "finished")
+            self._ending_run = self._run_of(job)
             super().handle_job_success(job, queue, *args, **kwargs)
             self._after_success(job, None)
             return
         self._ending_queue = queue.name
         self._ending_attempt = self._ended(job, "finished")
+        self._ending_run = self._run_of(job)
         pipe = self.connection.pipeline()
         pipe.smembers(job.dependents_key)
         self.increment_successful_job_count(pipeline=pipe)
@@ -872,20 +900,23 @@ class BladeWorker(SimpleWorker):
         state = "stopped" if stopped else "retried" if job.should_retry else "failed"
         exc_string = kwargs.get("exc_string") or (args[1] if len(args) > 1 else "")
         self._ending_attempt = self._ended(job, state, str(exc_string or ""))
+        self._ending_run = self._run_of(job)
         super().handle_job_failure(job, queue, *args, **kwargs)
 
     # RQ calls these two inside the pipeline that records a task's end: piblade's per-node,
-    # per-queue counters (piblade.taskcounts, for /metrics) and the attempt's history record
-    # (piblade.recordstream) ride along, no extra round trip.
+    # per-queue counters (piblade.taskcounts, for /metrics), the attempt's history record
+    # (piblade.recordstream) and the run's end counts (piblade.runs) ride along, no extra round trip.
     def increment_successful_job_count(self, pipeline: Any = None) -> None:
         super().increment_successful_job_count(pipeline=pipeline)
         self._record(pipeline)
+        self._count_run_end(pipeline, finished=True)
         taskcounts.count(pipeline if pipeline is not None else self.connection, _runtime.node,
                          getattr(self, "_ending_queue", ""), "finished")
 
     def increment_failed_job_count(self, pipeline: Any = None) -> None:
         super().increment_failed_job_count(pipeline)
         self._record(pipeline)
+        self._count_run_end(pipeline, finished=False)
         taskcounts.count(pipeline if pipeline is not None else self.connection, _runtime.node,
                          getattr(self, "_ending_queue", ""), "failed")
 

@@ -17,7 +17,7 @@ from rq import Callback, Queue
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 
-from piblade import dispatch, runs
+from piblade import dispatch, runs, tasks
 from piblade.errors import BadParameter, UnknownJob
 from piblade.registry import load_registry
 from piblade.worker import BladeJob
@@ -44,6 +44,41 @@ def test_fan_out_runs_every_task_and_the_reduce(conn: redis.Redis, workers: Work
     assert status.done == 60
     assert status.result == {"tasks": 60, "sum": sum(range(60))}
     assert status.nodes == {"testnode": 60}
+
+
+def _commands_run(admin: redis.Redis) -> int:
+    return sum(int(stats["calls"]) for stats in admin.info("commandstats").values())
+
+
+def test_a_finished_runs_summary_costs_the_same_few_commands_however_many_tasks_it_had(
+    redis_server: RedisServer, conn: redis.Redis, registry, tmp_path: Path
+) -> None:
+    # Two nodes, so the per-node counts are not one number by accident.
+    first = start_workers(redis_server, tmp_path / "a", processes=1, node="pi-a")
+    second = start_workers(redis_server, tmp_path / "b", processes=1, node="pi-b")
+    try:
+        record = dispatch.submit(conn, registry, "test-sleep", {"count": "300"})
+        status = dispatch.wait(conn, record.id, timeout=120)
+    finally:
+        first.stop()
+        second.stop()
+    assert status.state == "finished" and status.done == 300
+    # The same summary from every task's own record and result, the way it used to be made.
+    finished = [r for r in tasks.fetch_results(conn, record.task_ids) if r is not None]
+    by_node = collections.Counter(r.node for r in finished)
+    last_end = max(r.ended_at for r in [*finished, *tasks.fetch_results(conn, [runs.reduce_id(record.id)])] if r)
+    assert status.nodes == dict(by_node) and sum(status.nodes.values()) == 300
+    assert status.seconds == pytest.approx(last_end - record.created, abs=1e-3)
+    # ... and it reads the run's own counts, not the 300 tasks: the details cost a few
+    # commands over the task states (one read per task, pipelined), not hundreds.
+    before = _commands_run(redis_server.admin)
+    dispatch.run_status(conn, record.id, details=False)
+    states_only = _commands_run(redis_server.admin) - before
+    before = _commands_run(redis_server.admin)
+    again = dispatch.run_status(conn, record.id)
+    with_details = _commands_run(redis_server.admin) - before
+    assert again.nodes == status.nodes and again.seconds == status.seconds
+    assert with_details - states_only < 10, f"{with_details - states_only} commands for one run's details"
 
 
 def test_failed_task_keeps_its_traceback(conn: redis.Redis, workers: WorkerPool, registry) -> None:
