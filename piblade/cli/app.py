@@ -5,17 +5,13 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-import traceback
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import typer
-from rich.markup import escape
 
-from piblade import __version__, envvars
-from piblade.cli.output import err_console
-from piblade.errors import PibladeError
+from piblade import __version__
+from piblade.cli.boundary import report_error
 
 app = typer.Typer(
     name="piblade",
@@ -90,90 +86,6 @@ def _register(argv: list[str] | None = None) -> None:
     for module, attach in _ATTACH:
         if only is None or module == only:
             attach(importlib.import_module(f"piblade.cli.{module}"))
-
-
-def _crash_log(exc: BaseException) -> Path | None:
-    """Keep the traceback of an unexpected error in a file the user can attach to a bug report."""
-    try:
-        from piblade.state import private_dir, state_dir
-
-        path = private_dir(state_dir()) / "crash.log"
-        with path.open("a") as handle:
-            handle.write("".join(traceback.format_exception(exc)))
-        return path
-    except OSError:
-        return None
-
-
-def _click_exception_classes() -> tuple[type[BaseException], ...]:
-    """Click's exception bases, whichever click the installed typer raises.
-
-    typer 0.29 vendors click as ``typer._click`` and raises its classes, which are not
-    ``click.exceptions.*``; older typers raise the real click's. A boundary that knew only one
-    reported every usage error of the other as a crash, so both are looked up (either may be absent).
-    """
-    classes: list[type[BaseException]] = []
-    for module in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            exceptions = importlib.import_module(module)
-        except ImportError:
-            continue
-        classes.append(exceptions.ClickException)
-    return tuple(classes)
-
-
-def _usage_line(exc: BaseException) -> str | None:
-    """The command's usage, from the click context a usage error carries (None without one)."""
-    ctx = getattr(exc, "ctx", None)
-    if ctx is None:
-        return None
-    try:
-        usage = ctx.get_usage().strip()
-        return f"{usage}  (see '{ctx.command_path} --help')"
-    except Exception:  # noqa: BLE001 -- a usage line is a courtesy: never let it hide the error itself
-        return None
-
-
-def report_error(exc: BaseException) -> int:
-    """Say what went wrong in the user's terms and return the exit code.
-
-    piblade's own errors: one red line, the hint, exit 1. Usage errors (a command or option that
-    does not exist, a missing or malformed argument): one line, the usage, exit 2. Anything else
-    is a bug: the traceback goes to crash.log and the user is told where it is.
-    """
-    if isinstance(exc, PibladeError):
-        err_console.print(f"[bold red]error:[/] {exc.message}")
-        if exc.hint:
-            err_console.print(f"[yellow]hint:[/] {exc.hint}")
-        return 1
-    if isinstance(exc, typer.Exit):
-        return exc.exit_code
-    if isinstance(exc, typer.Abort):
-        err_console.print("aborted")
-        return 130
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    if isinstance(exc, _click_exception_classes()):
-        if type(exc).__name__ == "NoArgsIsHelpError":  # `piblade nas` alone: the help is the answer
-            exc.show()  # type: ignore[attr-defined]
-            return 2
-        message = exc.format_message()  # type: ignore[attr-defined]
-        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-        usage = _usage_line(exc)
-        if usage:
-            err_console.print(usage, markup=False, soft_wrap=True)
-        return int(getattr(exc, "exit_code", 2))
-    if type(exc).__name__ == "Exit" and isinstance(getattr(exc, "exit_code", None), int):  # click's own Exit
-        return int(exc.exit_code)  # type: ignore[attr-defined]
-    path = _crash_log(exc)
-    err_console.print(f"[bold red]piblade crashed:[/] {type(exc).__name__}: {exc}")
-    if path:
-        err_console.print(f"the traceback is in {path}; please attach it to a bug report")
-    if envvars.DEBUG.get():
-        raise exc
-    return 2
 
 
 def main() -> None:

@@ -1,20 +1,23 @@
-"""`piblade status`: every node's health, running jobs and pauses; the queues; the NAS share."""
+"""`piblade status`: every node's health, running jobs and pauses; the queues; the NAS share.
+
+Parsed with argparse, not Typer, for its start-up time (:mod:`piblade.cli.entry`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import typer
-
-from piblade.cli.common import InventoryOption, JsonOption, open_redis
+from piblade.cli.argparsing import ArgumentParser, add_common, register_passthrough, setup_logging
 from piblade.cli.output import console, print_json
 from piblade.healthmodel import READINGS, Level, human_bytes, reading
 
 if TYPE_CHECKING:
+    import typer
     from rich.console import Group
     from rich.table import Table
 
@@ -169,45 +172,62 @@ def render(status: ClusterStatus) -> Group:
     return Group(*parts)
 
 
+HELP = ("Show every node (up/down, temperature, throttling, CPU, memory, disk, jobs), queues and the NAS share. "
+        "Exits 1 when a node of the inventory (-i) is down.")
+
+
+def _every(text: str) -> float:
+    value = float(text)
+    if not value >= 0.2:
+        raise argparse.ArgumentTypeError(f"must be at least 0.2 seconds, not {text!r}")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="piblade status", usage="%(prog)s [OPTIONS]", description=HELP)
+    parser.add_argument("-w", "--watch", action="store_true", help="Refresh in place until Ctrl-C.")
+    parser.add_argument("--every", type=_every, default=2.0, help="Seconds between refreshes with --watch "
+                        "(at least 0.2; default 2).")
+    add_common(parser)
+    return parser
+
+
+def main(argv: Sequence[str], *, verbose: bool = False) -> int:
+    """`piblade status`, parsed without Typer (see :mod:`piblade.cli.entry`)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose)
+    from piblade.clusterstatus import gather
+    from piblade.context import resolve_cluster
+    from piblade.redisconn import connect
+
+    where = resolve_cluster(args.inventory)
+    cluster = where.inventory
+    conn = connect(where.redis_target())
+    snapshot = gather(conn, cluster)
+    if not args.watch:
+        if args.as_json:
+            print_json(snapshot.to_dict())
+        else:
+            console.print(render(snapshot))
+        return 1 if snapshot.down else 0
+    try:
+        if args.as_json:  # one JSON document per line, for scripts that follow along
+            while True:
+                sys.stdout.write(json.dumps(snapshot.to_dict(), sort_keys=True, default=str) + "\n")
+                sys.stdout.flush()
+                time.sleep(args.every)
+                snapshot = gather(conn, cluster)
+        from rich.live import Live
+
+        with Live(render(snapshot), console=console, auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(args.every)
+                snapshot = gather(conn, cluster)
+                live.update(render(snapshot), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    return 1 if snapshot.down else 0
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def status(
-        watch: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C."),
-        every: float = typer.Option(2.0, "--every", min=0.2, help="Seconds between refreshes with --watch."),
-        as_json: bool = JsonOption,
-        inventory: Path = InventoryOption,
-    ) -> None:
-        """Show every node (up/down, temperature, throttling, CPU, memory, disk, jobs), queues and the NAS share.
-
-        Exits 1 when a node of the inventory (-i) is down.
-        """
-        from piblade.clusterstatus import gather
-        from piblade.context import resolve_cluster
-
-        where = resolve_cluster(inventory)
-        cluster = where.inventory
-        conn = open_redis(where)
-        snapshot = gather(conn, cluster)
-        if not watch:
-            if as_json:
-                print_json(snapshot.to_dict())
-            else:
-                console.print(render(snapshot))
-            raise typer.Exit(1 if snapshot.down else 0)
-        try:
-            if as_json:  # one JSON document per line, for scripts that follow along
-                while True:
-                    sys.stdout.write(json.dumps(snapshot.to_dict(), sort_keys=True, default=str) + "\n")
-                    sys.stdout.flush()
-                    time.sleep(every)
-                    snapshot = gather(conn, cluster)
-            from rich.live import Live
-
-            with Live(render(snapshot), console=console, auto_refresh=False, screen=False) as live:
-                while True:
-                    time.sleep(every)
-                    snapshot = gather(conn, cluster)
-                    live.update(render(snapshot), refresh=True)
-        except KeyboardInterrupt:
-            pass
-        raise typer.Exit(1 if snapshot.down else 0)
+    register_passthrough(app, "status", main, HELP)

@@ -1,19 +1,24 @@
-"""`piblade submit`: validate, fan out, and optionally wait with a progress bar."""
+"""`piblade submit`: validate, fan out, and optionally wait with a progress bar.
+
+Parsed with argparse, not Typer, for its start-up time (:mod:`piblade.cli.entry`).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import typer
-
-from piblade.cli.common import InventoryOption, JsonOption, open_redis
+from piblade.cli.argparsing import ArgumentParser, add_common, register_passthrough, setup_logging
 from piblade.cli.output import console, err_console, print_json
 from piblade.errors import BadParameter
 
 if TYPE_CHECKING:
+    import typer
+
     from piblade.context import ClusterContext
 
 
@@ -151,86 +156,115 @@ def make_report(cluster: ClusterContext, run_id: str, *, quiet: bool) -> str | N
         return None
 
 
+HELP = ("Submit a job; a fan-out job becomes one task per tile/part (or per file with --over), "
+        "enqueued in one batch.")
+
+
+def _input_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"directory {text!r} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
+    return path
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="piblade submit", usage="%(prog)s [OPTIONS] JOB", description=HELP)
+    parser.add_argument("job", metavar="JOB", help="Registered job name (see `piblade jobs list`).")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="KEY=VALUE, repeatable.")
+    parser.add_argument("-q", "--queue", default="default", help="Queue to put the tasks on (default: default).")
+    parser.add_argument("--timeout", type=int, default=None, help="Seconds each task may run (default: the job's).")
+    parser.add_argument("--retries", type=int, default=0, help="Re-run a failed or lost task up to N times.")
+    parser.add_argument("-w", "--wait", dest="wait_", action="store_true",
+                        help="Wait, show progress, print the result.")
+    parser.add_argument("--over", default=None, help="Run once per file on the share matching this glob "
+                        "(e.g. 'photos/**/*.jpg'); the job's `path` is set to each file.")
+    parser.add_argument("--input", dest="input_dir", type=_input_dir, default=None,
+                        help="Upload this local directory to inputs/<its name>/ on the share first; --over is then "
+                        "relative to it (default: every file in it).")
+    add_common(parser)
+    return parser
+
+
+def main(argv: Sequence[str], *, verbose: bool = False) -> int:
+    """`piblade submit`, parsed without Typer (see :mod:`piblade.cli.entry`)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose)
+    return submit(args.job, args.param, args.queue, args.timeout, args.retries, args.wait_, args.over,
+                  args.input_dir, args.as_json, args.inventory)
+
+
+def submit(job: str, param: list[str], queue: str, timeout: int | None, retries: int, wait_: bool, over: str | None,
+           input_dir: Path | None, as_json: bool, inventory: Path | None) -> int:
+    """Validate, enqueue and (with ``wait_``) follow a run; the exit code says whether it went well."""
+    from piblade import dispatch
+    from piblade.context import resolve_cluster
+    from piblade.redisconn import connect
+    from piblade.registry import load_registry
+
+    registry = load_registry()
+    params = parse_params(param)
+    cluster = resolve_cluster(inventory)
+    if over is not None or input_dir is not None:
+        # Refuse a job that cannot run over files before uploading or touching Redis.
+        dispatch.check_over(registry, job, params)
+        conn = connect(cluster.redis_target())
+        pattern, sizes = resolve_over(cluster, over, input_dir, quiet=as_json)
+        record = dispatch.submit_over(conn, registry, job, params, list(sizes), pattern=pattern, sizes=sizes,
+                                      queue=queue, timeout=timeout, retries=retries)
+    else:
+        # Validate before touching Redis: a bad parameter never needs a running cluster.
+        spec = registry.get(job)
+        validated = spec.validate(params)
+        spec.plan(validated)
+        check_share_inputs(cluster, spec, validated)
+        conn = connect(cluster.redis_target())
+        record = dispatch.submit(conn, registry, job, params, queue=queue, timeout=timeout, retries=retries)
+    if dispatch.workers_on(conn, queue) == 0:
+        err_console.print(f"[yellow]warning:[/] no worker listens on queue {queue!r}; the tasks wait until one does")
+    if not wait_:
+        if as_json:
+            print_json({"run": record.id, "job": record.job, "tasks": record.total, "queue": record.queue,
+                        "params": record.params, "output": record.output or None})
+        else:
+            console.print(f"submitted run [bold]{record.id}[/]: {record.job}, {record.total} task(s) on queue {queue!r}")
+            console.print(f"follow it with `piblade jobs status {record.id}`")
+        return 0
+    started = time.monotonic()
+    if as_json:
+        status = dispatch.wait(conn, record.id)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn(f"[bold]{record.job}[/] {record.id}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        ) as progress:
+            bar = progress.add_task("run", total=record.total, failed=0, rate="")
+
+            def show(snapshot: dispatch.RunStatus) -> None:
+                elapsed = max(time.monotonic() - started, 1e-6)
+                progress.update(bar, completed=snapshot.done, failed=snapshot.failed,
+                                rate=f"{snapshot.done / elapsed:.1f} tasks/s")
+
+            status = dispatch.wait(conn, record.id, on_progress=show)
+    where = make_report(cluster, record.id, quiet=as_json) if status.finished else None
+    if as_json:
+        print_json({**status.to_dict(), "report": where})
+    else:
+        render_status(status, cluster)
+        if where:
+            console.print(f"report: {where}", markup=False, highlight=False, soft_wrap=True)
+    return 0 if status.ok else 1
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def submit(
-        job: str = typer.Argument(..., help="Registered job name (see `piblade jobs list`)."),
-        param: list[str] = typer.Option([], "--param", "-p", help="KEY=VALUE, repeatable."),
-        queue: str = typer.Option("default", "--queue", "-q", help="Queue to put the tasks on."),
-        timeout: int = typer.Option(None, "--timeout", help="Seconds each task may run (default: the job's)."),
-        retries: int = typer.Option(0, "--retries", help="Re-run a failed or lost task up to N times."),
-        wait_: bool = typer.Option(False, "--wait", "-w", help="Wait, show progress, print the result."),
-        over: str = typer.Option(None, "--over", help="Run once per file on the share matching this glob "
-                                 "(e.g. 'photos/**/*.jpg'); the job's `path` is set to each file."),
-        input_dir: Path = typer.Option(None, "--input", help="Upload this local directory to "
-                                       "inputs/<its name>/ on the share first; --over is then relative to it "
-                                       "(default: every file in it).", file_okay=False, exists=True),
-        as_json: bool = JsonOption,
-        inventory: Path = InventoryOption,
-    ) -> None:
-        """Submit a job; a fan-out job becomes one task per tile/part (or per file with --over), enqueued in one batch."""
-        from piblade import dispatch
-        from piblade.context import resolve_cluster
-        from piblade.registry import load_registry
-
-        registry = load_registry()
-        params = parse_params(param)
-        cluster = resolve_cluster(inventory)
-        if over is not None or input_dir is not None:
-            # Refuse a job that cannot run over files before uploading or touching Redis.
-            dispatch.check_over(registry, job, params)
-            conn = open_redis(cluster)
-            pattern, sizes = resolve_over(cluster, over, input_dir, quiet=as_json)
-            record = dispatch.submit_over(conn, registry, job, params, list(sizes), pattern=pattern, sizes=sizes,
-                                          queue=queue, timeout=timeout, retries=retries)
-        else:
-            # Validate before touching Redis: a bad parameter never needs a running cluster.
-            spec = registry.get(job)
-            validated = spec.validate(params)
-            spec.plan(validated)
-            check_share_inputs(cluster, spec, validated)
-            conn = open_redis(cluster)
-            record = dispatch.submit(conn, registry, job, params, queue=queue, timeout=timeout, retries=retries)
-        if dispatch.workers_on(conn, queue) == 0:
-            err_console.print(f"[yellow]warning:[/] no worker listens on queue {queue!r}; the tasks wait until one does")
-        if not wait_:
-            if as_json:
-                print_json({"run": record.id, "job": record.job, "tasks": record.total, "queue": record.queue,
-                            "params": record.params, "output": record.output or None})
-            else:
-                console.print(f"submitted run [bold]{record.id}[/]: {record.job}, {record.total} task(s) on queue {queue!r}")
-                console.print(f"follow it with `piblade jobs status {record.id}`")
-            return
-        started = time.monotonic()
-        if as_json:
-            status = dispatch.wait(conn, record.id)
-        else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            with Progress(
-                TextColumn(f"[bold]{record.job}[/] {record.id}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[failed]} failed"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=False,
-            ) as progress:
-                bar = progress.add_task("run", total=record.total, failed=0, rate="")
-
-                def show(snapshot: dispatch.RunStatus) -> None:
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    progress.update(bar, completed=snapshot.done, failed=snapshot.failed,
-                                    rate=f"{snapshot.done / elapsed:.1f} tasks/s")
-
-                status = dispatch.wait(conn, record.id, on_progress=show)
-        where = make_report(cluster, record.id, quiet=as_json) if status.finished else None
-        if as_json:
-            print_json({**status.to_dict(), "report": where})
-        else:
-            render_status(status, cluster)
-            if where:
-                console.print(f"report: {where}", markup=False, highlight=False, soft_wrap=True)
-        if not status.ok:
-            raise typer.Exit(1)
+    register_passthrough(app, "submit", main, HELP)

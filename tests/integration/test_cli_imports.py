@@ -36,6 +36,7 @@ def test_submit_enqueues_without_the_heavy_modules(redis_server: RedisServer, co
     run = json.loads(done.stdout)
     assert runs.load_run(conn, run["run"]).total == 4 == conn.llen("rq:queue:default")  # really enqueued
     assert sorted(top_level(modules) & set(HEAVY)) == []
+    assert sorted(top_level(modules) & {"typer", "pydantic", "click"}) == []  # parsed without Typer
     assert {"redis", "rq", "jobs.mandelbrot"} <= modules
 
 
@@ -45,3 +46,4 @@ def test_status_renders_the_cluster_without_the_heavy_modules(redis_server: Redi
     assert done.returncode == 0, done.stderr
     assert "queues" in done.stdout
     assert sorted(top_level(modules) & set(HEAVY)) == []
+    assert sorted(top_level(modules) & {"typer", "pydantic", "click"}) == []

@@ -69,8 +69,12 @@ def test_a_real_bug_keeps_its_traceback_in_crash_log(tmp_path: Path, monkeypatch
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["nosuchcommand"], "error: No such command 'nosuchcommand'."),
-    (["submit"], "error: Missing argument"),
-    (["submit", "noop", "--retries", "x"], "error: Invalid value for '--retries'"),
+    (["jobs", "cancel"], "error: Missing argument"),
+    (["dashboard", "--port", "x"], "error: Invalid value for '--port'"),
+    # submit and status parse their own options (piblade.cli.entry): the same shape of report
+    (["submit"], "error: the following arguments are required: JOB"),
+    (["submit", "noop", "--retries", "x"], "error: argument --retries: invalid int value: 'x'"),
+    (["status", "--every", "0"], "error: argument --every: must be at least 0.2 seconds"),
 ])
 def test_the_installed_cli_reports_usage_errors(argv: list[str], message: str, tmp_path: Path) -> None:
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "COLUMNS": "200"}

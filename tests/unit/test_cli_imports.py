@@ -29,7 +29,7 @@ RUN_CLI = """
 import atexit, os, sys
 atexit.register(lambda: open(os.environ["MODULES_OUT"], "w").write("\\n".join(sorted(sys.modules))))
 sys.argv = ["piblade", *sys.argv[1:]]
-from piblade.cli.app import main
+from piblade.cli.entry import main
 main()
 """
 
@@ -54,6 +54,7 @@ def test_submit_and_status_reach_the_cluster_without_the_heavy_modules(tmp_path:
     assert "no cluster to talk to" in done.stderr  # it got past parsing, the registry and validation
     assert "jobs.mandelbrot" in modules or argv[-1] == "status"  # every job module was read for submit
     assert sorted(top_level(modules) & set(HEAVY)) == []
+    assert sorted(top_level(modules) & {"typer", "pydantic", "click"}) == []  # parsed without Typer
     command = argv[0] if argv[0] != "-v" else argv[1]
     others = {f"piblade.cli.{m}" for m in cli_app.COMMAND_MODULES.values()} - {f"piblade.cli.{command}_cmd"}
     assert sorted(modules & others) == []  # only the named command's module was attached
