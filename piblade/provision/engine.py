@@ -3,7 +3,10 @@
 Per host, in round trips: connect (host key verified) → facts → its plan
 (:mod:`piblade.provision.plan`, no round trip) → all probes in one script, which
 decide the plan → (unless --check) uploads over one SFTP session and all changes
-in one script. An unchanged host therefore costs three round trips.
+in one script. An unchanged host therefore costs three round trips. A worker's
+steps that wait for the NAS node are probed in that same script; they are probed
+again after the NAS node only if it, or the worker, changed something
+(:func:`probes_still_hold`).
 
 Phases across hosts: 1) connect and gather facts everywhere (so an unknown host
 key is found before anything changes); 2) build what hosts share (secrets, the
@@ -16,7 +19,7 @@ from __future__ import annotations
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -206,22 +209,44 @@ def connect_and_gather(run: HostRun, accept_new: bool, emit: EventFn) -> None:
     refuse_unsupported(run.facts.wheel_platform, run.facts.python, userland_bits=run.facts.userland_bits)
 
 
-def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn, rolling: Rolling | None = None) -> HostResult:
+def probe(run: HostRun, steps: Sequence[Step], emit: EventFn) -> list[str]:
+    """Every step's probe output, in step order, from one round trip."""
+    assert run.session is not None
+    emit(run.node.name, f"checking {len(steps)} steps")
+    probed = run.session.script(probe_script(list(steps)))
+    try:
+        return split_probes(probed.stdout, len(steps))
+    except PibladeError as exc:  # the script did not run through: say what the node said
+        said = (probed.stderr.strip() or probed.stdout.strip())[-500:]
+        raise PibladeError(f"{exc.message} (exit {probed.exit_code}{': ' + said if said else ''})") from exc
+
+
+def probes_still_hold(first: HostResult, nas: HostResult | None) -> bool:
+    """Whether a worker's after-NAS steps may be decided from outputs probed before the NAS node converged.
+
+    Only when nothing changed in between: ``first`` (the worker's own earlier stage)
+    changed nothing and the NAS node converged (``nas``; None: it did not finish) with
+    nothing changed and nothing failed. Otherwise those steps are probed again, so a
+    step that must follow a change on the NAS node is never decided from before it.
+    """
+    return (first.changed == 0 and first.error is None and nas is not None
+            and nas.changed == 0 and nas.failed == 0 and nas.error is None)
+
+
+def converge(run: HostRun, plan: HostPlan, *, check: bool, emit: EventFn, rolling: Rolling | None = None,
+             outputs: Sequence[str] | None = None) -> HostResult:
     """Probe every step of the plan, then (unless check) apply what differs. Returns the host's result.
+
+    ``outputs``: the plan's probe outputs when they were already taken (in an
+    earlier round trip of this run, on a node that has not changed since), so
+    the plan is decided without probing again.
 
     With ``rolling``, a restart of the worker service waits for its turn after
     the other changes (:mod:`piblade.provision.rolling`): one node at a time.
     """
     assert run.session is not None
     session = run.session
-    emit(run.node.name, f"checking {len(plan.steps)} steps")
-    probe = session.script(probe_script(list(plan.steps)))
-    try:
-        outputs = split_probes(probe.stdout, len(plan.steps))
-    except PibladeError as exc:  # the script did not run through: say what the node said
-        said = (probe.stderr.strip() or probe.stdout.strip())[-500:]
-        raise PibladeError(f"{exc.message} (exit {probe.exit_code}{': ' + said if said else ''})") from exc
-    plan = plan.decide(outputs)
+    plan = plan.decide(probe(run, plan.steps, emit) if outputs is None else outputs)
     changes = plan.changes
     held = tuple(c for c in changes if rolling is not None and rolling.holds(c))
     if check or not changes:

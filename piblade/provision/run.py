@@ -22,6 +22,8 @@ from piblade.provision.engine import (
     Wheelhouses,
     connect_and_gather,
     converge,
+    probe,
+    probes_still_hold,
     run_parallel,
     target_for,
 )
@@ -122,20 +124,29 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
     # NAS node, and wait for it only for the steps that need it ready.
     nas_name = cluster.nas.name if cluster.nas is not None else None
     nas_done = threading.Event()
+    nas_results: list[HostResult] = []  # the NAS node's, if it converged without an exception
     if nas_name not in {r.node.name for r in ready} or options.check:
         nas_done.set()
 
     def stages(run: HostRun, plan: HostPlan) -> HostResult:
-        if nas_done.is_set():
-            return converge(run, plan, check=options.check, emit=emit, rolling=rolling)
         first, later = plan.split(lambda step: step.after_nas)
-        result = converge(run, first, check=options.check, emit=emit, rolling=rolling)
-        if later.steps and not result.error:
-            emit(run.node.name, "waiting for the NAS node")
-            nas_done.wait(timeout=3600)
-            later = replace(later, earlier=result.notified)
-            result = result.then(converge(run, later, check=options.check, emit=emit, rolling=rolling))
-        return result
+        if nas_done.is_set() or run.node.name == nas_name or not later.steps:
+            return converge(run, plan, check=options.check, emit=emit, rolling=rolling)
+        # The later steps are probed in the same round trip as the others. Their outputs
+        # still hold once the NAS node has converged if neither it nor this node changed
+        # anything meanwhile (a no-change re-run): then no second probe. Otherwise the
+        # later steps are probed again, after the NAS node.
+        outputs = probe(run, first.steps + later.steps, emit)
+        result = converge(run, first, check=options.check, emit=emit, rolling=rolling,
+                          outputs=outputs[:len(first.steps)])
+        if result.error:
+            return result
+        emit(run.node.name, "waiting for the NAS node")
+        nas_done.wait(timeout=3600)
+        nas = nas_results[0] if nas_results else None
+        still = outputs[len(first.steps):] if probes_still_hold(result, nas) else None
+        later = replace(later, earlier=result.notified)
+        return result.then(converge(run, later, check=options.check, emit=emit, rolling=rolling, outputs=still))
 
     def phase_converge(run: HostRun) -> HostResult:
         assert run.facts is not None
@@ -143,6 +154,8 @@ def provision(cluster: Cluster, options: Options, emit: EventFn = lambda host, w
             emit(run.node.name, "planning")
             wheelhouse = wheelhouses.install_for(run.facts, roles.VENV)
             result = stages(run, host_plan(run.node, run.facts, ctx, wheelhouse, options.tags))
+            if run.node.name == nas_name:
+                nas_results.append(result)  # before nas_done is set (finally)
         except PibladeError as exc:
             result = HostResult(run.node.name, facts=run.facts, error=exc.message, hint=exc.hint,
                                 seconds=time.monotonic() - run.started)

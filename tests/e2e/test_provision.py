@@ -1,7 +1,8 @@
 """`piblade provision` on the booted nspawn testbed, then real jobs on the provisioned nodes.
 
 One scenario, in order (each test builds on the previous one): provision → again
-with 0 changed → a hand-made drift found by --check → a fan-out that runs on the
+with 0 changed → a hand-made drift found by --check → a worker's after-NAS
+steps probed again only after a NAS node that changed → a fan-out that runs on the
 worker nodes and writes to the NAS → status → a worker stopped and started is
 announced down once and up once → a worker loses power mid-run.
 """
@@ -157,6 +158,32 @@ def test_check_finds_exactly_a_hand_made_drift(provisioned: dict[str, Any], test
     assert "# drift" in testbed.run("tb-nas", "cat /etc/samba/smb.conf").stdout
     assert provision_json(inventory)["returncode"] == 0
     assert sum(h["changed"] for h in provision_json(inventory, "--check")["hosts"]) == 0
+
+
+def test_a_worker_probes_its_after_nas_steps_again_only_after_a_nas_node_that_changed(  # type: ignore[no-untyped-def]
+        provisioned: dict[str, Any], testbed, inventory: Path) -> None:
+    from piblade.inventory import load_inventory
+    from piblade.provision.run import Options, provision
+
+    def probes() -> tuple[dict[str, list[str]], dict[str, int]]:
+        """Each worker's probe round trips ("checking N steps") in one run, and each host's changed count."""
+        events: list[tuple[str, str]] = []
+        results = provision(load_inventory(inventory), Options(), lambda host, what: events.append((host, what)))
+        checks = {w: [what for host, what in events if host == w and what.startswith("checking ")]
+                  for w in ("tb-w1", "tb-w2")}
+        return checks, {r.name: r.changed for r in results}
+
+    # Nothing to change anywhere: one probe per worker, its mount and worker service included.
+    checks, changed = probes()
+    assert set(changed.values()) == {0}, changed
+    assert {w: len(c) for w, c in checks.items()} == {"tb-w1": 1, "tb-w2": 1}, checks
+    # The NAS node changes (a drift in smb.conf: rewritten, smbd restarted): the workers' mount
+    # and worker service are probed again once it has converged, not decided from before it.
+    testbed.run("tb-nas", "echo '# drift' | sudo tee -a /etc/samba/smb.conf >/dev/null")
+    checks, changed = probes()
+    assert changed["tb-nas"] == 2 and changed["tb-w1"] == changed["tb-w2"] == 0, changed
+    assert {w: len(c) for w, c in checks.items()} == {"tb-w1": 2, "tb-w2": 2}, checks
+    assert "# drift" not in testbed.run("tb-nas", "cat /etc/samba/smb.conf").stdout
 
 
 def test_a_fan_out_runs_on_the_worker_nodes_and_lands_on_the_nas(provisioned: dict[str, Any], testbed, inventory: Path) -> None:  # type: ignore[no-untyped-def]

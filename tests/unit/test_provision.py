@@ -11,7 +11,15 @@ import pytest
 from piblade.errors import PibladeError
 from piblade.inventory import parse_inventory
 from piblade.provision import roles
-from piblade.provision.engine import apply_script, parse_apply, probe_script, split_probes
+from piblade.provision.engine import (
+    HostResult,
+    StepResult,
+    apply_script,
+    parse_apply,
+    probe_script,
+    probes_still_hold,
+    split_probes,
+)
 from piblade.provision.facts import parse_facts
 from piblade.provision.plan import HostPlan, host_plan
 from piblade.provision.steps import (
@@ -79,6 +87,31 @@ def test_facts_script_runs_here_and_parses() -> None:
     facts = parse_facts(out)
     assert facts.arch == subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip()
     assert facts.mem_mib > 0
+    # The one `python3 -S` call says what the full interpreter says.
+    said = subprocess.run(["python3", "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert facts.python_full == said and said.startswith(facts.python + ".")
+
+
+def test_facts_script_finds_the_newest_postgresql_and_no_python(tmp_path: Path) -> None:
+    from piblade.provision.facts import FACTS_SCRIPT
+
+    # The script as it runs on a node, with /usr/lib/postgresql and python3 of our making.
+    versions = tmp_path / "pg"
+    for name in ("9", "15", "13", "15beta", "common"):
+        (versions / name).mkdir(parents=True)
+    script = FACTS_SCRIPT.replace("/usr/lib/postgresql/", f"{versions}/")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("uname", "tr", "getconf", "grep", "modprobe", "systemd-detect-virt", "id"):
+        found = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True,
+                         env={"PATH": str(bin_dir)}).stdout
+    facts = parse_facts(out)
+    assert facts.postgres == "15"
+    assert (facts.python, facts.python_full) == ("", "")  # no python3 on the node: said, not guessed
 
 
 def changed(decision: Decision) -> Change:
@@ -177,6 +210,21 @@ def test_venv_pushes_only_missing_wheels(tmp_path: Path) -> None:
     assert [u.name for u in own.uploads] == ["piblade-0.1.0-py3-none-any.whl"]
     assert own.summary == "install piblade==0.1.0 (1 wheel, 0 KiB to push)"
     assert "--no-deps --force-reinstall /opt/wh/piblade-0.1.0-py3-none-any.whl" in own.script
+
+
+def test_after_nas_probes_are_reused_only_when_nothing_changed() -> None:
+    quiet = HostResult("w1", (StepResult("a", "ok"),))
+    changed = HostResult("w1", (StepResult("a", "changed"),))
+    nas_quiet = HostResult("nas", (StepResult("smb.conf", "ok"),))
+    nas_changed = HostResult("nas", (StepResult("smb.conf", "changed"),))
+    nas_failed = HostResult("nas", (StepResult("smb.conf", "failed"),), error="smb.conf: failed")
+    assert probes_still_hold(quiet, nas_quiet)
+    # The NAS node changed, failed or did not finish, or the worker itself changed: probe again.
+    assert not probes_still_hold(quiet, nas_changed)
+    assert not probes_still_hold(quiet, nas_failed)
+    assert not probes_still_hold(quiet, HostResult("nas", error="connection lost"))
+    assert not probes_still_hold(quiet, None)
+    assert not probes_still_hold(changed, nas_quiet)
 
 
 def test_probe_and_apply_scripts_round_trip(tmp_path: Path) -> None:
