@@ -14,7 +14,9 @@ each, this machine as the controller), in one run:
    starts the agents and workers;
 4. once every worker has registered (the nodes have settled): the no-change re-run,
    ``piblade provision`` (median of 3) and ``ansible-playbook`` (both must change
-   nothing: the e2e tests check that Ansible finds nothing to change after piblade);
+   nothing: the e2e tests check that Ansible finds nothing to change after piblade),
+   with the CPU seconds each re-run used: piblade's process, each node (its cgroup) and
+   the whole machine (/proc/stat), so "wall >= CPU used / cores" can be read off;
 5. a Mandelbrot fan-out on those workers (1 warm-up, median of 3): tiles per second;
 6. at 20 nodes, while the cluster stays up: ``piblade status`` (whole process),
    ``/metrics``, the dashboard page and ``/api/nodes`` (median of 20 requests), the
@@ -31,12 +33,14 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ from sse import count_stream
 
 from piblade.testbed import Testbed
 from piblade.testbed.inventory_file import HEADER
+from piblade.testbed.system import CGROUP_TOP, cgroup_hierarchies
 
 ROOT = Path(__file__).resolve().parents[1]
 FANOUT = {"width": 3200, "height": 2000, "max_iter": 1000, "tiles": 128}
@@ -67,6 +72,50 @@ def one_process_each(inventory: Path) -> None:
     tree = yaml.safe_load(inventory.read_text())
     tree["all"]["vars"]["piblade_worker_processes"] = 1
     inventory.write_text(HEADER + yaml.safe_dump(tree, sort_keys=False, default_flow_style=False))
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU seconds used so far: the whole machine (/proc/stat), the testbed's nodes (their cgroups), our children.
+
+    Taken before and after a re-run, the difference says whether two shared cores are
+    the limit: the wall time cannot be below (piblade's process + the nodes) / cores,
+    and what the machine used besides those two was other work on the same cores.
+    """
+
+    machine: float
+    nodes: float
+    children: float
+    nodes_each: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def now(cls) -> CpuUse:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        tops = [h / CGROUP_TOP for h in cgroup_hierarchies() if (h / CGROUP_TOP / "cpu.stat").exists()]  # cgroup2
+        nodes = sorted(p for top in tops[:1] for p in top.iterdir() if (p / "cpu.stat").exists())
+        each = [(node.name, _usage(node / "cpu.stat")) for node in nodes]
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cls(busy, sum(v for _, v in each), used.ru_utime + used.ru_stime, tuple(each))
+
+    def minus(self, before: CpuUse) -> CpuUse:
+        was = dict(before.nodes_each)
+        return CpuUse(self.machine - before.machine, self.nodes - before.nodes, self.children - before.children,
+                      tuple((n, v - was.get(n, 0.0)) for n, v in self.nodes_each))
+
+    def as_dict(self) -> dict[str, Any]:
+        each = dict(self.nodes_each)
+        workers = [v for n, v in each.items() if n != "tb-nas"]
+        return {"machine": self.machine, "nodes": self.nodes, "piblade": self.children, "nas": each.get("tb-nas", 0.0),
+                "worker_median": statistics.median(workers) if workers else 0.0}
+
+
+def _usage(stat: Path) -> float:
+    for line in stat.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) / 1e6
+    return 0.0
 
 
 def fresh(testbed: Testbed, nodes: int) -> Path:
@@ -207,13 +256,18 @@ def measure(testbed: Testbed, nodes: int, ansible: str, minutes: float) -> dict[
     started = time.perf_counter()
     r["settle_s"] = wait_until_settled(inventory, nodes=nodes - 1, timeout=900)
     log(f"settled after {time.perf_counter() - started:.0f} s")
-    reruns = []
+    r["load_at_rerun"] = os.getloadavg()[0]  # other work on the same cores, just before the re-runs
+    reruns, cpus = [], []
     for _ in range(3):
+        before = CpuUse.now()
         seconds, report = piblade_provision(inventory)
+        cpus.append(CpuUse.now().minus(before))
         assert changed(report) == 0, f"the piblade re-run changed something: {report}"
         reruns.append(seconds)
     r["piblade_reruns"] = reruns
     r["piblade_rerun"] = statistics.median(reruns)
+    # The CPU of the median re-run: can two shared cores do it faster at all?
+    r["rerun_cpu"] = cpus[reruns.index(r["piblade_rerun"])].as_dict()
     r["piblade_rerun_hosts_max"] = max(h.get("seconds") or 0 for h in report["hosts"])
     r["piblade_rerun_nas"] = next(h.get("seconds") or 0 for h in report["hosts"] if h["host"] == "tb-nas")
     # Where a re-run's time goes: the process's start and imports, then the slowest host.
@@ -253,6 +307,16 @@ def report(results: list[dict[str, Any]]) -> None:
         print(f"  {r['nodes']} nodes: piblade re-runs {', '.join(f'{s:.2f}' for s in r['piblade_reruns'])} s "
               f"(slowest host {r['piblade_rerun_hosts_max']:.2f} s, the NAS node {r['piblade_rerun_nas']:.2f} s, start-up and imports {r['imports_s']:.2f} s); full run after the venv seed "
               f"{r['piblade_full']:.1f} s; settled {r['settle_s']:.0f} s later; venv seed {r['seed_s']:.1f} s")
+    cores = os.cpu_count() or 1
+    print(f"where a no-change re-run's time goes (the median re-run; CPU seconds used during it, {cores} cores):")
+    for r in results:
+        c = r["rerun_cpu"]
+        ours = c["piblade"] + c["nodes"]
+        print(f"  {r['nodes']} nodes: wall {r['piblade_rerun']:.2f} s; CPU: piblade's process {c['piblade']:.2f} + "
+              f"the nodes {c['nodes']:.2f} (NAS {c['nas']:.3f}, a worker {c['worker_median']:.3f}) = {ours:.2f} s, "
+              f"so >= {ours / cores:.2f} s on {cores} cores; the machine was busy {c['machine']:.2f} CPU-s "
+              f"({max(c['machine'] - ours, 0):.2f} of it other work), >= {c['machine'] / cores:.2f} s; "
+              f"load average {r['load_at_rerun']:.1f} before the re-runs")
     if len(results) > 1:
         a, b = results[0], results[-1]
         grow = b["nodes"] / a["nodes"]
