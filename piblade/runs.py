@@ -7,8 +7,9 @@ however many tasks it has — Redis on a Pi has little memory to spare.
 
 Keys (all under ``piblade:``), module constants in the style of RQ:
 ``piblade:run:<id>`` hash, ``piblade:run:<id>:done`` set of finished task
-indexes (drives the reduce), ``piblade:run:<id>:ends`` sorted set of the latest
-task end per node, ``piblade:runs`` sorted set of run ids by time.
+indexes (drives the reduce), ``piblade:run:<id>:nodes`` hash of tasks finished
+per node and ``piblade:run:<id>:ends`` sorted set of the latest task end per
+node, ``piblade:runs`` sorted set of run ids by time.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ RUNS_INDEX = "piblade:runs"
 OVER_CHANNEL = "piblade:run:{}:over"
 #: Field of the run's hash counting task ends recorded by workers (a hint, see above).
 ENDED_FIELD = "ended"
-#: Fields of the run's hash counting the tasks each node finished: ``node:<name>``.
-NODE_FIELD = "node:{}"
+#: Hash: node -> how many of the run's tasks it finished (kept beside the run's hash, not in it:
+#: a task that ends after the run's record expired must not bring back a record without its fields).
+NODES_KEY = "piblade:run:{}:nodes"
 #: Sorted set: member a node, score the latest end of any of the run's tasks there.
 ENDS_KEY = "piblade:run:{}:ends"
 #: How long run records (and task results) are kept.
@@ -137,9 +139,15 @@ def save_run(pipe: redis.client.Pipeline, run: RunRecord) -> None:
     pipe.zremrangebyrank(RUNS_INDEX, 0, -RUNS_KEPT - 1)
 
 
+def is_record(raw: Mapping[bytes | str, bytes | str]) -> bool:
+    """A run hash holds a run's record: not empty, and not only the end count a late task's worker
+    added after the record itself expired (HINCRBY would have made the hash anew)."""
+    return any(text(k) == "job" for k in raw)
+
+
 def load_run(conn: redis.Redis, run_id: str) -> RunRecord:
     raw = conn.hgetall(RUN_KEY.format(run_id))
-    if not raw:
+    if not is_record(raw):
         raise NotFound(f"no run {run_id!r}", hint="`piblade jobs status` lists recent runs")
     return RunRecord.from_hash(run_id, raw)
 
@@ -149,7 +157,7 @@ def recent_runs(conn: redis.Redis, limit: int = 20) -> list[RunRecord]:
     pipe = conn.pipeline(transaction=False)
     for run_id in ids:
         pipe.hgetall(RUN_KEY.format(run_id))
-    return [RunRecord.from_hash(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw]
+    return [RunRecord.from_hash(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if is_record(raw)]
 
 
 def mark_task_done(conn: redis.Redis, run_id: str, index: int, total: int) -> bool:
@@ -197,7 +205,9 @@ def count_end_commands(pipe: Any, run_id: str, node: str, ended: float, *, finis
     that finished twice (its lease ran out mid-run) counts twice.
     """
     if finished:
-        pipe.hincrby(RUN_KEY.format(run_id), NODE_FIELD.format(node), 1)
+        nodes = NODES_KEY.format(run_id)
+        pipe.hincrby(nodes, node, 1)
+        pipe.expire(nodes, RUN_TTL)
     ends = ENDS_KEY.format(run_id)
     pipe.zadd(ends, {node: ended}, gt=True)
     pipe.expire(ends, RUN_TTL)
@@ -206,14 +216,12 @@ def count_end_commands(pipe: Any, run_id: str, node: str, ended: float, *, finis
 def end_stats(conn: redis.Redis, run_id: str) -> tuple[dict[str, int], float] | None:
     """Tasks finished per node and the latest end of a run, or None when no end was counted."""
     pipe = conn.pipeline(transaction=False)
-    pipe.hgetall(RUN_KEY.format(run_id))
+    pipe.hgetall(NODES_KEY.format(run_id))
     pipe.zrevrange(ENDS_KEY.format(run_id), 0, 0, withscores=True)
-    fields, latest = pipe.execute()
+    counts, latest = pipe.execute()
     if not latest:
         return None
-    prefix = NODE_FIELD.format("")
-    nodes = {text(k)[len(prefix):]: int(v) for k, v in fields.items() if text(k).startswith(prefix)}
-    return nodes, float(latest[0][1])
+    return {text(k): int(v) for k, v in counts.items()}, float(latest[0][1])
 
 
 def reduce_due(conn: redis.Redis, run_id: str, finished: int, total: int) -> bool:

@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 
 from piblade import dispatch, runs, tasks
-from piblade.errors import BadParameter, UnknownJob
+from piblade.errors import BadParameter, NotFound, UnknownJob
 from piblade.registry import load_registry
 from piblade.worker import BladeJob
 from tests.integration.conftest import (
@@ -79,6 +79,26 @@ def test_a_finished_runs_summary_costs_the_same_few_commands_however_many_tasks_
     with_details = _commands_run(redis_server.admin) - before
     assert again.nodes == status.nodes and again.seconds == status.seconds
     assert with_details - states_only < 10, f"{with_details - states_only} commands for one run's details"
+
+
+def test_a_task_that_ends_after_its_runs_record_expired_brings_no_broken_run_back(conn: redis.Redis) -> None:
+    """A task can wait in a queue longer than its run's record lives (a paused cluster): its end must
+    not make a run hash without the record's fields, which every reader of runs would trip over."""
+    record = runs.RunRecord(id=runs.new_run_id(), job="noop", params={}, total=2, queue="default",
+                            created=time.time(), output="", has_reduce=False, timeout=60, retries=0)
+    with conn.pipeline() as pipe:
+        runs.save_run(pipe, record)
+        pipe.execute()
+    conn.delete(runs.RUN_KEY.format(record.id))  # the record's TTL ran out
+    with conn.pipeline() as pipe:  # what a worker's end adds (piblade.worker)
+        runs.count_ended_commands(pipe, record.id)
+        runs.count_end_commands(pipe, record.id, "pi-a", time.time(), finished=True)
+        pipe.execute()
+    assert [r.id for r in runs.recent_runs(conn)] == []
+    with pytest.raises(NotFound):
+        runs.load_run(conn, record.id)
+    for key in (runs.NODES_KEY, runs.ENDS_KEY):  # what the end made lives no longer than a run
+        assert 0 < conn.ttl(key.format(record.id)) <= runs.RUN_TTL
 
 
 def test_failed_task_keeps_its_traceback(conn: redis.Redis, workers: WorkerPool, registry) -> None:
