@@ -132,7 +132,7 @@ def counting_send(self, command, check_health=True):
 rc.AbstractConnection.send_packed_command = counting_send
 atexit.register(lambda: print(f"ROUND TRIPS {sent[0]}", file=sys.stderr))
 sys.argv = ["piblade", *sys.argv[1:]]
-from piblade.cli.app import main
+from piblade.cli.entry import main
 main()
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from piblade import envvars
 
@@ -33,11 +33,15 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a refused command line raises :class:`UsageError` instead of printing and
     exiting, so it is reported like every other usage error (one line, the usage, exit 2)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        # An abbreviation that works today (--ret for --retries) would break when an option is added.
+        super().__init__(allow_abbrev=False, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, self.format_usage().strip(), self.prog)
 
 
-def _inventory_file(text: str) -> Path:
+def inventory_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a directory, not an inventory file")
@@ -47,9 +51,9 @@ def _inventory_file(text: str) -> Path:
 def add_common(parser: argparse.ArgumentParser) -> None:
     """``--json`` and ``-i/--inventory``, as every cluster command has them."""
     parser.add_argument("--json", dest="as_json", action="store_true", help="Print JSON for scripts.")
-    default = envvars.INVENTORY.get()
+    # A string default goes through `type` only when -i is not given, and a bad one is a usage error.
     parser.add_argument(
-        "-i", "--inventory", type=_inventory_file, default=_inventory_file(default) if default else None,
+        "-i", "--inventory", type=inventory_file, default=envvars.INVENTORY.get(),
         help=f"Inventory of the cluster to use (env {envvars.INVENTORY.name}; default: the local cluster).",
     )
 

@@ -177,7 +177,10 @@ HELP = ("Show every node (up/down, temperature, throttling, CPU, memory, disk, j
 
 
 def _every(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
     if not value >= 0.2:
         raise argparse.ArgumentTypeError(f"must be at least 0.2 seconds, not {text!r}")
     return value

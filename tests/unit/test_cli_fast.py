@@ -66,3 +66,18 @@ def test_the_input_directory_must_exist_and_be_one(tmp_path: Path) -> None:
     for bad in (tmp_path / "nothing", tmp_path / "file"):
         with pytest.raises(Exception, match="does not exist|not a directory"):
             parser.parse_args(["ingest", "--input", str(bad)])
+
+
+def test_a_bad_inventory_in_the_environment_is_a_usage_error_only_when_it_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIBLADE_INVENTORY", str(tmp_path))  # a directory
+    parser = status_cmd.build_parser()
+    assert parser.parse_args(["-i", "pis.yml"]).inventory == Path("pis.yml")  # -i wins, the variable is not read
+    with pytest.raises(Exception, match="is a directory"):
+        parser.parse_args([])
+
+
+def test_an_abbreviated_option_is_refused() -> None:
+    """`--ret` would mean --retries today and be ambiguous once another --ret… option exists."""
+    with pytest.raises(Exception, match="unrecognized arguments: --ret"):
+        submit_cmd.build_parser().parse_args(["noop", "--ret", "1"])
