@@ -12,11 +12,13 @@ each, this machine as the controller), in one run:
    so N nodes do not each spend ≈ 20 s of the two shared cores in ``pip install``
    (the part left out of the first run above); then a full ``piblade provision``
    starts the agents and workers;
-4. once every worker has registered (the nodes have settled): the no-change re-run,
+4. once every worker has registered and the nodes have gone quiet (under 2 % of a core
+   each, so the re-runs do not compete with workers still starting): the no-change re-run,
    ``piblade provision`` (median of 3) and ``ansible-playbook`` (both must change
    nothing: the e2e tests check that Ansible finds nothing to change after piblade),
-   with the CPU seconds each re-run used: piblade's process, each node (its cgroup) and
-   the whole machine (/proc/stat), so "wall >= CPU used / cores" can be read off;
+   with the CPU seconds each re-run used: piblade's process, each node's sshd (the
+   logins, sudo and scripts the run causes; its cgroup), the nodes in all and the whole
+   machine (/proc/stat), so "wall >= CPU used / cores" can be read off;
 5. a Mandelbrot fan-out on those workers (1 warm-up, median of 3): tiles per second;
 6. at 20 nodes, while the cluster stays up: ``piblade status`` (whole process),
    ``/metrics``, the dashboard page and ``/api/nodes`` (median of 20 requests), the
@@ -74,19 +76,25 @@ def one_process_each(inventory: Path) -> None:
     inventory.write_text(HEADER + yaml.safe_dump(tree, sort_keys=False, default_flow_style=False))
 
 
+#: Where a node's sshd runs, under its cgroup: the logins, sudo and scripts a provisioning run causes.
+SSH_CGROUP = Path("payload/system.slice/ssh.service")
+
+
 @dataclass(frozen=True, slots=True)
 class CpuUse:
-    """CPU seconds used so far: the whole machine (/proc/stat), the testbed's nodes (their cgroups), our children.
+    """CPU seconds used so far: the whole machine (/proc/stat), each testbed node (its cgroup, and the
+    part of it under sshd), and this process's children.
 
-    Taken before and after a re-run, the difference says whether two shared cores are
-    the limit: the wall time cannot be below (piblade's process + the nodes) / cores,
-    and what the machine used besides those two was other work on the same cores.
+    Taken before and after a re-run, the difference says whether two shared cores are the
+    limit: the wall time cannot be below (piblade's process + the nodes' sshd work) / cores.
+    The rest of the nodes' CPU (their agents and workers) and of the machine's (other work
+    on the same cores) is what the re-run competed with.
     """
 
     machine: float
-    nodes: float
     children: float
-    nodes_each: tuple[tuple[str, float], ...] = ()
+    #: (node, all of its CPU, its sshd's part)
+    nodes_each: tuple[tuple[str, float, float], ...] = ()
 
     @classmethod
     def now(cls) -> CpuUse:
@@ -94,28 +102,56 @@ class CpuUse:
         busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
         tops = [h / CGROUP_TOP for h in cgroup_hierarchies() if (h / CGROUP_TOP / "cpu.stat").exists()]  # cgroup2
         nodes = sorted(p for top in tops[:1] for p in top.iterdir() if (p / "cpu.stat").exists())
-        each = [(node.name, _usage(node / "cpu.stat")) for node in nodes]
+        each = [(node.name, _usage(node / "cpu.stat"), _usage(node / SSH_CGROUP / "cpu.stat")) for node in nodes]
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cls(busy, sum(v for _, v in each), used.ru_utime + used.ru_stime, tuple(each))
+        return cls(busy, used.ru_utime + used.ru_stime, tuple(each))
+
+    @property
+    def nodes(self) -> float:
+        return sum(all_ for _, all_, _ in self.nodes_each)
+
+    @property
+    def ssh(self) -> float:
+        return sum(ssh for _, _, ssh in self.nodes_each)
 
     def minus(self, before: CpuUse) -> CpuUse:
-        was = dict(before.nodes_each)
-        return CpuUse(self.machine - before.machine, self.nodes - before.nodes, self.children - before.children,
-                      tuple((n, v - was.get(n, 0.0)) for n, v in self.nodes_each))
+        was = {n: (a, s) for n, a, s in before.nodes_each}
+        return CpuUse(self.machine - before.machine, self.children - before.children,
+                      tuple((n, a - was.get(n, (0.0, 0.0))[0], s - was.get(n, (0.0, 0.0))[1])
+                            for n, a, s in self.nodes_each))
 
     def as_dict(self) -> dict[str, Any]:
-        each = dict(self.nodes_each)
-        workers = [v for n, v in each.items() if n != "tb-nas"]
-        return {"machine": self.machine, "nodes": self.nodes, "piblade": self.children, "nas": each.get("tb-nas", 0.0),
-                "worker_median": statistics.median(workers) if workers else 0.0}
+        ssh = {n: s for n, _, s in self.nodes_each}
+        workers = [v for n, v in ssh.items() if n != "tb-nas"]
+        return {"machine": self.machine, "piblade": self.children, "nodes": self.nodes, "ssh": self.ssh,
+                "nas_ssh": ssh.get("tb-nas", 0.0), "worker_ssh_median": statistics.median(workers) if workers else 0.0}
 
 
 def _usage(stat: Path) -> float:
-    for line in stat.read_text().splitlines():
+    try:
+        text = stat.read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key == "usage_usec":
             return int(value) / 1e6
     return 0.0
+
+
+def wait_until_quiet(nodes: int, timeout: float = 180.0) -> tuple[float, float]:
+    """(seconds waited, the nodes' CPU in cores) once the nodes use under 2 % of a core each over 3 s.
+
+    Registered workers can still be busy starting (imports, Numba's cache): a re-run measured
+    then competes with them. After ``timeout`` the re-runs go ahead, and the figure says so.
+    """
+    started = time.perf_counter()
+    while True:
+        before = CpuUse.now()
+        time.sleep(3.0)
+        rate = CpuUse.now().minus(before).nodes / 3.0
+        if rate < 0.02 * nodes or time.perf_counter() - started > timeout:
+            return time.perf_counter() - started, rate
 
 
 def fresh(testbed: Testbed, nodes: int) -> Path:
@@ -256,6 +292,8 @@ def measure(testbed: Testbed, nodes: int, ansible: str, minutes: float) -> dict[
     started = time.perf_counter()
     r["settle_s"] = wait_until_settled(inventory, nodes=nodes - 1, timeout=900)
     log(f"settled after {time.perf_counter() - started:.0f} s")
+    r["quiet_s"], r["nodes_cores_at_rerun"] = wait_until_quiet(nodes)
+    log(f"quiet after {r['quiet_s']:.0f} s more (the nodes used {r['nodes_cores_at_rerun']:.2f} cores)")
     r["load_at_rerun"] = os.getloadavg()[0]  # other work on the same cores, just before the re-runs
     reruns, cpus = [], []
     for _ in range(3):
@@ -311,12 +349,14 @@ def report(results: list[dict[str, Any]]) -> None:
     print(f"where a no-change re-run's time goes (the median re-run; CPU seconds used during it, {cores} cores):")
     for r in results:
         c = r["rerun_cpu"]
-        ours = c["piblade"] + c["nodes"]
+        ours = c["piblade"] + c["ssh"]
         print(f"  {r['nodes']} nodes: wall {r['piblade_rerun']:.2f} s; CPU: piblade's process {c['piblade']:.2f} + "
-              f"the nodes {c['nodes']:.2f} (NAS {c['nas']:.3f}, a worker {c['worker_median']:.3f}) = {ours:.2f} s, "
-              f"so >= {ours / cores:.2f} s on {cores} cores; the machine was busy {c['machine']:.2f} CPU-s "
-              f"({max(c['machine'] - ours, 0):.2f} of it other work), >= {c['machine'] / cores:.2f} s; "
-              f"load average {r['load_at_rerun']:.1f} before the re-runs")
+              f"the nodes' sshd, sudo and scripts {c['ssh']:.2f} (NAS {c['nas_ssh']:.3f}, a worker "
+              f"{c['worker_ssh_median']:.3f}) = {ours:.2f} s, so >= {ours / cores:.2f} s on {cores} cores; the nodes' "
+              f"services used {max(c['nodes'] - c['ssh'], 0):.2f} more, other work on the machine "
+              f"{max(c['machine'] - ours - (c['nodes'] - c['ssh']), 0):.2f} (machine busy {c['machine']:.2f} CPU-s, "
+              f">= {c['machine'] / cores:.2f} s); load average {r['load_at_rerun']:.1f}; quiet "
+              f"{r['quiet_s']:.0f} s after settling ({r['nodes_cores_at_rerun']:.2f} cores)")
     if len(results) > 1:
         a, b = results[0], results[-1]
         grow = b["nodes"] / a["nodes"]
