@@ -54,6 +54,7 @@ from piblade.testbed.system import (
     mounts_under,
     pidns,
     processes_under,
+    raise_inotify_limit,
     remove_cgroups,
     remove_tree,
     send,
@@ -159,6 +160,7 @@ class Testbed:
                 self.timings["prepare"] = time.monotonic() - t0
                 t0 = time.monotonic()
                 self._progress(f"booting {len(nodes)} node{'' if len(nodes) == 1 else 's'}")
+                raise_inotify_limit(len(nodes))
                 running = {}
                 for node, entry in zip(nodes, state["nodes"], strict=True):
                     running[node.name] = nodes_mod.boot(node, self._dirs(node).root, self._log(node))

@@ -393,6 +393,37 @@ def remove_tree(path: Path, *, end_users: bool = False) -> None:
         raise TestbedError(f"could not remove {path}: {done.stderr.strip()}")
 
 
+# --- host limits -----------------------------------------------------------------------------------
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+#: inotify instances a booted node's systemd and services hold, with room to spare, and the
+#: host's own. All nodes run as the host's root, so they share root's one limit (128 by
+#: default): a second 20-node testbed in a row failed to boot its last node with "Too many
+#: open files" from systemd.
+INOTIFY_PER_NODE = 32
+INOTIFY_HOST = 256
+
+
+def inotify_instances_needed(nodes: int, current: int) -> int:
+    """The per-user inotify instance limit ``nodes`` nodes need: never lower than ``current``."""
+    return max(current, INOTIFY_HOST + INOTIFY_PER_NODE * nodes)
+
+
+def raise_inotify_limit(nodes: int) -> None:
+    """Raise the host's inotify instance limit for ``nodes`` nodes (a limit: raising it takes nothing)."""
+    try:
+        current = int(INOTIFY_INSTANCES.read_text())
+    except (OSError, ValueError):
+        return  # no such setting here: nothing to raise
+    wanted = inotify_instances_needed(nodes, current)
+    if wanted > current:
+        try:
+            INOTIFY_INSTANCES.write_text(f"{wanted}\n")
+        except OSError as exc:
+            raise TestbedError(f"cannot raise {INOTIFY_INSTANCES} to {wanted} for {nodes} nodes: {exc}",
+                               hint=f"as root: sysctl fs.inotify.max_user_instances={wanted}") from exc
+
+
 # --- network ---------------------------------------------------------------------------------------
 
 

@@ -244,3 +244,11 @@ def test_a_detached_node_process_holds_none_of_its_callers_descriptors(tmp_path:
     finally:
         os.close(lock)
     assert log.read_text().strip() == "closed"
+
+
+def test_the_inotify_limit_grows_with_the_nodes_and_is_never_lowered() -> None:
+    from piblade.testbed.system import INOTIFY_HOST, INOTIFY_PER_NODE, inotify_instances_needed
+
+    assert inotify_instances_needed(20, 128) == INOTIFY_HOST + 20 * INOTIFY_PER_NODE
+    assert inotify_instances_needed(3, 128) > 128
+    assert inotify_instances_needed(20, 100_000) == 100_000  # a host set higher keeps its setting
