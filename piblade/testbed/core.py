@@ -52,12 +52,12 @@ from piblade.testbed.system import (
     kill_all,
     link_exists,
     mounts_under,
-    pidns,
     processes_under,
     raise_inotify_limit,
     remove_cgroups,
     remove_tree,
     send,
+    strays,
     unmount_all,
     wait_gone,
 )
@@ -312,8 +312,7 @@ class Testbed:
                 self._node(entry).machine, self._emulated(entry),
             ))
         accounted = {p for e in (state or {}).get("nodes", []) for p in _procs(e)}
-        stray = tuple(p.pid for p in processes_under(self.root)
-                      if p not in accounted and pidns(p.pid) not in namespaces)
+        stray = tuple(p.pid for p in strays(processes_under(self.root), accounted, namespaces))
         return TestbedStatus(state is not None, link_exists(BRIDGE), image if is_complete(image) else None,
                              tuple(nodes), stray)
 
@@ -429,7 +428,7 @@ class Testbed:
         others = [e for e in state["nodes"] if e is not entry and _running(e)]
         accounted = {p for e in others for p in _procs(e)}
         namespaces = {e["pidns"] for e in others if e.get("pidns")}
-        stray = [p for p in processes_under(self.root) if p not in accounted and pidns(p.pid) not in namespaces]
+        stray = strays(processes_under(self.root), accounted, namespaces)
         if stray and not kill_all(stray, 15.0):
             raise TestbedError(f"{entry['name']}: processes {[p.pid for p in stray]} would not die")
         entry.update(nspawn=None, init=None, pidns=None)

@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +177,24 @@ def pidns(pid: int) -> int | None:
         return os.stat(f"/proc/{pid}/ns/pid").st_ino
     except OSError:  # gone, going (EINVAL while it exits) or not ours to read
         return None
+
+
+def strays(candidates: Iterable[Proc], accounted: Collection[Proc], namespaces: Collection[int]) -> list[Proc]:
+    """The ``candidates`` no running node accounts for: not one of its processes, not in its PID namespace.
+
+    A process that has exited since it was listed is no stray: a running node's short-lived
+    process (a unit's helper, a login) is often gone by the time its namespace is read, and
+    an unreadable namespace must not make it look like one that escaped its node.
+    """
+    found = []
+    for proc in candidates:
+        if proc in accounted:
+            continue
+        ns = pidns(proc.pid)
+        if ns is None or ns in namespaces or proc_of(proc.pid) != proc:
+            continue
+        found.append(proc)
+    return found
 
 
 def children(pid: int) -> list[Proc]:

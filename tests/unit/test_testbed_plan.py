@@ -252,3 +252,30 @@ def test_the_inotify_limit_grows_with_the_nodes_and_is_never_lowered() -> None:
     assert inotify_instances_needed(20, 128) == INOTIFY_HOST + 20 * INOTIFY_PER_NODE
     assert inotify_instances_needed(3, 128) > 128
     assert inotify_instances_needed(20, 100_000) == 100_000  # a host set higher keeps its setting
+
+
+def test_a_process_that_exited_after_it_was_listed_is_no_stray() -> None:
+    """`testbed status` lists processes, then reads each one's PID namespace: one gone between is no stray."""
+    import subprocess
+
+    from piblade.testbed.system import Proc, pidns, proc_of, strays
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        listed = proc_of(child.pid)
+        assert listed is not None
+        me = proc_of(os.getpid())
+        assert me is not None
+        host_ns = pidns(os.getpid())
+        assert host_ns is not None
+        # Alive, in no node's namespace and accounted for by none: a stray.
+        assert strays([listed, me], accounted=(), namespaces=()) == [listed, me]
+        # Accounted for, or in a running node's namespace: not one.
+        assert strays([listed], accounted={listed}, namespaces=()) == []
+        assert strays([listed], accounted=(), namespaces={host_ns}) == []
+    finally:
+        child.kill()
+        child.wait()
+    # The same process once it has exited, and a pid reused by another process since: not strays.
+    assert strays([listed], accounted=(), namespaces=()) == []
+    assert strays([Proc(os.getpid(), me.start + 1)], accounted=(), namespaces=()) == []
