@@ -95,7 +95,8 @@ def test_an_arm64_node_boots_beside_the_x86_64_ones(testbed: Testbed) -> None:
 def refusal_inventory(testbed: Testbed, tmp_path: Path) -> Path:
     """Two logins on tb-arm1 through its real sshd, whose login environments report what refused nodes do.
 
-    ``armv7`` finds a ``uname`` that says armv7l (a Pi on 32-bit Raspberry Pi OS);
+    ``armv7`` finds a ``uname`` that says armv7l where the real one says aarch64, whatever
+    it is asked (a Pi on 32-bit Raspberry Pi OS);
     ``oldpy`` a ``python3`` that says 3.9 (Raspberry Pi OS bullseye). sshd's own
     ``SetEnv`` puts them first in PATH; both users have passwordless sudo like ``pi``.
     """
@@ -108,7 +109,7 @@ for u in armv7 oldpy; do
   echo "$u ALL=(ALL) NOPASSWD: ALL" > "/etc/sudoers.d/030_$u"
   mkdir -p "/opt/login-$u/bin"
 done
-printf '#!/bin/sh\n[ "$1" = -m ] && exec echo armv7l\nexec /usr/bin/uname "$@"\n' > /opt/login-armv7/bin/uname
+printf '#!/bin/sh\n/usr/bin/uname "$@" | sed "s/aarch64/armv7l/g"\n' > /opt/login-armv7/bin/uname
 printf '#!/bin/sh\necho 3.9\n' > /opt/login-oldpy/bin/python3
 chmod 755 /opt/login-armv7/bin/uname /opt/login-oldpy/bin/python3
 cat > /etc/ssh/sshd_config.d/login-environments.conf <<'CONF'
