@@ -18,6 +18,11 @@ no second process. Beside it, in one run and interleaved round by round:
   assembled and written in the parent (what a Dask ``LocalCluster`` of processes
   does, without a scheduler; Dask is not one of piblade's dependencies).
 
+For the runs in the cluster it also prints where the time went: the tile phase from
+RQ's own start and end times beside the tiles' own time over the cores, the reduce
+step, and the CPU the cluster's other processes (Redis, PostgreSQL, the recorder)
+took from the same cores during the run.
+
 Medians over the rounds; ratios over the limit (image and PNG), and over the
 faster of the limit and the pool. Targets: the cluster ≤ 1.05× the limit, the
 CLI ≤ 1.15×.
@@ -125,6 +130,49 @@ def pool_once(pool: Any, tiles: list[dict[str, Any]], params: dict[str, Any], ou
     return time.perf_counter() - started
 
 
+def run_phases(conn: Any, record: Any, wall_started: float) -> dict[str, float]:
+    """A finished run's phases from RQ's records of its tasks and its reduce step."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from piblade import runs
+
+    jobs = Job.fetch_many(list(record.task_ids), connection=conn, serializer=JSONSerializer)
+    tiles = [j for j in jobs if j is not None and j.started_at and j.ended_at]
+    reduce = Job.fetch(runs.reduce_id(record.id), connection=conn, serializer=JSONSerializer)
+    first = min(j.started_at.timestamp() for j in tiles)
+    last = max(j.ended_at.timestamp() for j in tiles)
+    busy = sum((j.ended_at - j.started_at).total_seconds() for j in tiles)
+    assert reduce.started_at and reduce.ended_at
+    return {
+        "submit → first tile starts": first - wall_started,
+        "tile phase (first start → last end)": last - first,
+        f"  tiles' own time ÷ {CORES} cores": busy / CORES,
+        "last tile ends → reduce starts": reduce.started_at.timestamp() - last,
+        "reduce (load tiles, colour, PNG)": (reduce.ended_at - reduce.started_at).total_seconds(),
+    }
+
+
+def cluster_cpu(state: Path) -> dict[str, float]:
+    """CPU seconds so far of the local cluster's processes, by what they are (workers, Redis, PostgreSQL, ...)."""
+    import psutil
+
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"local run --root {state}" not in " ".join(proc.info["cmdline"] or []):
+            continue
+        for child in proc.children():
+            try:
+                argv = child.cmdline()
+                kind = "redis-server" if "redis-server" in argv[0] else (
+                    "postgres" if "postgres" in argv[0] else (argv[3] if len(argv) > 3 else argv[0]))
+                subtree = [child, *child.children(recursive=True)]
+                totals[kind] = totals.get(kind, 0.0) + sum(sum(p.cpu_times()[:2]) for p in subtree)
+            except psutil.Error:
+                continue
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -170,13 +218,21 @@ def main() -> None:
         assert target is not None
         conn = connect(target)
 
-        def cluster_once() -> float:
-            started = time.perf_counter()
+        phases: dict[str, list[float]] = {}
+
+        def cluster_once(keep: bool = True) -> float:
+            cpu_before = cluster_cpu(state)
+            started, wall_started = time.perf_counter(), time.time()
             record = dispatch.submit(conn, registry, "mandelbrot", raw)
             status = dispatch.wait(conn, record.id, poll=0.05)
+            elapsed = time.perf_counter() - started
             if not status.ok:
                 raise SystemExit(f"run {record.id} did not finish well: {status.to_dict()}")
-            return time.perf_counter() - started
+            time.sleep(0.3)  # the recorder's last rows
+            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cluster_cpu(state).items()}
+            for name, value in {} if not keep else {**run_phases(conn, record, wall_started), **{f"CPU: {k}": v for k, v in cpu.items()}}.items():
+                phases.setdefault(name, []).append(value)
+            return elapsed
 
         def cli_once() -> float:
             started = time.perf_counter()
@@ -190,7 +246,7 @@ def main() -> None:
         times: dict[str, list[float]] = {"limit (one process, prange)": [], "in the cluster": [],
                                          "with the CLI": [], "process pool": []}
         # One warm-up of each: every worker's first tile, page cache, byte-code caches.
-        limit.once(), cluster_once(), cli_once(), pool_once(pool, tiles, params, pool_out)
+        limit.once(), cluster_once(keep=False), cli_once(), pool_once(pool, tiles, params, pool_out)
         for r in range(args.rounds):
             one = limit.once()
             kernel.append(one["kernel"])
@@ -211,6 +267,10 @@ def main() -> None:
             verdict = "" if goal is None else f"  target <= {goal:.2f}x: {'met' if med / base <= goal else 'NOT met'}"
             print(f"  {name:34} {med:7.3f} s  ({min(values):.3f}–{max(values):.3f})  {med / base:5.2f}x the limit, "
                   f"{med / best:5.2f}x the faster plain way{verdict}")
+        print(f"\nwhere a run in the cluster goes (medians; RQ's own start and end times of each task; CPU seconds "
+              f"of the local cluster's processes during the run, {CORES} cores):")
+        for name, values in phases.items():
+            print(f"  {name:44} {statistics.median(values):7.3f} s")
     finally:
         pool.terminate()
         limit.close()
