@@ -273,6 +273,7 @@ def main() -> None:
             print(f"  {name:44} {statistics.median(values):7.3f} s")
     finally:
         pool.terminate()
+        pool.join()
         limit.close()
         subprocess.run([str(BIN / "piblade"), "local", "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
         shutil.rmtree(state, ignore_errors=True)
