@@ -784,25 +784,29 @@ class BladeWorker(SimpleWorker):
             return False
         return True
 
-    def _ended(self, job: Job, state: str, exc_string: str = "") -> TaskAttempt | None:
-        """The history record of the attempt that just ended; made once, before RQ's pipeline."""
-        meta = job.meta or {}
-        if "run" not in meta or not RECORD_TASKS:
-            return None
-        return TaskAttempt(
-            key=new_key(), run_id=str(meta["run"]), task_id=job.id, phase=str(meta.get("phase", "task")),
-            index=int(meta.get("index", 0)), state=state, node=_runtime.node, worker=self.name,
-            enqueued=_epoch(job.enqueued_at), started=_epoch(job.started_at),
-            ended=_epoch(job.ended_at) or time.time(), error=traceback_summary(exc_string) if exc_string else "",
-        )
-
     @staticmethod
     def _run_of(job: Job) -> tuple[str, str, float] | None:
-        """The run a task belongs to, its phase and its end, for the run's own end counts."""
+        """The run a task belongs to, its phase and its end (None: a task of no run)."""
         meta = job.meta or {}
         if "run" not in meta:
             return None
         return str(meta["run"]), str(meta.get("phase", "task")), _epoch(job.ended_at) or time.time()
+
+    def _note_end(self, job: Job, queue: Queue, state: str, exc_string: str = "") -> None:
+        """What RQ's pipeline for this end also carries, made once before it: the run's end
+        counts and (when recorded) the attempt's history record, with the same end time."""
+        self._ending_queue = queue.name
+        self._ending_run = run = self._run_of(job)
+        self._ending_attempt = None
+        if run is None or not RECORD_TASKS:
+            return
+        run_id, phase, ended = run
+        self._ending_attempt = TaskAttempt(
+            key=new_key(), run_id=run_id, task_id=job.id, phase=phase,
+            index=int((job.meta or {}).get("index", 0)), state=state, node=_runtime.node, worker=self.name,
+            enqueued=_epoch(job.enqueued_at), started=_epoch(job.started_at),
+            ended=ended, error=traceback_summary(exc_string) if exc_string else "",
+        )
 
     def _count_run_end(self, pipeline: Any, finished: bool) -> None:
         """The run's per-node count and latest end (piblade.runs.count_end_commands), in RQ's pipeline."""
@@ -837,15 +841,11 @@ class BladeWorker(SimpleWorker):
 
         execution = kwargs.get("execution") or (args[1] if len(args) > 1 else None)
         if job.repeats_left or execution is None:
-            self._ending_queue = queue.name
-            self._ending_attempt = self._ended(job, "finished")
-            self._ending_run = self._run_of(job)
+            self._note_end(job, queue, "finished")
             super().handle_job_success(job, queue, *args, **kwargs)
             self._after_success(job, None)
             return
-        self._ending_queue = queue.name
-        self._ending_attempt = self._ended(job, "finished")
-        self._ending_run = self._run_of(job)
+        self._note_end(job, queue, "finished")
         pipe = self.connection.pipeline()
         pipe.smembers(job.dependents_key)
         self.increment_successful_job_count(pipeline=pipe)
@@ -894,13 +894,11 @@ class BladeWorker(SimpleWorker):
             enqueue_reduce(self.connection, run_id)
 
     def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
-        self._ending_queue = queue.name
         # As RQ decides inside: a stopped task is never retried.
         stopped = self._stopped_job_id == job.id
         state = "stopped" if stopped else "retried" if job.should_retry else "failed"
         exc_string = kwargs.get("exc_string") or (args[1] if len(args) > 1 else "")
-        self._ending_attempt = self._ended(job, state, str(exc_string or ""))
-        self._ending_run = self._run_of(job)
+        self._note_end(job, queue, state, str(exc_string or ""))
         super().handle_job_failure(job, queue, *args, **kwargs)
 
     # RQ calls these two inside the pipeline that records a task's end: piblade's per-node,
