@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -11,6 +10,7 @@ from types import ModuleType
 import typer
 
 from piblade import __version__
+from piblade.cli.argparsing import setup_logging
 from piblade.cli.boundary import report_error
 
 app = typer.Typer(
@@ -33,10 +33,7 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what piblade does."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    setup_logging(verbose)
 
 
 #: How each command module attaches its commands to the root, in the order `piblade --help` lists them.

@@ -59,7 +59,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(verbose: bool) -> None:
-    """What the Typer app's root ``-v`` sets up, for a command parsed without it."""
+    """What the root ``-v`` sets up, for the Typer app and for the commands parsed without it."""
     import logging
 
     logging.basicConfig(

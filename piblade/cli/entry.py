@@ -17,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-#: Commands whose module has ``main(argv, *, verbose) -> int`` parsing its own options.
+#: Commands whose module has ``main(argv) -> int`` parsing its own options.
 FAST = {"status": "piblade.cli.status_cmd", "submit": "piblade.cli.submit_cmd"}
 #: Root options a fast command may follow (``piblade -v status``).
 VERBOSE = ("-v", "--verbose")
@@ -55,10 +55,12 @@ def main() -> None:
         typer_main()
         return
     name, args, verbose = fast
+    from piblade.cli.argparsing import setup_logging
     from piblade.cli.boundary import report_error
 
+    setup_logging(verbose)
     try:
-        rc = importlib.import_module(FAST[name]).main(args, verbose=verbose)
+        rc = importlib.import_module(FAST[name]).main(args)
     except BaseException as exc:  # noqa: BLE001 -- the one error boundary, as in the Typer app
         sys.exit(report_error(exc))
     sys.exit(rc)

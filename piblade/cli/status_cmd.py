@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from piblade.cli.argparsing import ArgumentParser, add_common, register_passthrough, setup_logging
+from piblade.cli.argparsing import ArgumentParser, add_common, register_passthrough
 from piblade.cli.output import console, print_json
 from piblade.healthmodel import READINGS, Level, human_bytes, reading
 
@@ -195,10 +195,9 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str], *, verbose: bool = False) -> int:
+def main(argv: Sequence[str]) -> int:
     """`piblade status`, parsed without Typer (see :mod:`piblade.cli.entry`)."""
     args = build_parser().parse_args(argv)
-    setup_logging(verbose)
     from piblade.clusterstatus import gather
     from piblade.context import resolve_cluster
     from piblade.redisconn import connect

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from piblade.cli.argparsing import ArgumentParser, add_common, register_passthrough, setup_logging
+from piblade.cli.argparsing import ArgumentParser, add_common, register_passthrough
 from piblade.cli.output import console, err_console, print_json
 from piblade.errors import BadParameter
 
@@ -188,10 +188,9 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str], *, verbose: bool = False) -> int:
+def main(argv: Sequence[str]) -> int:
     """`piblade submit`, parsed without Typer (see :mod:`piblade.cli.entry`)."""
     args = build_parser().parse_args(argv)
-    setup_logging(verbose)
     return submit(args.job, args.param, args.queue, args.timeout, args.retries, args.wait_, args.over,
                   args.input_dir, args.as_json, args.inventory)
 
