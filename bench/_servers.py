@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: a throwaway redis-server and worker processes on loopback."""
+"""Shared benchmark plumbing: a throwaway redis-server, worker processes or a whole local cluster on loopback."""
 
 from __future__ import annotations
 
@@ -51,6 +51,28 @@ def redis_server() -> Iterator[tuple[RedisTarget, str, Path]]:
         proc.terminate()
         proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def local_cluster(prefix: str, workers: int = 2) -> Iterator[tuple[Path, dict[str, str], RedisTarget]]:
+    """A throwaway `piblade local up` in a temporary state directory: that directory, the
+    environment piblade commands run in against it, and its Redis. Down and deleted after."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    env = dict(os.environ, PIBLADE_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
+    for name in ("PIBLADE_INVENTORY", "PIBLADE_REDIS_URL", "PIBLADE_RESULTS_URL"):
+        env.pop(name, None)
+    cli = [sys.executable, "-m", "piblade", "local"]
+    try:
+        up = subprocess.run([*cli, "up", "--workers", str(workers)], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+        if up.returncode:
+            raise SystemExit(f"local up failed:\n{up.stdout}{up.stderr}")
+        target = local.target(local.LocalPaths(state / "local"))
+        assert target is not None and target.password_file is not None
+        yield state, env, target
+    finally:
+        subprocess.run([*cli, "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def env_for(target: RedisTarget, tmp: Path) -> dict[str, str]:

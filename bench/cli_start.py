@@ -29,16 +29,15 @@ Usage: python bench/cli_start.py [--rounds 40]
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _servers import local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -153,21 +152,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--import-runs", type=int, default=5, help="runs under -X importtime per command")
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="piblade-bench-cli-"))
-    env = dict(os.environ, PIBLADE_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
-    # Byte-code caches as an installed piblade has them (the warm-up run writes the checkout's).
-    for name in ("PIBLADE_INVENTORY", "PIBLADE_REDIS_URL", "PIBLADE_RESULTS_URL", "PYTHONDONTWRITEBYTECODE"):
-        env.pop(name, None)
-    up = subprocess.run([str(BIN / "piblade"), "local", "up", "--workers", "2"], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
-    if up.returncode:
-        raise SystemExit(f"local up failed:\n{up.stdout}{up.stderr}")
-    try:
-        sys.path.insert(0, str(ROOT))
-        from piblade import local
-
-        target = local.target(local.LocalPaths(state / "local"))
-        assert target is not None and target.password_file is not None
+    with local_cluster("piblade-bench-cli-") as (_state, env, target):
+        # Byte-code caches as an installed piblade has them (the warm-up run writes the checkout's).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        assert target.password_file is not None
         password = target.password_file.read_text().strip()
         env.update(BENCH_REDIS_PORT=str(target.port), BENCH_REDIS_PASSWORD_FILE=str(target.password_file),
                    RQ_REDIS_URL=f"redis://piblade:{password}@127.0.0.1:{target.port}/0")
@@ -204,9 +192,6 @@ def main() -> None:
             print(f"  piblade {' '.join(argv)}: {sum(shares.values()):.3f} s in all; "
                   + ", ".join(f"{group} {seconds * 1000:.0f} ms" for group, seconds in top[:9])
                   + f"; {trips} Redis round trips")
-    finally:
-        subprocess.run([str(BIN / "piblade"), "local", "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _servers import local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -50,15 +51,14 @@ TARGETS = {"in the cluster": 1.05, "with the CLI": 1.15}
 
 #: The limit's process: warm once, then one picture per line read, its times as JSON.
 LIMIT = r"""
-import json, sys, time, tempfile, pathlib
+import json, sys, time
 import numpy as np
 from PIL import Image
 from jobs.mandelbrot import render_tile, palette, warmup
 w, h, it = (int(a) for a in sys.argv[1:4])
 x_min, x_max, y_min, y_max = (float(a) for a in sys.argv[4:8])
-threads = int(sys.argv[8])
+threads, out = int(sys.argv[8]), sys.argv[9]
 warmup()
-out = pathlib.Path(tempfile.mkdtemp(prefix="piblade-bench-limit-")) / "mandelbrot.png"
 print(json.dumps({"ready": True}), flush=True)
 for _ in sys.stdin:
     t0 = time.perf_counter()
@@ -73,12 +73,12 @@ for _ in sys.stdin:
 class Limit:
     """The one-process limit, kept warm between rounds like a worker."""
 
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], out: Path) -> None:
         env = dict(os.environ, NUMBA_NUM_THREADS=str(CORES), NUMBA_THREADING_LAYER="workqueue",
                    PYTHONPATH=str(ROOT))
         argv = [sys.executable, "-c", LIMIT] + [str(params[k]) for k in
                                                 ("width", "height", "max_iter", "x_min", "x_max", "y_min", "y_max")]
-        self.proc = subprocess.Popen(argv + [str(CORES)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv + [str(CORES), str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, cwd=ROOT)
         self._read()
 
@@ -102,6 +102,8 @@ class Limit:
 
 
 def _pool_init() -> None:
+    # One thread per process, set before the pool's process first imports Numba.
+    os.environ.update(NUMBA_NUM_THREADS="1", NUMBA_THREADING_LAYER="workqueue")
     from jobs.mandelbrot import warmup
 
     warmup()
@@ -178,8 +180,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tiles", type=int, default=128)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from piblade import dispatch, local
+    from piblade import dispatch
     from piblade.redisconn import connect
     from piblade.registry import load_registry
 
@@ -188,95 +189,73 @@ def main() -> None:
     spec = registry.get("mandelbrot")
     params = dict(spec.validate(raw))
     tiles = spec.plan(params)
-    state = Path(tempfile.mkdtemp(prefix="piblade-bench-fanout-"))
-    env = dict(os.environ, PIBLADE_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
-    for name in ("PIBLADE_INVENTORY", "PIBLADE_REDIS_URL", "PIBLADE_RESULTS_URL"):
-        env.pop(name, None)
-    os.environ["PIBLADE_STATE_DIR"] = str(state)
     cli = [str(BIN / "piblade"), "submit", "mandelbrot", "--json", "--wait"] + \
         [a for k, v in raw.items() for a in ("-p", f"{k}={v}")]
-    up = subprocess.run([str(BIN / "piblade"), "local", "up", "--workers", "2"], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
-    if up.returncode:
-        raise SystemExit(f"local up failed:\n{up.stdout}{up.stderr}")
-    limit = Limit(params)
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("forkserver")
-    pool_env = {"NUMBA_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "workqueue"}
-    saved = {k: os.environ.get(k) for k in pool_env}
-    os.environ.update(pool_env)
-    pool = ctx.Pool(CORES, initializer=_pool_init)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    pool_out = state / "pool.png"
-    try:
-        target = local.target(local.LocalPaths(state / "local"))
-        assert target is not None
+    with local_cluster("piblade-bench-fanout-") as (state, env, target):
+        os.environ["PIBLADE_STATE_DIR"] = str(state)
         conn = connect(target)
+        pool_out = state / "pool.png"
+        pool = multiprocessing.get_context("forkserver").Pool(CORES, initializer=_pool_init)
+        limit = Limit(params, state / "limit.png")
+        try:
+            phases: dict[str, list[float]] = {}
 
-        phases: dict[str, list[float]] = {}
+            def cluster_once(keep: bool = True) -> float:
+                cpu_before = cluster_cpu(state)
+                started, wall_started = time.perf_counter(), time.time()
+                record = dispatch.submit(conn, registry, "mandelbrot", raw)
+                status = dispatch.wait(conn, record.id, poll=0.05)
+                elapsed = time.perf_counter() - started
+                if not status.ok:
+                    raise SystemExit(f"run {record.id} did not finish well: {status.to_dict()}")
+                if keep:
+                    time.sleep(0.3)  # the recorder's last rows
+                    cpu = {f"CPU: {k}": v - cpu_before.get(k, 0.0) for k, v in cluster_cpu(state).items()}
+                    for name, value in {**run_phases(conn, record, wall_started), **cpu}.items():
+                        phases.setdefault(name, []).append(value)
+                return elapsed
 
-        def cluster_once(keep: bool = True) -> float:
-            cpu_before = cluster_cpu(state)
-            started, wall_started = time.perf_counter(), time.time()
-            record = dispatch.submit(conn, registry, "mandelbrot", raw)
-            status = dispatch.wait(conn, record.id, poll=0.05)
-            elapsed = time.perf_counter() - started
-            if not status.ok:
-                raise SystemExit(f"run {record.id} did not finish well: {status.to_dict()}")
-            time.sleep(0.3)  # the recorder's last rows
-            cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cluster_cpu(state).items()}
-            for name, value in {} if not keep else {**run_phases(conn, record, wall_started), **{f"CPU: {k}": v for k, v in cpu.items()}}.items():
-                phases.setdefault(name, []).append(value)
-            return elapsed
+            def cli_once() -> float:
+                started = time.perf_counter()
+                done = subprocess.run(cli, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+                elapsed = time.perf_counter() - started
+                if done.returncode:
+                    raise SystemExit(f"piblade submit failed:\n{done.stdout}{done.stderr}")
+                return elapsed
 
-        def cli_once() -> float:
-            started = time.perf_counter()
-            done = subprocess.run(cli, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-            elapsed = time.perf_counter() - started
-            if done.returncode:
-                raise SystemExit(f"piblade submit failed:\n{done.stdout}{done.stderr}")
-            return elapsed
-
-        kernel: list[float] = []
-        times: dict[str, list[float]] = {"limit (one process, prange)": [], "in the cluster": [],
-                                         "with the CLI": [], "process pool": []}
-        # One warm-up of each: every worker's first tile, page cache, byte-code caches.
-        limit.once(), cluster_once(keep=False), cli_once(), pool_once(pool, tiles, params, pool_out)
-        for r in range(args.rounds):
-            one = limit.once()
-            kernel.append(one["kernel"])
-            times["limit (one process, prange)"].append(one["image"])
-            times["in the cluster"].append(cluster_once())
-            times["with the CLI"].append(cli_once())
-            times["process pool"].append(pool_once(pool, tiles, params, pool_out))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()),
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
-        base = statistics.median(times["limit (one process, prange)"])
-        best = min(base, statistics.median(times["process pool"]))
-        print(f"\n{params['width']}×{params['height']}, max_iter {params['max_iter']}, {len(tiles)} tiles, "
-              f"{CORES} cores; median of {args.rounds} rounds, interleaved\n")
-        print(f"  {'kernel alone (limit process)':34} {statistics.median(kernel):7.3f} s")
-        for name, values in times.items():
-            med = statistics.median(values)
-            goal = TARGETS.get(name)
-            verdict = "" if goal is None else f"  target <= {goal:.2f}x: {'met' if med / base <= goal else 'NOT met'}"
-            print(f"  {name:34} {med:7.3f} s  ({min(values):.3f}–{max(values):.3f})  {med / base:5.2f}x the limit, "
-                  f"{med / best:5.2f}x the faster plain way{verdict}")
-        print(f"\nwhere a run in the cluster goes (medians; RQ's own start and end times of each task; CPU seconds "
-              f"of the local cluster's processes during the run, {CORES} cores):")
-        for name, values in phases.items():
-            print(f"  {name:44} {statistics.median(values):7.3f} s")
-    finally:
-        pool.terminate()
-        pool.join()
-        limit.close()
-        subprocess.run([str(BIN / "piblade"), "local", "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
-        shutil.rmtree(state, ignore_errors=True)
+            kernel: list[float] = []
+            times: dict[str, list[float]] = {"limit (one process, prange)": [], "in the cluster": [],
+                                             "with the CLI": [], "process pool": []}
+            # One warm-up of each: every worker's first tile, page cache, byte-code caches.
+            limit.once(), cluster_once(keep=False), cli_once(), pool_once(pool, tiles, params, pool_out)
+            for r in range(args.rounds):
+                one = limit.once()
+                kernel.append(one["kernel"])
+                times["limit (one process, prange)"].append(one["image"])
+                times["in the cluster"].append(cluster_once())
+                times["with the CLI"].append(cli_once())
+                times["process pool"].append(pool_once(pool, tiles, params, pool_out))
+                print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()),
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            base = statistics.median(times["limit (one process, prange)"])
+            best = min(base, statistics.median(times["process pool"]))
+            print(f"\n{params['width']}×{params['height']}, max_iter {params['max_iter']}, {len(tiles)} tiles, "
+                  f"{CORES} cores; median of {args.rounds} rounds, interleaved\n")
+            print(f"  {'kernel alone (limit process)':34} {statistics.median(kernel):7.3f} s")
+            for name, values in times.items():
+                med = statistics.median(values)
+                goal = TARGETS.get(name)
+                verdict = "" if goal is None else f"  target <= {goal:.2f}x: {'met' if med / base <= goal else 'NOT met'}"
+                print(f"  {name:34} {med:7.3f} s  ({min(values):.3f}–{max(values):.3f})  {med / base:5.2f}x the limit, "
+                      f"{med / best:5.2f}x the faster plain way{verdict}")
+            print(f"\nwhere a run in the cluster goes (medians; RQ's own start and end times of each task; CPU seconds "
+                  f"of the local cluster's processes during the run, {CORES} cores):")
+            for name, values in phases.items():
+                print(f"  {name:44} {statistics.median(values):7.3f} s")
+        finally:
+            limit.close()
+            pool.terminate()
+            pool.join()
 
 
 if __name__ == "__main__":

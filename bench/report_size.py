@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from _servers import local_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_128 = 1_500_000
@@ -49,14 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiles", default="128,2048")
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="piblade-bench-report-"))
-    env = dict(os.environ, PIBLADE_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
-    for name in ("PIBLADE_INVENTORY", "PIBLADE_REDIS_URL", "PIBLADE_RESULTS_URL"):
-        env.pop(name, None)
-    up = piblade(env, "local", "up", "--workers", "2")
-    if up.returncode:
-        raise SystemExit(f"local up failed:\n{up.stdout}{up.stderr}")
-    try:
+    with local_cluster("piblade-bench-report-") as (_state, env, _target):
         print(f"{'tasks':>6} {'report':>10} {'full plotly.js':>15} {'ratio':>6} {'run s':>6}  budget")
         for tiles in (int(t) for t in args.tiles.split(",")):
             params = [a for k, v in {**DEMO, "tiles": str(tiles)}.items() for a in ("-p", f"{k}={v}")]
@@ -70,9 +62,6 @@ def main() -> None:
             verdict = ("ok" if size <= BUDGET_128 else "OVER") if tiles <= 128 else "-"
             print(f"{tiles:>6} {size / 1e6:>8.2f}MB {full / 1e6:>13.2f}MB {full / size:>5.1f}x "
                   f"{result['seconds']:>6.1f}  {verdict}")
-    finally:
-        piblade(env, "local", "down")
-        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":
